@@ -1,0 +1,278 @@
+//! `etcdgate bench`: measures etcdgate against direct etcd and etcd's own proxies, in one run
+//! on one cluster, and prints throughput, p50/p99 and the ratios against the targets of the
+//! project (etcdgate ≥ 0.9× direct etcd throughput, ≥ 1.0× `etcd grpc-proxy` on gRPC, p50
+//! overhead ≤ 100 µs).
+//!
+//! This module owns the run: start one cluster (testkit), preload `/bench/key/000000..000999`,
+//! start the three things under comparison (`etcd gateway`, `etcd grpc-proxy`, and etcdgate as
+//! a child process of this binary), then for each workload measure every target in turn, so
+//! that machine noise hits all of them alike. Everything it started is killed on the way out.
+//!
+//! - [`load`]: the closed-loop load generator (gRPC and HTTP/1.1 clients, hdrhistogram).
+//! - [`gate`]: etcdgate as a child process.
+//! - [`report`]: the markdown table, the verdicts and the JSON file.
+
+mod gate;
+mod load;
+mod report;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use etcdgate_proto::etcdserverpb::{kv_client::KvClient, PutRequest};
+use etcdgate_testkit::{Cluster, EtcdVersion, ProxyProcess};
+use futures::StreamExt;
+use serde_json::json;
+
+use gate::EtcdgateProcess;
+use load::{CellConfig, CellResult, Client, Keyspace, Workload};
+use report::{Cell, CpuPerRequest, Measured, Report, TargetKind};
+
+/// Number of keys preloaded and read or overwritten at random.
+const PRELOAD_KEYS: usize = 1000;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Measured seconds per cell (after a warm-up that is not counted).
+    #[arg(long, default_value_t = 5)]
+    pub duration_secs: u64,
+    /// Warm-up seconds per cell, not counted.
+    #[arg(long, default_value_t = 1)]
+    pub warmup_secs: u64,
+    /// Requests in flight at once (closed loop: each worker sends its next request when the
+    /// previous one is answered).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// gRPC channels (HTTP/2 connections) per cell, spread over the target's URLs. HTTP/1.1
+    /// cells keep one keep-alive connection per request in flight instead.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// etcd cluster size (1 keeps the noise down on a small machine).
+    #[arg(long, default_value_t = 1)]
+    pub members: usize,
+    /// Value size in bytes of the preloaded keys and of every Put.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// etcd release line to run: 3.4 or 3.5.
+    #[arg(long, default_value = "3.5", value_parser = parse_version)]
+    pub etcd_version: EtcdVersion,
+    /// Workloads to run, comma-separated (default: all of range-serializable,
+    /// range-linearizable, put, http-range).
+    #[arg(long, value_delimiter = ',', value_parser = Workload::parse)]
+    pub workloads: Vec<Workload>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+}
+
+fn parse_version(s: &str) -> Result<EtcdVersion, String> {
+    EtcdVersion::all()
+        .into_iter()
+        .find(|v| v.label() == s.trim_start_matches('v'))
+        .ok_or_else(|| format!("unsupported etcd version {s:?}: 3.4 or 3.5"))
+}
+
+/// The URLs a target is reached at, and the pid of the proxy process in the path.
+struct Target {
+    kind: TargetKind,
+    urls: Vec<String>,
+    proxy_pid: Option<u32>,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.duration_secs == 0 || args.concurrency == 0 || args.connections == 0 || args.members == 0 {
+        bail!("--duration-secs, --concurrency, --connections and --members must be at least 1");
+    }
+    let workloads = if args.workloads.is_empty() { Workload::ALL.to_vec() } else { args.workloads.clone() };
+    let build = if cfg!(debug_assertions) { "debug" } else { "release" };
+    if cfg!(debug_assertions) {
+        eprintln!("bench: WARNING: this is a debug build; measure with `cargo run --release -p etcdgate -- bench`");
+    }
+    let version = args.etcd_version;
+    let config = CellConfig {
+        warmup: Duration::from_secs(args.warmup_secs),
+        duration: Duration::from_secs(args.duration_secs),
+        concurrency: args.concurrency,
+    };
+    let keys = Arc::new(Keyspace::new(PRELOAD_KEYS, args.value_size));
+
+    eprintln!("bench: starting {} member(s) of {version} ...", args.members);
+    let cluster = Cluster::builder(version).members(args.members).start().await?;
+    let member_urls = cluster.client_urls();
+    preload(&member_urls, &keys).await.context("preloading keys")?;
+    eprintln!("bench: preloaded {PRELOAD_KEYS} keys of {} bytes; starting proxies ...", args.value_size);
+    let etcd_gateway = ProxyProcess::etcd_gateway(version, &member_urls).context("starting etcd gateway")?;
+    let grpc_proxy = ProxyProcess::grpc_proxy(version, &member_urls).context("starting etcd grpc-proxy")?;
+    let etcdgate = EtcdgateProcess::start(&member_urls, &keys.keys[0]).await.context("starting etcdgate")?;
+    let etcd_pids: Vec<u32> = (0..cluster.member_count()).filter_map(|i| cluster.pid(i)).collect();
+
+    let targets = [
+        Target { kind: TargetKind::Direct, urls: member_urls.clone(), proxy_pid: None },
+        Target { kind: TargetKind::EtcdGateway, urls: vec![etcd_gateway.url()], proxy_pid: etcd_gateway.pid() },
+        Target { kind: TargetKind::GrpcProxy, urls: vec![grpc_proxy.url()], proxy_pid: grpc_proxy.pid() },
+        Target { kind: TargetKind::Etcdgate, urls: vec![etcdgate.url()], proxy_pid: etcdgate.pid() },
+    ];
+    let total_cells: usize =
+        workloads.iter().map(|w| targets.iter().filter(|t| t.kind.serves(*w)).count()).sum();
+    eprintln!(
+        "bench: {total_cells} cells of {}+{} s each (~{} s)",
+        args.warmup_secs,
+        args.duration_secs,
+        total_cells as u64 * (args.warmup_secs + args.duration_secs)
+    );
+
+    let mut cells = Vec::new();
+    for &workload in &workloads {
+        for target in &targets {
+            if !target.kind.serves(workload) {
+                cells.push(Cell { workload, target: target.kind, measured: None });
+                continue;
+            }
+            let measured = measure(workload, target, &keys, config, &args, &etcd_pids).await;
+            eprintln!(
+                "bench: {:<20} {:<13} {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  errors {}",
+                workload.name(),
+                target.kind.name(),
+                measured.rps,
+                measured.p50_us,
+                measured.p99_us,
+                measured.errors
+            );
+            cells.push(Cell { workload, target: target.kind, measured: Some(measured) });
+        }
+    }
+
+    let report = Report { cells };
+    println!(
+        "etcdgate bench: {version}, {} member(s), {} s per cell after {} s warm-up, concurrency {}, \
+         {} gRPC channels, {} B values, {PRELOAD_KEYS} keys, {build} build\n",
+        args.members, args.duration_secs, args.warmup_secs, args.concurrency, args.connections, args.value_size
+    );
+    print!("{}", report.markdown());
+
+    if let Some(path) = &args.json_out {
+        let config = json!({
+            "etcd_version": version.label(),
+            "members": args.members,
+            "duration_secs": args.duration_secs,
+            "warmup_secs": args.warmup_secs,
+            "concurrency": args.concurrency,
+            "connections": args.connections,
+            "value_size": args.value_size,
+            "keys": PRELOAD_KEYS,
+            "build": build,
+        });
+        let text = serde_json::to_string_pretty(&report.json(config))?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("bench: results written to {}", path.display());
+    }
+
+    // Stop what was started, in reverse order (each also stops on drop if we returned early).
+    drop(etcdgate);
+    drop(grpc_proxy);
+    drop(etcd_gateway);
+    drop(cluster);
+    Ok(())
+}
+
+/// One cell: fresh connections, warm-up, measured window, CPU time of the processes involved.
+async fn measure(
+    workload: Workload,
+    target: &Target,
+    keys: &Arc<Keyspace>,
+    config: CellConfig,
+    args: &BenchArgs,
+    etcd_pids: &[u32],
+) -> Measured {
+    let client = if workload.is_grpc() {
+        Client::grpc(&target.urls, args.connections).await
+    } else {
+        // HTTP/1.1 has one request per connection at a time: keep one per worker alive.
+        Client::http(&target.urls, args.concurrency)
+    };
+    let client = match client {
+        Ok(client) => client,
+        Err(e) => {
+            let failed = CellResult {
+                ok: 0,
+                errors: 1,
+                warmup_errors: 0,
+                first_error: Some(format!("connecting: {e:#}")),
+                hist: hdrhistogram::Histogram::new(3).expect("valid histogram"),
+                window: config.duration,
+            };
+            return Measured::new(&failed, CpuPerRequest::default());
+        }
+    };
+    let start = Instant::now();
+    let (from, to) = config.window(start);
+    let (result, cpu) = tokio::join!(
+        load::run_cell(&client, workload, keys, config, start),
+        cpu_during(etcd_pids, target.proxy_pid, from, to)
+    );
+    let per_request = |us: Option<f64>| us.filter(|_| result.ok > 0).map(|us| us / result.ok as f64);
+    let cpu = CpuPerRequest {
+        etcd: per_request(cpu.etcd),
+        proxy: per_request(cpu.proxy),
+        loadgen: per_request(cpu.loadgen),
+    };
+    Measured::new(&result, cpu)
+}
+
+/// Writes every preloaded key with a value of the configured size, 16 at a time.
+async fn preload(urls: &[String], keys: &Keyspace) -> anyhow::Result<()> {
+    let kv = KvClient::connect(urls[0].clone()).await.with_context(|| format!("connecting to {}", urls[0]))?;
+    let mut puts = futures::stream::iter(keys.keys.iter().cloned())
+        .map(|key| {
+            let mut kv = kv.clone();
+            let value = keys.value.clone();
+            async move { kv.put(PutRequest { key, value, ..Default::default() }).await }
+        })
+        .buffer_unordered(16);
+    while let Some(result) = puts.next().await {
+        result.context("put")?;
+    }
+    Ok(())
+}
+
+/// CPU time (user + system) spent in a window, µs.
+#[derive(Default)]
+struct CpuTotals {
+    etcd: Option<f64>,
+    proxy: Option<f64>,
+    loadgen: Option<f64>,
+}
+
+/// Samples `/proc/<pid>/stat` at `from` and at `to`.
+async fn cpu_during(etcd_pids: &[u32], proxy_pid: Option<u32>, from: Instant, to: Instant) -> CpuTotals {
+    let sample = || {
+        let etcd: Option<u64> = etcd_pids.iter().map(|&pid| cpu_ticks(&pid.to_string())).sum();
+        (etcd, proxy_pid.and_then(|pid| cpu_ticks(&pid.to_string())), cpu_ticks("self"))
+    };
+    tokio::time::sleep_until(from.into()).await;
+    let before = sample();
+    tokio::time::sleep_until(to.into()).await;
+    let after = sample();
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let delta = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?) as f64 * 1e6 / ticks_per_sec);
+    CpuTotals {
+        etcd: delta(before.0, after.0),
+        proxy: delta(before.1, after.1),
+        loadgen: delta(before.2, after.2),
+    }
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3 (state).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}

@@ -1,0 +1,145 @@
+//! The router both front ends call: every etcd RPC, unary or streaming, enters here with its
+//! [`CallContext`] and leaves for a member of the pool. Later this is where reads and watches
+//! are answered from the watch cache instead.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::sync::Arc;
+
+use etcdgate_proto::etcdserverpb::{
+    lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, SnapshotRequest, SnapshotResponse, WatchRequest, WatchResponse,
+};
+use etcdgate_proto::v3electionpb::{election_client::ElectionClient, LeaderRequest, LeaderResponse};
+use etcdgate_upstream::{Pool, RetryPolicy, Target};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::context::CallContext;
+use crate::rpc::{Route, UnaryRpc};
+
+/// A stream of responses to one streaming call.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Opens one bidirectional stream on a member's channel.
+type OpenStream<Req, Resp> =
+    fn(Channel, Request<SharedInput<Req>>) -> BoxFuture<'static, Result<Response<Streaming<Resp>>, Status>>;
+
+/// A client's input stream, handed to one upstream attempt after another: an attempt that
+/// failed before it read anything leaves the whole input to the next.
+pub struct SharedInput<Req>(Arc<std::sync::Mutex<BoxStream<'static, Req>>>);
+
+impl<Req> Stream for SharedInput<Req> {
+    type Item = Req;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Req>> {
+        match self.0.lock() {
+            Ok(mut input) => input.poll_next_unpin(cx),
+            Err(_) => Poll::Ready(None),
+        }
+    }
+}
+
+/// Forwards calls to the member pool.
+#[derive(Debug)]
+pub struct Gateway {
+    pool: Arc<Pool>,
+}
+
+impl Gateway {
+    pub fn new(pool: Arc<Pool>) -> Gateway {
+        Gateway { pool }
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    fn target(route: Route, ctx: &CallContext) -> Target {
+        match (route, &ctx.member) {
+            (Route::Leader, _) => Target::Leader,
+            (Route::MemberOrBalanced, Some(member)) => Target::Named(member.clone()),
+            _ => Target::Any,
+        }
+    }
+
+    /// One unary RPC.
+    pub async fn unary<R: UnaryRpc>(&self, ctx: &CallContext, message: R::Req) -> Result<R::Resp, Status> {
+        let target = Self::target(R::ROUTE, ctx);
+        let response = self
+            .pool
+            .call(&target, R::POLICY, |channel| R::call(channel, ctx.request(message.clone())))
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    /// The Watch stream: client requests in, watch responses out.
+    pub async fn watch(
+        &self,
+        ctx: &CallContext,
+        input: BoxStream<'static, WatchRequest>,
+    ) -> Result<ResponseStream<WatchResponse>, Status> {
+        self.bidi(ctx, input, |channel, request| {
+            Box::pin(async move { WatchClient::new(channel).max_decoding_message_size(usize::MAX).watch(request).await })
+        })
+        .await
+    }
+
+    /// The LeaseKeepAlive stream.
+    pub async fn lease_keep_alive(
+        &self,
+        ctx: &CallContext,
+        input: BoxStream<'static, LeaseKeepAliveRequest>,
+    ) -> Result<ResponseStream<LeaseKeepAliveResponse>, Status> {
+        self.bidi(ctx, input, |channel, request| {
+            Box::pin(async move { LeaseClient::new(channel).lease_keep_alive(request).await })
+        })
+        .await
+    }
+
+    /// A database snapshot streamed from one member (the one named, or a balanced pick).
+    pub async fn snapshot(&self, ctx: &CallContext) -> Result<ResponseStream<SnapshotResponse>, Status> {
+        let target = Self::target(Route::MemberOrBalanced, ctx);
+        let response = self
+            .pool
+            .call(&target, RetryPolicy::Read, |channel| async move {
+                MaintenanceClient::new(channel)
+                    .max_decoding_message_size(usize::MAX)
+                    .snapshot(ctx.request(SnapshotRequest {}))
+                    .await
+            })
+            .await?;
+        Ok(Box::pin(response.into_inner()))
+    }
+
+    /// Election.Observe: leader changes of one election.
+    pub async fn observe(&self, ctx: &CallContext, message: LeaderRequest) -> Result<ResponseStream<LeaderResponse>, Status> {
+        let response = self
+            .pool
+            .call(&Target::Any, RetryPolicy::Read, |channel| {
+                let request = ctx.request(message.clone());
+                async move { ElectionClient::new(channel).observe(request).await }
+            })
+            .await?;
+        Ok(Box::pin(response.into_inner()))
+    }
+
+    /// Opens a bidirectional stream on a member. The client's input is shared between attempts
+    /// so that a member that refused the connection (and so read nothing) can be replaced.
+    async fn bidi<Req: Send + 'static, Resp: Send + 'static>(
+        &self,
+        ctx: &CallContext,
+        input: BoxStream<'static, Req>,
+        open: OpenStream<Req, Resp>,
+    ) -> Result<ResponseStream<Resp>, Status> {
+        let shared = Arc::new(std::sync::Mutex::new(input));
+        let response = self
+            .pool
+            .call(&Target::Any, RetryPolicy::Write, |channel| open(channel, ctx.request(SharedInput(shared.clone()))))
+            .await?;
+        Ok(Box::pin(response.into_inner()))
+    }
+}

@@ -1,0 +1,143 @@
+//! Reading HTTP request bodies safely: bounded in size, bounded in time for unary calls (a
+//! client that stops mid-body gets an error instead of holding a task forever), and decoded
+//! as one JSON message or as a stream of concatenated JSON messages, as etcd's gateway does.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::{Buf, Bytes, BytesMut};
+use futures::Stream;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
+use tonic::{Code, Status};
+
+use super::errors::decode_error;
+
+/// Reads a whole body of at most `limit` bytes within `timeout`.
+pub async fn read_all(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, Status> {
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(Status::invalid_argument(format!(
+            "etcdgate: request body not received within {}s",
+            timeout.as_secs()
+        ))),
+        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
+        Ok(Err(error)) => Err(Status::invalid_argument(format!("etcdgate: reading request body: {error}"))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+fn too_large(limit: usize) -> Status {
+    Status::resource_exhausted(format!("etcdgate: request body larger than the limit of {limit} bytes"))
+}
+
+/// Decodes the first JSON value of a unary body; an empty body is the empty message and
+/// anything after the first value is ignored, as in etcd's gateway.
+pub fn decode_one<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    match serde_json::Deserializer::from_slice(body).into_iter::<T>().next() {
+        Some(Ok(message)) => Ok(message),
+        Some(Err(error)) => Err(decode_error(Code::InvalidArgument, &error)),
+        None => Ok(T::default()),
+    }
+}
+
+/// Splits a streaming request body into JSON messages as they arrive. A message may span
+/// several reads; at most `limit` bytes of one message are buffered. Decode errors are
+/// reported as etcd reports them on streams (`Unknown`).
+pub fn decode_stream<T: DeserializeOwned + Send + 'static>(body: Body, limit: usize) -> impl Stream<Item = Result<T, Status>> + Send {
+    struct State {
+        body: Body,
+        buffer: BytesMut,
+        ended: bool,
+        failed: bool,
+    }
+    let state = State { body, buffer: BytesMut::new(), ended: false, failed: false };
+    futures::stream::unfold(state, move |mut state| async move {
+        if state.failed {
+            return None;
+        }
+        loop {
+            let start = state.buffer.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(state.buffer.len());
+            state.buffer.advance(start);
+            if !state.buffer.is_empty() {
+                let mut values = serde_json::Deserializer::from_slice(&state.buffer).into_iter::<T>();
+                match values.next() {
+                    Some(Ok(message)) => {
+                        let used = values.byte_offset();
+                        state.buffer.advance(used);
+                        return Some((Ok(message), state));
+                    }
+                    Some(Err(error)) if !(error.is_eof() && !state.ended) => {
+                        state.failed = true;
+                        return Some((Err(decode_error(Code::Unknown, &error)), state));
+                    }
+                    _ => {}
+                }
+            }
+            if state.ended {
+                return None;
+            }
+            match state.body.frame().await {
+                None => state.ended = true,
+                Some(Err(_)) => return None,
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        state.buffer.extend_from_slice(&data);
+                        if state.buffer.len() > limit {
+                            state.failed = true;
+                            return Some((Err(too_large(limit)), state));
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcdgate_proto::etcdserverpb::{RangeRequest, WatchRequest};
+    use futures::StreamExt;
+
+    #[test]
+    fn unary_bodies_decode_like_the_gateway() {
+        let empty: RangeRequest = decode_one(b"  ").unwrap();
+        assert_eq!(empty, RangeRequest::default());
+        let both_cases: RangeRequest = decode_one(br#"{"key":"YQ==","rangeEnd":"Yg==","keys_only":true,"x":1} trailing"#).unwrap();
+        assert_eq!(both_cases.key, b"a");
+        assert_eq!(both_cases.range_end, b"b");
+        assert!(both_cases.keys_only);
+        let truncated = decode_one::<RangeRequest>(br#"{"key":"YQ=="#).unwrap_err();
+        assert_eq!((truncated.code(), truncated.message()), (Code::InvalidArgument, "unexpected EOF"));
+        assert_eq!(decode_one::<RangeRequest>(br#"{"key":5}"#).unwrap_err().code(), Code::InvalidArgument);
+        let numbers: RangeRequest = decode_one(br#"{"key":"YQ==","limit":5,"revision":"7","sort_order":"DESCEND","sort_target":2}"#).unwrap();
+        assert_eq!((numbers.limit, numbers.revision, numbers.sort_order, numbers.sort_target), (5, 7, 2, 2));
+    }
+
+    #[tokio::test]
+    async fn streams_split_messages_across_reads() {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(br#"{"create_request":{"key":"YQ"#)),
+            Ok(Bytes::from_static(br#"=="}} {"progress_request":{}}"#)),
+            Ok(Bytes::from_static(b"\n{\"cancel_request\":{\"watch_id\":\"3\"}}")),
+        ];
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        let messages: Vec<_> = decode_stream::<WatchRequest>(body, 1 << 20).collect().await;
+        assert_eq!(messages.len(), 3);
+        assert!(messages.iter().all(Result::is_ok));
+    }
+
+    #[tokio::test]
+    async fn stream_garbage_ends_the_stream_with_an_error() {
+        let body = Body::from(r#"{"create_request":{"key":"YQ=="}} {oops"#);
+        let messages: Vec<_> = decode_stream::<WatchRequest>(body, 1 << 20).collect().await;
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[1].as_ref().unwrap_err().code(), Code::Unknown);
+        let huge = Body::from(format!("{{\"create_request\":{{\"key\":\"{}\"", "A".repeat(100)));
+        let messages: Vec<_> = decode_stream::<WatchRequest>(huge, 64).collect().await;
+        assert_eq!(messages[0].as_ref().unwrap_err().code(), Code::ResourceExhausted);
+    }
+}

@@ -1,0 +1,75 @@
+//! `GET /version` and `GET /health`, which etcd serves over plain HTTP rather than gRPC:
+//! answered by the first member that responds, with its status code, type and body.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{header, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+use super::errors::json_response;
+use super::HttpState;
+
+pub type MemberHttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+pub fn member_http_client() -> MemberHttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// GETs `path` from the members in turn; the first answer wins.
+pub async fn get_from_members(state: &HttpState, path: &str) -> Option<(StatusCode, Option<http::HeaderValue>, Bytes)> {
+    for member in state.gateway.pool().members() {
+        let Ok(uri) = format!("{}{}", member.url(), path).parse::<http::Uri>() else { continue };
+        let attempt = async {
+            let response = state.member_http.get(uri).await.ok()?;
+            let status = response.status();
+            let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+            let body = response.into_body().collect().await.ok()?.to_bytes();
+            Some((status, content_type, body))
+        };
+        if let Ok(Some(answer)) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            return Some(answer);
+        }
+    }
+    None
+}
+
+fn passthrough((status, content_type, body): (StatusCode, Option<http::HeaderValue>, Bytes)) -> Response {
+    let mut response = (status, Body::from(body)).into_response();
+    if let Some(content_type) = content_type {
+        response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    }
+    response
+}
+
+pub async fn version(State(state): State<std::sync::Arc<HttpState>>) -> Response {
+    match get_from_members(&state, "/version").await {
+        Some(answer) => {
+            if let Ok(parsed) = serde_json::from_slice::<serde_json::Value>(&answer.2) {
+                if let Some(server) = parsed.get("etcdserver").and_then(|v| v.as_str()) {
+                    state.errors.set_cluster_version(server);
+                }
+            }
+            passthrough(answer)
+        }
+        None => state.errors.response(&tonic::Status::unavailable("etcdgate: no etcd member reachable")),
+    }
+}
+
+pub async fn health(State(state): State<std::sync::Arc<HttpState>>) -> Response {
+    match get_from_members(&state, "/health").await {
+        Some(answer) => passthrough(answer),
+        None => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"health":"false","reason":"etcdgate: no etcd member reachable"}"#.to_vec(),
+        ),
+    }
+}

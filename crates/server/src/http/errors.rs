@@ -1,0 +1,142 @@
+//! Error bodies exactly as etcd's HTTP gateway writes them. Unary errors are
+//! `{"error":msg,"code":N,"message":msg}` (etcd 3.5; 3.4 puts `message` before `code`), with
+//! grpc-gateway's mapping from gRPC code to HTTP status; errors inside a stream are a
+//! `{"error":{"grpc_code":..,"http_code":..,"message":..,"http_status":..}}` line.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use serde::Serialize;
+use tonic::{Code, Status};
+
+/// Which etcd's error layout to copy: the one of the cluster behind the gateway.
+#[derive(Debug, Default)]
+pub struct ErrorStyle {
+    etcd_3_4: AtomicBool,
+}
+
+impl ErrorStyle {
+    /// Records the cluster's version (`3.4.23`, `3.5.1`, ...).
+    pub fn set_cluster_version(&self, version: &str) {
+        self.etcd_3_4.store(version.starts_with("3.4."), Ordering::Relaxed);
+    }
+
+    /// A unary error response.
+    pub fn response(&self, status: &Status) -> Response {
+        let message = status.message();
+        let code = status.code() as i32;
+        let body = if self.etcd_3_4.load(Ordering::Relaxed) {
+            serde_json::to_vec(&V34 { error: message, message, code })
+        } else {
+            serde_json::to_vec(&V35 { error: message, code, message })
+        }
+        .unwrap_or_default();
+        json_response(http_status(status.code()), body)
+    }
+}
+
+#[derive(Serialize)]
+struct V35<'a> {
+    error: &'a str,
+    code: i32,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct V34<'a> {
+    error: &'a str,
+    message: &'a str,
+    code: i32,
+}
+
+#[derive(Serialize)]
+struct StreamError<'a> {
+    grpc_code: i32,
+    http_code: u16,
+    message: &'a str,
+    http_status: &'a str,
+}
+
+#[derive(Serialize)]
+struct StreamErrorChunk<'a> {
+    error: StreamError<'a>,
+}
+
+/// The line a stream ends with when its call fails after it started.
+pub fn stream_error_line(status: &Status) -> Vec<u8> {
+    let http = http_status(status.code());
+    let chunk = StreamErrorChunk {
+        error: StreamError {
+            grpc_code: status.code() as i32,
+            http_code: http.as_u16(),
+            message: status.message(),
+            http_status: http.canonical_reason().unwrap_or(""),
+        },
+    };
+    let mut line = serde_json::to_vec(&chunk).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+/// grpc-gateway v1's HTTPStatusFromCode, as etcd 3.4 and 3.5 use it.
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
+        Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+        Code::Aborted => StatusCode::CONFLICT,
+        Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Turns a JSON decoding failure into the status etcd's gateway would report, with Go's
+/// wording where the cause is the same (`unexpected EOF` for a truncated body).
+pub fn decode_error(code: Code, error: &serde_json::Error) -> Status {
+    if error.is_eof() {
+        Status::new(code, "unexpected EOF")
+    } else {
+        Status::new(code, error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_mapping_follows_grpc_gateway() {
+        assert_eq!(http_status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
+        assert_eq!(http_status(Code::OutOfRange), StatusCode::BAD_REQUEST);
+        assert_eq!(http_status(Code::Unauthenticated), StatusCode::UNAUTHORIZED);
+        assert_eq!(http_status(Code::ResourceExhausted), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(http_status(Code::Unavailable), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn stream_errors_are_one_json_line() {
+        let line = stream_error_line(&Status::cancelled("context canceled"));
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "{\"error\":{\"grpc_code\":1,\"http_code\":408,\"message\":\"context canceled\",\"http_status\":\"Request Timeout\"}}\n"
+        );
+    }
+}

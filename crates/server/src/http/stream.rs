@@ -1,0 +1,79 @@
+//! Streaming responses over HTTP as etcd's gateway writes them: chunked, one compact
+//! `{"result":{...}}` line per message, each flushed on its own (APISIX splits its reads on
+//! newlines and mis-attributes events when two messages share one read), and a final
+//! `{"error":{...}}` line if the call fails midway.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use http::StatusCode;
+use serde::Serialize;
+use tonic::Status;
+
+use super::errors::{json_response, stream_error_line};
+
+#[derive(Serialize)]
+struct ResultChunk<'a, T> {
+    result: &'a T,
+}
+
+/// Turns a stream of responses into a chunked JSON response. `cancel` ends the stream with an
+/// error line when it fires (a bad message in the client's own stream).
+pub fn respond<T, S, C>(responses: S, cancel: C) -> Response
+where
+    T: Serialize + Send + 'static,
+    S: Stream<Item = Result<T, Status>> + Send + 'static,
+    C: Stream<Item = Status> + Send + 'static,
+{
+    let merged = futures::stream::select(responses, cancel.map(Err));
+    let lines = merged
+        .scan(false, |failed, item| {
+            if *failed {
+                return futures::future::ready(None);
+            }
+            let line = match item {
+                Ok(message) => {
+                    let mut line = serde_json::to_vec(&ResultChunk { result: &message }).unwrap_or_default();
+                    line.push(b'\n');
+                    line
+                }
+                Err(status) => {
+                    *failed = true;
+                    stream_error_line(&status)
+                }
+            };
+            futures::future::ready(Some(Ok::<_, std::convert::Infallible>(Bytes::from(line))))
+        })
+        .boxed();
+    let mut response = json_response(StatusCode::OK, Vec::new());
+    *response.body_mut() = Body::from_stream(FlushEach { inner: lines, yield_next: false });
+    response
+}
+
+/// Returns `Pending` once after every item so that hyper writes and flushes each chunk
+/// before it asks for the next one.
+struct FlushEach<S> {
+    inner: S,
+    yield_next: bool,
+}
+
+impl<S: Stream + Unpin> Stream for FlushEach<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        if self.yield_next {
+            self.yield_next = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let item = self.inner.poll_next_unpin(cx);
+        if matches!(item, Poll::Ready(Some(_))) {
+            self.yield_next = true;
+        }
+        item
+    }
+}

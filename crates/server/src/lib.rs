@@ -1,0 +1,14 @@
+//! etcdgate's serving side: the etcd v3 gRPC services and the HTTP/JSON gateway on one port
+//! (as etcd serves them on its client port), and the [`Gateway`] router both call into.
+//! It decides where a request goes, never how a member is chosen (that is `upstream`).
+
+mod context;
+mod gateway;
+mod grpc;
+mod http;
+mod rpc;
+mod serve;
+
+pub use context::{CallContext, MEMBER_KEY};
+pub use gateway::{Gateway, ResponseStream};
+pub use serve::{serve, ServerConfig};

@@ -1,0 +1,107 @@
+//! The table of etcd's unary RPCs: for each, its request and response types, how to call it
+//! on a member, where it must go and whether it may be retried. Both front ends (gRPC and
+//! HTTP/JSON) serve every RPC through this one table, so the rules live in one place.
+
+use etcdgate_proto::etcdserverpb::{
+    auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, *,
+};
+use etcdgate_proto::v3electionpb::{election_client::ElectionClient, *};
+use etcdgate_proto::v3lockpb::{lock_client::LockClient, *};
+use etcdgate_upstream::RetryPolicy;
+use futures::future::BoxFuture;
+use tonic::transport::Channel;
+use tonic::{Request, Response};
+
+/// Where an RPC must be sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Any healthy member.
+    Balanced,
+    /// The raft leader: membership changes, promote, move-leader.
+    Leader,
+    /// The member the client names with `etcdgate-member` (maintenance RPCs that report on or
+    /// act on one member); a balanced pick when it names none.
+    MemberOrBalanced,
+}
+
+/// One unary etcd RPC.
+pub trait UnaryRpc: Send + Sync + 'static {
+    type Req: prost::Message + serde::de::DeserializeOwned + Default + Clone + Send + Sync + 'static;
+    type Resp: prost::Message + serde::Serialize + Send + 'static;
+    /// gRPC method name, for logs and metrics.
+    const NAME: &'static str;
+    const POLICY: RetryPolicy;
+    const ROUTE: Route;
+    fn call(channel: Channel, request: Request<Self::Req>) -> BoxFuture<'static, Result<Response<Self::Resp>, tonic::Status>>;
+}
+
+macro_rules! unary_rpcs {
+    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident;)*) => {$(
+        #[doc = concat!("`", stringify!($name), "`")]
+        pub struct $name;
+        impl UnaryRpc for $name {
+            type Req = $req;
+            type Resp = $resp;
+            const NAME: &'static str = stringify!($name);
+            const POLICY: RetryPolicy = RetryPolicy::$policy;
+            const ROUTE: Route = Route::$route;
+            fn call(channel: Channel, request: Request<$req>) -> BoxFuture<'static, Result<Response<$resp>, tonic::Status>> {
+                Box::pin(async move { $client::new(channel).max_decoding_message_size(usize::MAX).$method(request).await })
+            }
+        }
+    )*};
+}
+
+unary_rpcs! {
+    Range: KvClient.range(RangeRequest) -> RangeResponse, Read, Balanced;
+    Put: KvClient.put(PutRequest) -> PutResponse, Write, Balanced;
+    DeleteRange: KvClient.delete_range(DeleteRangeRequest) -> DeleteRangeResponse, Write, Balanced;
+    Txn: KvClient.txn(TxnRequest) -> TxnResponse, Write, Balanced;
+    Compact: KvClient.compact(CompactionRequest) -> CompactionResponse, Write, Balanced;
+
+    LeaseGrant: LeaseClient.lease_grant(LeaseGrantRequest) -> LeaseGrantResponse, Write, Balanced;
+    LeaseRevoke: LeaseClient.lease_revoke(LeaseRevokeRequest) -> LeaseRevokeResponse, Write, Balanced;
+    LeaseTimeToLive: LeaseClient.lease_time_to_live(LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse, Read, Balanced;
+    LeaseLeases: LeaseClient.lease_leases(LeaseLeasesRequest) -> LeaseLeasesResponse, Read, Balanced;
+
+    MemberAdd: ClusterClient.member_add(MemberAddRequest) -> MemberAddResponse, Write, Leader;
+    MemberRemove: ClusterClient.member_remove(MemberRemoveRequest) -> MemberRemoveResponse, Write, Leader;
+    MemberUpdate: ClusterClient.member_update(MemberUpdateRequest) -> MemberUpdateResponse, Write, Leader;
+    MemberList: ClusterClient.member_list(MemberListRequest) -> MemberListResponse, Read, Balanced;
+    MemberPromote: ClusterClient.member_promote(MemberPromoteRequest) -> MemberPromoteResponse, Write, Leader;
+
+    Alarm: MaintenanceClient.alarm(AlarmRequest) -> AlarmResponse, Write, MemberOrBalanced;
+    Status: MaintenanceClient.status(StatusRequest) -> StatusResponse, Read, MemberOrBalanced;
+    Defragment: MaintenanceClient.defragment(DefragmentRequest) -> DefragmentResponse, Write, MemberOrBalanced;
+    Hash: MaintenanceClient.hash(HashRequest) -> HashResponse, Read, MemberOrBalanced;
+    HashKv: MaintenanceClient.hash_kv(HashKvRequest) -> HashKvResponse, Read, MemberOrBalanced;
+    MoveLeader: MaintenanceClient.move_leader(MoveLeaderRequest) -> MoveLeaderResponse, Write, Leader;
+    Downgrade: MaintenanceClient.downgrade(DowngradeRequest) -> DowngradeResponse, Write, Leader;
+
+    AuthEnable: AuthClient.auth_enable(AuthEnableRequest) -> AuthEnableResponse, Write, Balanced;
+    AuthDisable: AuthClient.auth_disable(AuthDisableRequest) -> AuthDisableResponse, Write, Balanced;
+    AuthStatus: AuthClient.auth_status(AuthStatusRequest) -> AuthStatusResponse, Read, Balanced;
+    Authenticate: AuthClient.authenticate(AuthenticateRequest) -> AuthenticateResponse, Read, Balanced;
+    UserAdd: AuthClient.user_add(AuthUserAddRequest) -> AuthUserAddResponse, Write, Balanced;
+    UserGet: AuthClient.user_get(AuthUserGetRequest) -> AuthUserGetResponse, Read, Balanced;
+    UserList: AuthClient.user_list(AuthUserListRequest) -> AuthUserListResponse, Read, Balanced;
+    UserDelete: AuthClient.user_delete(AuthUserDeleteRequest) -> AuthUserDeleteResponse, Write, Balanced;
+    UserChangePassword: AuthClient.user_change_password(AuthUserChangePasswordRequest) -> AuthUserChangePasswordResponse, Write, Balanced;
+    UserGrantRole: AuthClient.user_grant_role(AuthUserGrantRoleRequest) -> AuthUserGrantRoleResponse, Write, Balanced;
+    UserRevokeRole: AuthClient.user_revoke_role(AuthUserRevokeRoleRequest) -> AuthUserRevokeRoleResponse, Write, Balanced;
+    RoleAdd: AuthClient.role_add(AuthRoleAddRequest) -> AuthRoleAddResponse, Write, Balanced;
+    RoleGet: AuthClient.role_get(AuthRoleGetRequest) -> AuthRoleGetResponse, Read, Balanced;
+    RoleList: AuthClient.role_list(AuthRoleListRequest) -> AuthRoleListResponse, Read, Balanced;
+    RoleDelete: AuthClient.role_delete(AuthRoleDeleteRequest) -> AuthRoleDeleteResponse, Write, Balanced;
+    RoleGrantPermission: AuthClient.role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse, Write, Balanced;
+    RoleRevokePermission: AuthClient.role_revoke_permission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse, Write, Balanced;
+
+    Lock: LockClient.lock(LockRequest) -> LockResponse, Write, Balanced;
+    Unlock: LockClient.unlock(UnlockRequest) -> UnlockResponse, Write, Balanced;
+
+    Campaign: ElectionClient.campaign(CampaignRequest) -> CampaignResponse, Write, Balanced;
+    Proclaim: ElectionClient.proclaim(ProclaimRequest) -> ProclaimResponse, Write, Balanced;
+    Leader: ElectionClient.leader(LeaderRequest) -> LeaderResponse, Read, Balanced;
+    Resign: ElectionClient.resign(ResignRequest) -> ResignResponse, Write, Balanced;
+}

@@ -1,0 +1,489 @@
+//! An N-member etcd cluster on 127.0.0.1 in a temporary directory.
+//!
+//! Layout of the directory: `m{i}/` is member i's `--data-dir`, `m{i}.log` its stdout+stderr
+//! (appended to across restarts). Ports are picked with [`free_port`] and kept for the
+//! cluster's lifetime, so a restarted member comes back at the same URLs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use tempfile::TempDir;
+
+use crate::health::{check_health, http_get};
+use crate::port::free_port;
+use crate::process::{kill_and_reap, log_tail, signal, spawn_logged, wait_stopped};
+use crate::version::{run_etcdctl, EtcdVersion};
+
+const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+const LOG_TAIL_LINES: usize = 40;
+
+/// Configures a [`Cluster`] before starting it: `Cluster::builder(v).members(3).arg("..").start()`.
+#[derive(Clone, Debug)]
+pub struct ClusterBuilder {
+    version: EtcdVersion,
+    members: usize,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    ready_timeout: Duration,
+    binary: Option<PathBuf>,
+}
+
+impl ClusterBuilder {
+    /// Runs this `etcd` binary instead of the version's own (`etcdgate dev` uses the one on
+    /// PATH). Its reported version is then not checked against the builder's.
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
+    }
+
+    /// Number of members (default 1).
+    pub fn members(mut self, n: usize) -> Self {
+        self.members = n;
+        self
+    }
+
+    /// An extra flag for every member, e.g. `"--auto-compaction-retention=1"`. Added after the
+    /// flags this crate sets, so it wins over them (etcd takes the last value of a flag).
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Several extra flags for every member, see [`ClusterBuilder::arg`].
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// An environment variable for every member. (Inherited `ETCD_*` variables are removed.)
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    /// How long `start` and `restart` wait for members to report healthy (default 30 s).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Starts all members concurrently and waits until every one answers `/health` with
+    /// `"health":"true"` and reports the expected server version.
+    pub async fn start(self) -> anyhow::Result<Cluster> {
+        if self.members == 0 {
+            bail!("a cluster needs at least one member");
+        }
+        if self.binary.is_none() {
+            self.version.check_installed()?;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("etcdgate-cluster-")
+            .tempdir()
+            .context("create cluster temp dir")?;
+        let members: Vec<Member> = (0..self.members)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                data_dir: dir.path().join(format!("m{i}")),
+                log: dir.path().join(format!("m{i}.log")),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            version: self.version,
+            members,
+            initial_cluster,
+            token: unique_token(),
+            args: self.args,
+            envs: self.envs,
+            ready_timeout: self.ready_timeout,
+            binary: self.binary.clone().unwrap_or_else(|| self.version.etcd_bin()),
+            dir,
+        };
+        // On any error below, dropping `cluster` kills what was started.
+        for i in 0..cluster.members.len() {
+            cluster.spawn_member(i)?;
+        }
+        let all: Vec<usize> = (0..cluster.members.len()).collect();
+        cluster
+            .wait_members_ready(&all, cluster.ready_timeout)
+            .await?;
+        if self.binary.is_none() {
+            cluster.check_server_version().await?;
+        }
+        Ok(cluster)
+    }
+}
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running etcd cluster. Dropping it SIGKILLs every member, reaps it and removes the
+/// temporary directory (also during a panic's unwinding).
+pub struct Cluster {
+    version: EtcdVersion,
+    members: Vec<Member>,
+    initial_cluster: String,
+    token: String,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    ready_timeout: Duration,
+    binary: PathBuf,
+    dir: TempDir,
+}
+
+impl Cluster {
+    /// Starts a cluster of `members` members with default flags.
+    pub async fn start(version: EtcdVersion, members: usize) -> anyhow::Result<Cluster> {
+        Cluster::builder(version).members(members).start().await
+    }
+
+    pub fn builder(version: EtcdVersion) -> ClusterBuilder {
+        ClusterBuilder {
+            version,
+            members: 1,
+            args: Vec::new(),
+            envs: Vec::new(),
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            binary: None,
+        }
+    }
+
+    pub fn version(&self) -> EtcdVersion {
+        self.version
+    }
+
+    /// `http://127.0.0.1:PORT` of every member, in member order (dead members included).
+    pub fn client_urls(&self) -> Vec<String> {
+        (0..self.members.len())
+            .map(|i| self.client_url(i))
+            .collect()
+    }
+
+    /// `http://127.0.0.1:PORT` of member `i`.
+    pub fn client_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// `http://127.0.0.1:PORT` of member `i`'s peer listener.
+    pub fn peer_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].peer_port)
+    }
+
+    /// Comma-joined [`Cluster::client_urls`], as `--endpoints` wants them.
+    pub fn endpoints(&self) -> String {
+        self.client_urls().join(",")
+    }
+
+    /// Comma-joined client URLs of the members whose process is currently running.
+    pub fn live_endpoints(&self) -> String {
+        (0..self.members.len())
+            .filter(|&i| self.members[i].child.is_some())
+            .map(|i| self.client_url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// `--name` of member `i` (`m{i}`).
+    pub fn member_name(&self, i: usize) -> &str {
+        &self.members[i].name
+    }
+
+    /// The cluster's temporary directory (holds `m{i}/` data dirs and `m{i}.log`).
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Member `i`'s `--data-dir`.
+    pub fn member_data_dir(&self, i: usize) -> &Path {
+        &self.members[i].data_dir
+    }
+
+    /// Member `i`'s log file (stdout and stderr).
+    pub fn log_path(&self, i: usize) -> &Path {
+        &self.members[i].log
+    }
+
+    /// The last `lines` lines of member `i`'s log.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        log_tail(&self.members[i].log, lines)
+    }
+
+    /// Pid of member `i`, or `None` if it was killed (and not restarted).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
+    /// Whether member `i`'s process is running (a paused member counts as running).
+    pub fn is_running(&mut self, i: usize) -> bool {
+        let m = &mut self.members[i];
+        match m.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                m.child = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// SIGKILLs member `i` and reaps it. No-op if it is not running.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            kill_and_reap(&mut child);
+        }
+    }
+
+    /// SIGSTOPs member `i` and waits until all its threads are stopped: it keeps its sockets
+    /// open (connects still succeed) but answers nothing, like a hung member.
+    pub fn pause(&mut self, i: usize) -> anyhow::Result<()> {
+        let m = &mut self.members[i];
+        let child = m
+            .child
+            .as_mut()
+            .with_context(|| format!("member {} is not running", m.name))?;
+        signal(child, libc::SIGSTOP).with_context(|| format!("SIGSTOP member {}", m.name))?;
+        wait_stopped(child.id(), true).with_context(|| format!("pause member {}", m.name))
+    }
+
+    /// SIGCONTs member `i` after [`Cluster::pause`] and waits until it runs again (it may
+    /// need a moment to rejoin; see [`Cluster::wait_member_ready`]).
+    pub fn resume(&mut self, i: usize) -> anyhow::Result<()> {
+        let m = &mut self.members[i];
+        let child = m
+            .child
+            .as_mut()
+            .with_context(|| format!("member {} is not running", m.name))?;
+        signal(child, libc::SIGCONT).with_context(|| format!("SIGCONT member {}", m.name))?;
+        wait_stopped(child.id(), false).with_context(|| format!("resume member {}", m.name))
+    }
+
+    /// Starts a killed member again with the same data dir, ports and flags, and waits until
+    /// it is healthy (which needs a quorum of members running).
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.respawn(i)?;
+        self.wait_members_ready(&[i], self.ready_timeout).await
+    }
+
+    /// Starts a killed member again without waiting for it (e.g. to bring back several members
+    /// of a cluster that lost quorum), see [`Cluster::wait_member_ready`].
+    pub fn respawn(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.is_running(i) {
+            bail!(
+                "member {} is still running; kill it before restarting",
+                self.members[i].name
+            );
+        }
+        self.spawn_member(i)
+    }
+
+    /// Waits until member `i` reports healthy; fails early, with its log, if it exits.
+    pub async fn wait_member_ready(&mut self, i: usize, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_members_ready(&[i], timeout).await
+    }
+
+    /// Index of the member that currently reports `etcd_server_is_leader 1` in `/metrics`.
+    pub async fn leader(&self) -> Option<usize> {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() {
+                continue;
+            }
+            if let Ok((200, body)) = http_get(&self.client_url(i), "/metrics").await {
+                if body.lines().any(|l| l.trim() == "etcd_server_is_leader 1") {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits until some running member reports being leader, and returns its index. After
+    /// the leader is killed, writes hang (then time out) until this succeeds.
+    pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.leader().await {
+                return Ok(i);
+            }
+            if Instant::now() >= deadline {
+                bail!("{} cluster has no leader after {timeout:?}", self.version);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `etcdctl` of the cluster's version against the running members, see [`run_etcdctl`].
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        run_etcdctl(self.version, &self.live_endpoints(), args)
+    }
+
+    fn spawn_member(&mut self, i: usize) -> anyhow::Result<()> {
+        let m = &self.members[i];
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", "new"])
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .current_dir(self.dir.path());
+        let child = spawn_logged(cmd, &m.log).with_context(|| {
+            format!(
+                "spawn {} ({}) for member {}",
+                self.binary.display(),
+                self.version,
+                m.name
+            )
+        })?;
+        self.members[i].child = Some(child);
+        Ok(())
+    }
+
+    async fn wait_members_ready(
+        &mut self,
+        which: &[usize],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut pending: Vec<(usize, String)> = which.iter().map(|&i| (i, String::new())).collect();
+        loop {
+            let mut still = Vec::new();
+            for (i, _) in pending {
+                let m = &mut self.members[i];
+                let Some(child) = m.child.as_mut() else {
+                    bail!("{} member {} is not running", self.version, m.name);
+                };
+                if let Ok(Some(status)) = child.try_wait() {
+                    m.child = None;
+                    bail!(
+                        "{} member {} exited during startup ({status})\n--- tail of {} ---\n{}",
+                        self.version,
+                        m.name,
+                        m.log.display(),
+                        log_tail(&m.log, LOG_TAIL_LINES)
+                    );
+                }
+                let url = format!("http://127.0.0.1:{}", m.client_port);
+                if let Err(e) = check_health(&url).await {
+                    still.push((i, format!("{e:#}")));
+                }
+            }
+            if still.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let mut msg = format!("{} cluster not healthy after {timeout:?}:", self.version);
+                for (i, err) in &still {
+                    let m = &self.members[*i];
+                    msg.push_str(&format!(
+                        "\nmember {} (http://127.0.0.1:{}): {err}\n--- tail of {} ---\n{}",
+                        m.name,
+                        m.client_port,
+                        m.log.display(),
+                        log_tail(&m.log, LOG_TAIL_LINES)
+                    ));
+                }
+                bail!(msg);
+            }
+            pending = still;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Guards against a wrong binary (PATH shims, bad overrides): `/version` must say 3.4.x / 3.5.x.
+    async fn check_server_version(&self) -> anyhow::Result<()> {
+        let url = self.client_url(0);
+        let (_, body) = http_get(&url, "/version").await?;
+        let want = format!(r#""etcdserver":"{}."#, self.version.label());
+        if !body.contains(&want) {
+            bail!(
+                "{} from {} reports {}; wrong binary? (set {})",
+                self.version,
+                self.binary.display(),
+                body.trim(),
+                self.version.env_hint()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut child) = m.child.take() {
+                kill_and_reap(&mut child);
+            }
+        }
+        if std::env::var_os("ETCDGATE_KEEP_TMP").is_some_and(|v| !v.is_empty() && v != "0") {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "etcdgate-testkit: keeping cluster dir {}",
+                self.dir.path().display()
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("version", &self.version)
+            .field("endpoints", &self.endpoints())
+            .field("dir", &self.dir.path())
+            .finish()
+    }
+}
+
+fn unique_token() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "etcdgate-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

