@@ -3,41 +3,13 @@
 //! endpoint address, which are normalised.
 
 use std::io::Write;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-use etcdgate_testkit::{free_port, Cluster, EtcdVersion};
+use etcdgate_testkit::{Cluster, EtcdVersion};
 
-/// The `etcdgate serve` binary as a child process, killed on drop.
-struct Etcdgate {
-    child: Child,
-    addr: String,
-}
-
-impl Etcdgate {
-    fn start(endpoints: &str) -> Etcdgate {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_etcdgate"))
-            .args(["serve", "--endpoints", endpoints, "--listen-addr", &addr])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcdgate");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "etcdgate did not start listening on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Etcdgate { child, addr }
-    }
-}
-
-impl Drop for Etcdgate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::Etcdgate;
 
 fn etcdctl(version: EtcdVersion, endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(version.etcdctl_bin())
@@ -115,7 +87,7 @@ async fn etcdctl_through_etcdgate_matches_etcd() {
         let cluster = Cluster::start(version, 3).await.unwrap();
         let gateway = Etcdgate::start(&cluster.endpoints());
         let direct = cluster.client_urls()[0].clone();
-        let gw = gateway.addr.clone();
+        let gw = gateway.addr().to_string();
         let v = version;
 
         assert_eq!(same(v, &direct, &gw, &["put", "/k1", "v1"], None), "OK\n");

@@ -1,0 +1,50 @@
+//! Shared by the binary's integration tests: the `etcdgate serve` binary as a child process.
+//! (Each test binary uses part of it.)
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcdgate_testkit::free_port;
+
+/// The `etcdgate serve` binary as a child process, killed on drop.
+pub struct Etcdgate {
+    child: Child,
+    addr: String,
+}
+
+impl Etcdgate {
+    pub fn start(endpoints: &str) -> Etcdgate {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_etcdgate"))
+            .args(["serve", "--endpoints", endpoints, "--listen-addr", &addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcdgate");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "etcdgate did not start listening on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Etcdgate { child, addr }
+    }
+
+    /// `127.0.0.1:PORT`, as etcdctl takes it.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, as tonic takes it.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Etcdgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
