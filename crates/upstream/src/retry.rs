@@ -32,11 +32,7 @@ pub enum Failure {
 impl Failure {
     /// Whether a request under `policy` that failed this way may go to another member.
     pub fn may_retry(self, policy: RetryPolicy) -> bool {
-        match (self, policy) {
-            (Failure::NotSent, _) => true,
-            (Failure::Transport, RetryPolicy::Read) => true,
-            _ => false,
-        }
+        matches!((self, policy), (Failure::NotSent, _) | (Failure::Transport, RetryPolicy::Read))
     }
 
     /// Whether the failure says the member itself is unusable for now.

@@ -69,7 +69,8 @@ pub fn decode_stream<T: DeserializeOwned + Send + 'static>(body: Body, limit: us
                         state.buffer.advance(used);
                         return Some((Ok(message), state));
                     }
-                    Some(Err(error)) if !(error.is_eof() && !state.ended) => {
+                    // A message cut off by the end of what has arrived so far may still complete.
+                    Some(Err(error)) if !error.is_eof() || state.ended => {
                         state.failed = true;
                         return Some((Err(decode_error(Code::Unknown, &error)), state));
                     }
