@@ -25,12 +25,16 @@ pub struct EtcdgateProcess {
 }
 
 impl EtcdgateProcess {
-    /// Starts etcdgate in front of `endpoints` and waits until its port accepts connections and
+    /// Starts etcdgate in front of `endpoints`, with `env` added to its environment, and waits until its port accepts connections and
     /// a serializable Range of `probe_key` succeeds through it.
     ///
     /// Must be called from a thread that outlives the child (the `PR_SET_PDEATHSIG` signal
     /// fires when the forking *thread* exits): `etcdgate bench` calls it from the main thread.
-    pub async fn start(endpoints: &[String], probe_key: &[u8]) -> anyhow::Result<EtcdgateProcess> {
+    pub async fn start(
+        endpoints: &[String],
+        env: &[(String, String)],
+        probe_key: &[u8],
+    ) -> anyhow::Result<EtcdgateProcess> {
         let exe = std::env::current_exe().context("locating the etcdgate binary")?;
         let dir = tempfile::Builder::new().prefix("etcdgate-bench-").tempdir().context("create temp dir")?;
         let log = dir.path().join("etcdgate.log");
@@ -45,6 +49,7 @@ impl EtcdgateProcess {
             .arg(format!("127.0.0.1:{port}"))
             .env_remove("ETCDGATE_ENDPOINTS")
             .env_remove("ETCDGATE_LISTEN_ADDR")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -73,7 +78,11 @@ impl EtcdgateProcess {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     self.child = None;
-                    bail!("etcdgate exited during startup ({status})\n--- {} ---\n{}", self.log.display(), self.log_tail());
+                    bail!(
+                        "etcdgate exited during startup ({status})\n--- {} ---\n{}",
+                        self.log.display(),
+                        self.log_tail()
+                    );
                 }
             }
             let last = match self.probe(probe_key).await {

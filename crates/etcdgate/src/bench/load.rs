@@ -77,8 +77,7 @@ impl Keyspace {
         let keys: Vec<Vec<u8>> = (0..count).map(|i| format!("/bench/key/{i:06}").into_bytes()).collect();
         let value = (0..value_size).map(|i| b'a' + (i % 26) as u8).collect();
         let b64 = base64::engine::general_purpose::STANDARD;
-        let http_bodies =
-            keys.iter().map(|k| Bytes::from(format!(r#"{{"key":"{}"}}"#, b64.encode(k)))).collect();
+        let http_bodies = keys.iter().map(|k| Bytes::from(format!(r#"{{"key":"{}"}}"#, b64.encode(k)))).collect();
         Keyspace { keys, value, http_bodies }
     }
 }
@@ -89,7 +88,7 @@ pub enum Client {
     /// KV clients grouped by URL: `groups[u]` are the channels to the target's URL `u`.
     Grpc(Vec<Vec<KvClient<Channel>>>),
     /// One keep-alive pool, and `http://host:port/v3/kv/range` of each of the target's URLs.
-    Http { client: HttpPool, uris: Vec<http::Uri> },
+    Http { client: Box<HttpPool>, uris: Vec<http::Uri> },
 }
 
 type HttpPool = LegacyClient<HttpConnector, Full<Bytes>>;
@@ -125,7 +124,7 @@ impl Client {
             .iter()
             .map(|u| format!("{}/v3/kv/range", u.trim_end_matches('/')).parse().with_context(|| format!("url {u}")))
             .collect::<anyhow::Result<_>>()?;
-        Ok(Client::Http { client, uris })
+        Ok(Client::Http { client: Box::new(client), uris })
     }
 }
 

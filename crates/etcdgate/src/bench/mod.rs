@@ -63,6 +63,14 @@ pub struct BenchArgs {
     /// range-linearizable, put, http-range).
     #[arg(long, value_delimiter = ',', value_parser = Workload::parse)]
     pub workloads: Vec<Workload>,
+    /// Targets to measure, comma-separated (default: all of direct, etcd-gateway,
+    /// grpc-proxy, etcdgate). Ratios need `direct` / `grpc-proxy` in the run.
+    #[arg(long, value_delimiter = ',', value_parser = TargetKind::parse)]
+    pub targets: Vec<TargetKind>,
+    /// Environment for the etcdgate child process, `KEY=VALUE`, repeatable (e.g.
+    /// `TOKIO_WORKER_THREADS=1`, `RUST_LOG=debug`).
+    #[arg(long = "etcdgate-env", value_parser = parse_env)]
+    pub etcdgate_env: Vec<(String, String)>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json_out: Option<PathBuf>,
@@ -73,6 +81,13 @@ fn parse_version(s: &str) -> Result<EtcdVersion, String> {
         .into_iter()
         .find(|v| v.label() == s.trim_start_matches('v'))
         .ok_or_else(|| format!("unsupported etcd version {s:?}: 3.4 or 3.5"))
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 /// The URLs a target is reached at, and the pid of the proxy process in the path.
@@ -104,19 +119,42 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let member_urls = cluster.client_urls();
     preload(&member_urls, &keys).await.context("preloading keys")?;
     eprintln!("bench: preloaded {PRELOAD_KEYS} keys of {} bytes; starting proxies ...", args.value_size);
-    let etcd_gateway = ProxyProcess::etcd_gateway(version, &member_urls).context("starting etcd gateway")?;
-    let grpc_proxy = ProxyProcess::grpc_proxy(version, &member_urls).context("starting etcd grpc-proxy")?;
-    let etcdgate = EtcdgateProcess::start(&member_urls, &keys.keys[0]).await.context("starting etcdgate")?;
+    let wanted = |kind: TargetKind| args.targets.is_empty() || args.targets.contains(&kind);
+    let etcd_gateway = if wanted(TargetKind::EtcdGateway) {
+        Some(ProxyProcess::etcd_gateway(version, &member_urls).context("starting etcd gateway")?)
+    } else {
+        None
+    };
+    let grpc_proxy = if wanted(TargetKind::GrpcProxy) {
+        Some(ProxyProcess::grpc_proxy(version, &member_urls).context("starting etcd grpc-proxy")?)
+    } else {
+        None
+    };
+    let etcdgate = if wanted(TargetKind::Etcdgate) {
+        Some(
+            EtcdgateProcess::start(&member_urls, &args.etcdgate_env, &keys.keys[0])
+                .await
+                .context("starting etcdgate")?,
+        )
+    } else {
+        None
+    };
     let etcd_pids: Vec<u32> = (0..cluster.member_count()).filter_map(|i| cluster.pid(i)).collect();
 
-    let targets = [
-        Target { kind: TargetKind::Direct, urls: member_urls.clone(), proxy_pid: None },
-        Target { kind: TargetKind::EtcdGateway, urls: vec![etcd_gateway.url()], proxy_pid: etcd_gateway.pid() },
-        Target { kind: TargetKind::GrpcProxy, urls: vec![grpc_proxy.url()], proxy_pid: grpc_proxy.pid() },
-        Target { kind: TargetKind::Etcdgate, urls: vec![etcdgate.url()], proxy_pid: etcdgate.pid() },
-    ];
-    let total_cells: usize =
-        workloads.iter().map(|w| targets.iter().filter(|t| t.kind.serves(*w)).count()).sum();
+    let mut targets = Vec::new();
+    if wanted(TargetKind::Direct) {
+        targets.push(Target { kind: TargetKind::Direct, urls: member_urls.clone(), proxy_pid: None });
+    }
+    if let Some(p) = &etcd_gateway {
+        targets.push(Target { kind: TargetKind::EtcdGateway, urls: vec![p.url()], proxy_pid: p.pid() });
+    }
+    if let Some(p) = &grpc_proxy {
+        targets.push(Target { kind: TargetKind::GrpcProxy, urls: vec![p.url()], proxy_pid: p.pid() });
+    }
+    if let Some(p) = &etcdgate {
+        targets.push(Target { kind: TargetKind::Etcdgate, urls: vec![p.url()], proxy_pid: p.pid() });
+    }
+    let total_cells: usize = workloads.iter().map(|w| targets.iter().filter(|t| t.kind.serves(*w)).count()).sum();
     eprintln!(
         "bench: {total_cells} cells of {}+{} s each (~{} s)",
         args.warmup_secs,
@@ -164,6 +202,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "value_size": args.value_size,
             "keys": PRELOAD_KEYS,
             "build": build,
+            "etcdgate_env": args.etcdgate_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         });
         let text = serde_json::to_string_pretty(&report.json(config))?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
@@ -214,11 +253,8 @@ async fn measure(
         cpu_during(etcd_pids, target.proxy_pid, from, to)
     );
     let per_request = |us: Option<f64>| us.filter(|_| result.ok > 0).map(|us| us / result.ok as f64);
-    let cpu = CpuPerRequest {
-        etcd: per_request(cpu.etcd),
-        proxy: per_request(cpu.proxy),
-        loadgen: per_request(cpu.loadgen),
-    };
+    let cpu =
+        CpuPerRequest { etcd: per_request(cpu.etcd), proxy: per_request(cpu.proxy), loadgen: per_request(cpu.loadgen) };
     Measured::new(&result, cpu)
 }
 
@@ -259,11 +295,7 @@ async fn cpu_during(etcd_pids: &[u32], proxy_pid: Option<u32>, from: Instant, to
     // SAFETY: sysconf has no preconditions.
     let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let delta = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?) as f64 * 1e6 / ticks_per_sec);
-    CpuTotals {
-        etcd: delta(before.0, after.0),
-        proxy: delta(before.1, after.1),
-        loadgen: delta(before.2, after.2),
-    }
+    CpuTotals { etcd: delta(before.0, after.0), proxy: delta(before.1, after.1), loadgen: delta(before.2, after.2) }
 }
 
 /// utime + stime of a process, in clock ticks.
