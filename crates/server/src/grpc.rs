@@ -29,10 +29,12 @@ use crate::rpc::{self, UnaryRpc};
 #[derive(Clone)]
 pub struct Services {
     gateway: Arc<Gateway>,
+    max_recv_bytes: usize,
 }
 
 impl Services {
     async fn unary<R: UnaryRpc>(&self, request: Request<R::Req>) -> Result<Response<R::Resp>, Status> {
+        check_size(request.get_ref(), self.max_recv_bytes)?;
         let ctx = CallContext::from_grpc(request.metadata());
         self.gateway.unary::<R>(&ctx, request.into_inner()).await.map(Response::new)
     }
@@ -154,13 +156,27 @@ unary_service!(Election {
     }
 );
 
+/// How far past the limit tonic itself still decodes a message, so that [`check_size`] can
+/// refuse it in grpc-go's words; beyond that tonic refuses it with its own error.
+const DECODE_SLACK: usize = 4;
+
+/// etcd's message size limit on what clients send, with grpc-go's code and message (tonic's
+/// own are `OutOfRange` and other words).
+fn check_size(message: &impl prost::Message, max_recv_bytes: usize) -> Result<(), Status> {
+    let len = message.encoded_len();
+    if len > max_recv_bytes {
+        return Err(Status::resource_exhausted(format!("grpc: received message larger than max ({len} vs. {max_recv_bytes})")));
+    }
+    Ok(())
+}
+
 /// All etcd gRPC services, with etcd's message size limit on what clients send.
 pub fn routes(gateway: Arc<Gateway>, max_recv_bytes: usize) -> Routes {
-    let services = Services { gateway };
+    let services = Services { gateway, max_recv_bytes };
     macro_rules! limited {
         ($server:ident) => {
             $server::new(services.clone())
-                .max_decoding_message_size(max_recv_bytes)
+                .max_decoding_message_size(max_recv_bytes.saturating_mul(DECODE_SLACK))
                 .max_encoding_message_size(usize::MAX)
         };
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use etcdgate_proto::etcdserverpb::StatusRequest;
+use etcdgate_upstream::CoalescingIo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -18,6 +19,9 @@ use crate::context::CallContext;
 use crate::gateway::Gateway;
 use crate::http::{self, ErrorStyle, HttpLimits};
 use crate::rpc;
+
+/// How long `serve` waits to learn the cluster's version before it accepts connections.
+const VERSION_WAIT: Duration = Duration::from_secs(2);
 
 /// gRPC framing and metadata allowance on top of the request size limit, as etcd adds it.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -44,7 +48,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let errors = Arc::new(ErrorStyle::default());
-    tokio::spawn(learn_cluster_version(gateway.clone(), errors.clone()));
+    let mut learning = tokio::spawn(learn_cluster_version(gateway.clone(), errors.clone()));
+    // HTTP errors copy the layout of the etcd version behind: give the first clients the
+    // right one, unless the cluster takes long to answer (then learning goes on meanwhile).
+    let _ = tokio::time::timeout(VERSION_WAIT, &mut learning).await;
 
     let max_grpc_message = config.max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES);
     let limits = HttpLimits { max_body_bytes: max_grpc_message.saturating_mul(2), body_timeout: config.http_body_timeout };
@@ -78,7 +85,7 @@ pub async fn serve(
                 .max_concurrent_streams(Some(10_000))
                 .keep_alive_interval(Some(Duration::from_secs(30)))
                 .keep_alive_timeout(Duration::from_secs(10));
-            if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(error) = builder.serve_connection(TokioIo::new(CoalescingIo::new(stream)), service).await {
                 tracing::debug!(%error, "connection ended with an error");
             }
         });

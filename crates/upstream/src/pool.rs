@@ -7,12 +7,16 @@
 //! latency-weighted balancing) builds on this type.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcdgate_proto::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::io::CoalescingIo;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
@@ -25,22 +29,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct PoolOptions {
     pub connect_timeout: Duration,
-    /// Largest message etcdgate accepts from a member (snapshots, big ranges).
-    pub max_decoding_message_size: usize,
-    /// Largest message etcdgate sends to a member.
-    pub max_encoding_message_size: usize,
-    /// Deadline for calls whose client gave none and that are not streams.
-    pub default_timeout: Duration,
 }
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        PoolOptions {
-            connect_timeout: Duration::from_secs(2),
-            max_decoding_message_size: usize::MAX,
-            max_encoding_message_size: usize::MAX,
-            default_timeout: Duration::from_secs(30),
-        }
+        PoolOptions { connect_timeout: Duration::from_secs(2) }
     }
 }
 
@@ -49,13 +42,10 @@ impl Default for PoolOptions {
 pub struct Member {
     url: String,
     channel: Channel,
-    health: Mutex<Health>,
-}
-
-#[derive(Debug, Default)]
-struct Health {
-    consecutive_failures: u32,
-    skip_until: Option<Instant>,
+    /// Consecutive failed calls; 0 when the member is in rotation.
+    consecutive_failures: AtomicU32,
+    /// Skipped until this many milliseconds after the pool's epoch.
+    skip_until_ms: AtomicU64,
 }
 
 impl Member {
@@ -67,27 +57,23 @@ impl Member {
         self.channel.clone()
     }
 
-    fn available(&self, now: Instant) -> bool {
-        let health = self.health.lock().unwrap();
-        health.skip_until.is_none_or(|until| now >= until)
+    fn available(&self, now_ms: u64) -> bool {
+        now_ms >= self.skip_until_ms.load(Ordering::Relaxed)
     }
 
-    fn mark_failed(&self) {
-        let mut health = self.health.lock().unwrap();
-        health.consecutive_failures = health.consecutive_failures.saturating_add(1);
-        let backoff = MIN_BACKOFF
-            .saturating_mul(1u32 << health.consecutive_failures.min(8).saturating_sub(1))
-            .min(MAX_BACKOFF);
-        health.skip_until = Some(Instant::now() + backoff);
-        tracing::warn!(member = %self.url, failures = health.consecutive_failures, ?backoff, "member unreachable, skipped");
+    fn mark_failed(&self, now_ms: u64) {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let backoff = MIN_BACKOFF.saturating_mul(1u32 << failures.min(8).saturating_sub(1)).min(MAX_BACKOFF);
+        self.skip_until_ms.store(now_ms + backoff.as_millis() as u64, Ordering::Relaxed);
+        tracing::warn!(member = %self.url, failures, ?backoff, "member unreachable, skipped");
     }
 
     fn mark_ok(&self) {
-        let mut health = self.health.lock().unwrap();
-        if health.consecutive_failures > 0 {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.skip_until_ms.store(0, Ordering::Relaxed);
             tracing::info!(member = %self.url, "member reachable again");
         }
-        *health = Health::default();
     }
 }
 
@@ -108,6 +94,16 @@ pub struct Pool {
     members: Vec<Arc<Member>>,
     next: AtomicUsize,
     options: PoolOptions,
+    epoch: Instant,
+}
+
+/// Opens a member connection: TCP without Nagle, writes coalesced (see [`CoalescingIo`]).
+async fn connect(uri: http::Uri) -> std::io::Result<TokioIo<CoalescingIo<TcpStream>>> {
+    let host = uri.host().unwrap_or("127.0.0.1").trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(2379);
+    let stream = TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(TokioIo::new(CoalescingIo::new(stream)))
 }
 
 /// Accepts `host:port` as well as `http://host:port`.
@@ -132,20 +128,20 @@ impl Pool {
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|e| format!("endpoint {url}: {e}"))?
                 .connect_timeout(options.connect_timeout)
-                .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5))
                 .keep_alive_while_idle(true);
             members.push(Arc::new(Member {
                 url,
-                channel: endpoint.connect_lazy(),
-                health: Mutex::new(Health::default()),
+                channel: endpoint.connect_with_connector_lazy(tower::service_fn(connect)),
+                consecutive_failures: AtomicU32::new(0),
+                skip_until_ms: AtomicU64::new(0),
             }));
         }
         if members.is_empty() {
             return Err("no etcd endpoints given".into());
         }
-        Ok(Pool { members, next: AtomicUsize::new(0), options })
+        Ok(Pool { members, next: AtomicUsize::new(0), options, epoch: Instant::now() })
     }
 
     pub fn options(&self) -> &PoolOptions {
@@ -156,16 +152,18 @@ impl Pool {
         &self.members
     }
 
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
     /// Members in the order a call should try them: available ones round-robin first, then
     /// the skipped ones (so a call still has somewhere to go when all look down).
-    fn candidates(&self) -> Vec<Arc<Member>> {
-        let now = Instant::now();
+    fn candidates(&self) -> impl Iterator<Item = &Arc<Member>> {
+        let now = self.now_ms();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let n = self.members.len();
-        let rotated = (0..n).map(|i| self.members[(start + i) % n].clone());
-        let (mut ready, skipped): (Vec<_>, Vec<_>) = rotated.partition(|m| m.available(now));
-        ready.extend(skipped);
-        ready
+        let rotated = move || (0..n).map(move |i| &self.members[(start + i) % n]);
+        rotated().filter(move |m| m.available(now)).chain(rotated().filter(move |m| !m.available(now)))
     }
 
     /// Runs `call` on a member chosen for `target`, failing over as `policy` allows.
@@ -174,10 +172,17 @@ impl Pool {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let members = match target {
-            Target::Any => self.candidates(),
-            Target::Leader => vec![self.leader().await?],
-            Target::Named(name) => vec![self.named(name).await?],
+        let pinned;
+        let members: Box<dyn Iterator<Item = &Arc<Member>> + Send> = match target {
+            Target::Any => Box::new(self.candidates()),
+            Target::Leader => {
+                pinned = self.leader().await?;
+                Box::new(std::iter::once(&pinned))
+            }
+            Target::Named(name) => {
+                pinned = self.named(name).await?;
+                Box::new(std::iter::once(&pinned))
+            }
         };
         let mut last_error = None;
         for member in members {
@@ -189,7 +194,7 @@ impl Pool {
                 Err(status) => {
                     let failure = classify(&status);
                     if failure.member_unhealthy() {
-                        member.mark_failed();
+                        member.mark_failed(self.now_ms());
                     }
                     if !failure.may_retry(policy) {
                         return Err(status);
@@ -260,12 +265,13 @@ mod tests {
     #[tokio::test]
     async fn failed_members_are_skipped_until_their_backoff_ends() {
         let pool = Pool::new(&["127.0.0.1:1".into(), "127.0.0.1:2".into()], PoolOptions::default()).unwrap();
-        pool.members[0].mark_failed();
+        pool.members[0].mark_failed(pool.now_ms());
         for _ in 0..4 {
-            assert_eq!(pool.candidates()[0].url, "http://127.0.0.1:2");
+            assert_eq!(pool.candidates().next().unwrap().url, "http://127.0.0.1:2");
+            assert_eq!(pool.candidates().count(), 2, "skipped members are still tried last");
         }
         pool.members[0].mark_ok();
-        let firsts: Vec<_> = (0..2).map(|_| pool.candidates()[0].url.clone()).collect();
+        let firsts: Vec<_> = (0..2).map(|_| pool.candidates().next().unwrap().url.clone()).collect();
         assert!(firsts.contains(&"http://127.0.0.1:1".to_string()));
     }
 }

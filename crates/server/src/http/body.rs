@@ -9,6 +9,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::Stream;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tonic::{Code, Status};
 
 use super::errors::decode_error;
@@ -16,14 +17,16 @@ use super::errors::decode_error;
 /// Reads a whole body of at most `limit` bytes within `timeout`.
 pub async fn read_all(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, Status> {
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
-        Err(_) => Err(Status::invalid_argument(format!(
-            "etcdgate: request body not received within {}s",
-            timeout.as_secs()
-        ))),
+        Err(_) => Err(timed_out(timeout)),
         Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
         Ok(Err(error)) => Err(Status::invalid_argument(format!("etcdgate: reading request body: {error}"))),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
+}
+
+/// A body (or a stream's first message) that did not arrive within `timeout`.
+pub fn timed_out(timeout: Duration) -> Status {
+    Status::invalid_argument(format!("etcdgate: request body not received within {}s", timeout.as_secs()))
 }
 
 fn too_large(limit: usize) -> Status {
@@ -38,9 +41,41 @@ pub fn decode_one<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Statu
     }
     match serde_json::Deserializer::from_slice(body).into_iter::<T>().next() {
         Some(Ok(message)) => Ok(message),
-        Some(Err(error)) => Err(decode_error(Code::InvalidArgument, &error)),
+        Some(Err(error)) => match decode_without_nulls(body) {
+            Ok(Some((message, _))) => Ok(message),
+            _ => Err(decode_error(Code::InvalidArgument, &error)),
+        },
         None => Ok(T::default()),
     }
+}
+
+/// etcd's gateway (Go's jsonpb) reads a field given as `null` as not set; pbjson refuses it.
+/// So a message that failed to decode is tried once more with its `null` members removed.
+/// Returns the message and the length of the JSON value it was read from; `Ok(None)` if
+/// that does not help, and the parse error if `body` does not start with a whole JSON value.
+fn decode_without_nulls<T: DeserializeOwned>(body: &[u8]) -> Result<Option<(T, usize)>, serde_json::Error> {
+    fn strip(value: &mut Value) -> bool {
+        match value {
+            Value::Object(map) => {
+                let before = map.len();
+                map.retain(|_, v| !v.is_null());
+                let mut stripped = map.len() != before;
+                for v in map.values_mut() {
+                    stripped |= strip(v);
+                }
+                stripped
+            }
+            Value::Array(items) => items.iter_mut().fold(false, |stripped, v| strip(v) | stripped),
+            _ => false,
+        }
+    }
+    let mut values = serde_json::Deserializer::from_slice(body).into_iter::<Value>();
+    let Some(mut value) = values.next().transpose()? else { return Ok(None) };
+    let used = values.byte_offset();
+    if !strip(&mut value) {
+        return Ok(None);
+    }
+    Ok(T::deserialize(value).ok().map(|message| (message, used)))
 }
 
 /// Splits a streaming request body into JSON messages as they arrive. A message may span
@@ -70,10 +105,17 @@ pub fn decode_stream<T: DeserializeOwned + Send + 'static>(body: Body, limit: us
                         return Some((Ok(message), state));
                     }
                     // A message cut off by the end of what has arrived so far may still complete.
-                    Some(Err(error)) if !error.is_eof() || state.ended => {
-                        state.failed = true;
-                        return Some((Err(decode_error(Code::Unknown, &error)), state));
-                    }
+                    Some(Err(error)) if !error.is_eof() || state.ended => match decode_without_nulls(&state.buffer) {
+                        Ok(Some((message, used))) => {
+                            state.buffer.advance(used);
+                            return Some((Ok(message), state));
+                        }
+                        Err(incomplete) if incomplete.is_eof() && !state.ended => {}
+                        _ => {
+                            state.failed = true;
+                            return Some((Err(decode_error(Code::Unknown, &error)), state));
+                        }
+                    },
                     _ => {}
                 }
             }
@@ -115,6 +157,8 @@ mod tests {
         assert_eq!((truncated.code(), truncated.message()), (Code::InvalidArgument, "unexpected EOF"));
         assert_eq!(decode_one::<RangeRequest>(br#"{"key":5}"#).unwrap_err().code(), Code::InvalidArgument);
         let numbers: RangeRequest = decode_one(br#"{"key":"YQ==","limit":5,"revision":"7","sort_order":"DESCEND","sort_target":2}"#).unwrap();
+        let nulls: RangeRequest = decode_one(br#"{"key":"YQ==","limit":null,"revision":null}"#).unwrap();
+        assert_eq!((nulls.key.as_slice(), nulls.limit), (&b"a"[..], 0));
         assert_eq!((numbers.limit, numbers.revision, numbers.sort_order, numbers.sort_target), (5, 7, 2, 2));
     }
 
@@ -129,6 +173,14 @@ mod tests {
         let messages: Vec<_> = decode_stream::<WatchRequest>(body, 1 << 20).collect().await;
         assert_eq!(messages.len(), 3);
         assert!(messages.iter().all(Result::is_ok));
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(br#"{"create_request":{"key":"YQ==","start_revision":null,"#)),
+            Ok(Bytes::from_static(br#""prev_kv":true}}"#)),
+        ];
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        let messages: Vec<_> = decode_stream::<WatchRequest>(body, 1 << 20).collect().await;
+        assert_eq!(messages.len(), 1);
+        assert!(messages[0].is_ok(), "{messages:?}");
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! Error bodies exactly as etcd's HTTP gateway writes them. Unary errors are
 //! `{"error":msg,"code":N,"message":msg}` (etcd 3.5; 3.4 puts `message` before `code`), with
-//! grpc-gateway's mapping from gRPC code to HTTP status; errors inside a stream are a
-//! `{"error":{"grpc_code":..,"http_code":..,"message":..,"http_status":..}}` line.
+//! grpc-gateway's mapping from gRPC code to HTTP status; errors of a stream are a final
+//! `{"error":{"grpc_code":..,"http_code":..,"message":..,"http_status":..}}` chunk, with no
+//! `\n` after it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -32,7 +33,23 @@ impl ErrorStyle {
             serde_json::to_vec(&V35 { error: message, code, message })
         }
         .unwrap_or_default();
-        json_response(http_status(status.code()), body)
+        json_response(self.http_status(status.code()), body)
+    }
+
+    /// A streaming call that failed before its first message: etcd's gateway answers with
+    /// the error's HTTP status and the stream's error line (not the unary error body).
+    pub fn stream_response(&self, status: &Status) -> Response {
+        let http = self.http_status(status.code());
+        json_response(http, error_line(status, http))
+    }
+
+    /// The HTTP status for a gRPC code: etcd 3.4's older grpc-gateway answers
+    /// `FailedPrecondition` with 412, 3.5's with 400.
+    pub fn http_status(&self, code: Code) -> StatusCode {
+        if code == Code::FailedPrecondition && self.etcd_3_4.load(Ordering::Relaxed) {
+            return StatusCode::PRECONDITION_FAILED;
+        }
+        http_status(code)
     }
 }
 
@@ -65,7 +82,10 @@ struct StreamErrorChunk<'a> {
 
 /// The line a stream ends with when its call fails after it started.
 pub fn stream_error_line(status: &Status) -> Vec<u8> {
-    let http = http_status(status.code());
+    error_line(status, http_status(status.code()))
+}
+
+fn error_line(status: &Status, http: StatusCode) -> Vec<u8> {
     let chunk = StreamErrorChunk {
         error: StreamError {
             grpc_code: status.code() as i32,
@@ -74,12 +94,12 @@ pub fn stream_error_line(status: &Status) -> Vec<u8> {
             http_status: http.canonical_reason().unwrap_or(""),
         },
     };
-    let mut line = serde_json::to_vec(&chunk).unwrap_or_default();
-    line.push(b'\n');
-    line
+    // grpc-gateway writes the error chunk without the `\n` that follows each result.
+    serde_json::to_vec(&chunk).unwrap_or_default()
 }
 
-/// grpc-gateway v1's HTTPStatusFromCode, as etcd 3.4 and 3.5 use it.
+/// grpc-gateway v1's HTTPStatusFromCode, as etcd 3.5 uses it (see [`ErrorStyle::http_status`]
+/// for 3.4).
 pub fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
@@ -136,7 +156,7 @@ mod tests {
         let line = stream_error_line(&Status::cancelled("context canceled"));
         assert_eq!(
             String::from_utf8(line).unwrap(),
-            "{\"error\":{\"grpc_code\":1,\"http_code\":408,\"message\":\"context canceled\",\"http_status\":\"Request Timeout\"}}\n"
+            "{\"error\":{\"grpc_code\":1,\"http_code\":408,\"message\":\"context canceled\",\"http_status\":\"Request Timeout\"}}"
         );
     }
 }

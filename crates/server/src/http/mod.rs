@@ -21,7 +21,7 @@ use etcdgate_proto::v3electionpb::LeaderRequest;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::context::CallContext;
 use crate::gateway::{Gateway, ResponseStream};
@@ -170,26 +170,25 @@ async fn single_message<T: DeserializeOwned + Default>(state: &HttpState, body: 
 }
 
 async fn snapshot(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
-    let result = async {
-        single_message::<SnapshotRequest>(&state, body).await?;
-        state.gateway.snapshot(&CallContext::from_http(&headers)).await
+    if let Err(status) = single_message::<SnapshotRequest>(&state, body).await {
+        return state.errors.response(&status);
     }
-    .await;
-    stream_or_error(&state, result, futures::stream::empty())
+    stream_or_error(&state, state.gateway.snapshot(&CallContext::from_http(&headers)).await)
 }
 
 async fn observe(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
-    let result = async {
-        let message = single_message::<LeaderRequest>(&state, body).await?;
-        state.gateway.observe(&CallContext::from_http(&headers), message).await
-    }
-    .await;
-    stream_or_error(&state, result, futures::stream::empty())
+    let message = match single_message::<LeaderRequest>(&state, body).await {
+        Ok(message) => message,
+        Err(status) => return state.errors.response(&status),
+    };
+    stream_or_error(&state, state.gateway.observe(&CallContext::from_http(&headers), message).await)
 }
 
 async fn watch(State(state): State<Arc<HttpState>>, request: Request) -> Response {
     let ctx = CallContext::from_http(request.headers());
-    bidi::<WatchRequest, _, _>(state.clone(), request.into_body(), |input| async move {
+    // A watch stream without a request would never answer (etcd's gateway hangs on it).
+    let if_empty = Some("etcdgate: no watch request in the body");
+    bidi::<WatchRequest, _, _>(state.clone(), request.into_body(), if_empty, |input| async move {
         state.gateway.watch(&ctx, input).await
     })
     .await
@@ -197,18 +196,22 @@ async fn watch(State(state): State<Arc<HttpState>>, request: Request) -> Respons
 
 async fn lease_keep_alive(State(state): State<Arc<HttpState>>, request: Request) -> Response {
     let ctx = CallContext::from_http(request.headers());
-    bidi::<LeaseKeepAliveRequest, _, _>(state.clone(), request.into_body(), |input| async move {
+    bidi::<LeaseKeepAliveRequest, _, _>(state.clone(), request.into_body(), None, |input| async move {
         state.gateway.lease_keep_alive(&ctx, input).await
     })
     .await
 }
 
 /// A bidirectional stream over HTTP: the body is a sequence of JSON messages. A bad first
-/// message fails the request as etcd does (500, code 2); a bad later one ends the response
-/// stream with a `context canceled` error line.
+/// message fails the request as etcd does (500, code 2); a bad later one ends the input
+/// there, as if the body had ended (etcd's gateway stops reading it and half-closes the
+/// stream: a watch goes on, a keepalive stream ends after its last answer). The first
+/// message must arrive within the body timeout; a body without any fails with `if_empty`
+/// when given.
 async fn bidi<Req, Resp, Open>(
     state: Arc<HttpState>,
     body: Body,
+    if_empty: Option<&'static str>,
     open: impl FnOnce(futures::stream::BoxStream<'static, Req>) -> Open,
 ) -> Response
 where
@@ -216,38 +219,36 @@ where
     Resp: serde::Serialize + Send + 'static,
     Open: std::future::Future<Output = Result<ResponseStream<Resp>, Status>>,
 {
-    let mut messages = Box::pin(body::decode_stream::<Req>(body, state.limits.max_body_bytes));
-    let first = match messages.next().await {
-        Some(Err(status)) => return state.errors.response(&status),
-        first => first,
+    // Fused: the rest of the stream is polled again after an empty body already ended it.
+    let mut messages = Box::pin(body::decode_stream::<Req>(body, state.limits.max_body_bytes).fuse());
+    let first = match tokio::time::timeout(state.limits.body_timeout, messages.next()).await {
+        Err(_) => return state.errors.response(&body::timed_out(state.limits.body_timeout)),
+        // etcd's gateway passes an oversize message on and gRPC refuses it: a stream error.
+        Ok(Some(Err(status))) if status.code() == Code::ResourceExhausted => return state.errors.stream_response(&status),
+        Ok(Some(Err(status))) => return state.errors.response(&status),
+        Ok(first) => first,
     };
-    let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel::<Status>();
-    let mut cancel_tx = Some(cancel_tx);
-    let rest = messages.scan((), move |_, item| {
+    if let (None, Some(message)) = (&first, if_empty) {
+        return state.errors.response(&Status::invalid_argument(message));
+    }
+    let rest = messages.scan((), |_, item| {
         futures::future::ready(match item {
             Ok(message) => Some(message),
             Err(status) => {
-                tracing::debug!(error = %status.message(), "bad message in HTTP stream");
-                if let Some(tx) = cancel_tx.take() {
-                    let _ = tx.send(Status::cancelled("context canceled"));
-                }
+                tracing::debug!(error = %status.message(), "bad message in HTTP stream; input ends here");
                 None
             }
         })
     });
     let input = futures::stream::iter(first.and_then(Result::ok)).chain(rest).boxed();
-    let cancel = futures::stream::once(cancel_rx).filter_map(|sent| futures::future::ready(sent.ok()));
-    let result = open(input).await;
-    stream_or_error(&state, result, cancel)
+    stream_or_error(&state, open(input).await)
 }
 
-fn stream_or_error<T: serde::Serialize + Send + 'static>(
-    state: &HttpState,
-    result: Result<ResponseStream<T>, Status>,
-    cancel: impl futures::Stream<Item = Status> + Send + 'static,
-) -> Response {
+/// The response of a streaming call; one that failed before its first message is answered
+/// as etcd's gateway does, with the stream's error line.
+fn stream_or_error<T: serde::Serialize + Send + 'static>(state: &HttpState, result: Result<ResponseStream<T>, Status>) -> Response {
     match result {
-        Ok(responses) => stream::respond(responses, cancel),
-        Err(status) => state.errors.response(&status),
+        Ok(responses) => stream::respond(responses),
+        Err(status) => state.errors.stream_response(&status),
     }
 }

@@ -1,7 +1,7 @@
 //! Streaming responses over HTTP as etcd's gateway writes them: chunked, one compact
 //! `{"result":{...}}` line per message, each flushed on its own (APISIX splits its reads on
 //! newlines and mis-attributes events when two messages share one read), and a final
-//! `{"error":{...}}` line if the call fails midway.
+//! `{"error":{...}}` chunk (without a newline, as etcd writes it) if the call fails midway.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -21,16 +21,13 @@ struct ResultChunk<'a, T> {
     result: &'a T,
 }
 
-/// Turns a stream of responses into a chunked JSON response. `cancel` ends the stream with an
-/// error line when it fires (a bad message in the client's own stream).
-pub fn respond<T, S, C>(responses: S, cancel: C) -> Response
+/// Turns a stream of responses into a chunked JSON response.
+pub fn respond<T, S>(responses: S) -> Response
 where
     T: Serialize + Send + 'static,
     S: Stream<Item = Result<T, Status>> + Send + 'static,
-    C: Stream<Item = Status> + Send + 'static,
 {
-    let merged = futures::stream::select(responses, cancel.map(Err));
-    let lines = merged
+    let lines = responses
         .scan(false, |failed, item| {
             if *failed {
                 return futures::future::ready(None);
