@@ -8,7 +8,6 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use etcdgate_proto::etcdserverpb::StatusRequest;
-use etcdgate_upstream::CoalescingIo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -85,7 +84,7 @@ pub async fn serve(
                 .max_concurrent_streams(Some(10_000))
                 .keep_alive_interval(Some(Duration::from_secs(30)))
                 .keep_alive_timeout(Duration::from_secs(10));
-            if let Err(error) = builder.serve_connection(TokioIo::new(CoalescingIo::new(stream)), service).await {
+            if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!(%error, "connection ended with an error");
             }
         });

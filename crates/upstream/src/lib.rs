@@ -5,10 +5,8 @@
 //! or the cache. `Pool::call` runs one RPC with failover, `Pool::leader` and
 //! `Pool::named` pin a request to a particular member.
 
-mod io;
 mod pool;
 mod retry;
 
-pub use io::CoalescingIo;
 pub use pool::{Member, Pool, PoolOptions, Target};
 pub use retry::{classify, Failure, RetryPolicy};

@@ -12,11 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcdgate_proto::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-use crate::io::CoalescingIo;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
@@ -97,15 +93,6 @@ pub struct Pool {
     epoch: Instant,
 }
 
-/// Opens a member connection: TCP without Nagle, writes coalesced (see [`CoalescingIo`]).
-async fn connect(uri: http::Uri) -> std::io::Result<TokioIo<CoalescingIo<TcpStream>>> {
-    let host = uri.host().unwrap_or("127.0.0.1").trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(2379);
-    let stream = TcpStream::connect((host, port)).await?;
-    stream.set_nodelay(true)?;
-    Ok(TokioIo::new(CoalescingIo::new(stream)))
-}
-
 /// Accepts `host:port` as well as `http://host:port`.
 fn normalize_url(raw: &str) -> String {
     let raw = raw.trim().trim_end_matches('/');
@@ -128,12 +115,13 @@ impl Pool {
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|e| format!("endpoint {url}: {e}"))?
                 .connect_timeout(options.connect_timeout)
+                .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5))
                 .keep_alive_while_idle(true);
             members.push(Arc::new(Member {
                 url,
-                channel: endpoint.connect_with_connector_lazy(tower::service_fn(connect)),
+                channel: endpoint.connect_lazy(),
                 consecutive_failures: AtomicU32::new(0),
                 skip_until_ms: AtomicU64::new(0),
             }));
