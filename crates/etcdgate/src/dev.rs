@@ -80,6 +80,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         listen_addr: args.listen_addr,
         max_request_bytes: 1536 * 1024,
         http_body_timeout: 10,
+        threads: None,
     };
     let gateway = tokio::spawn(async move { serve_on(listener, &serve_args, shutdown_signal()).await });
 

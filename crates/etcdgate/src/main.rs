@@ -32,13 +32,10 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => serve::run(args).await,
-            Command::Dev(args) => dev::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
-        }
-    })
+    match Cli::parse().command {
+        // Builds its own runtimes, one per worker thread.
+        Command::Serve(args) => serve::run(args),
+        Command::Dev(args) => tokio::runtime::Runtime::new()?.block_on(dev::run(args)),
+        Command::Bench(args) => tokio::runtime::Runtime::new()?.block_on(bench::run(args)),
+    }
 }

@@ -1,4 +1,10 @@
-//! `etcdgate serve`: flags, the member pool, and the listener.
+//! `etcdgate serve`: flags, the member pool, and the listeners.
+//!
+//! The gateway runs thread-per-core: each worker thread has its own single-threaded runtime,
+//! its own listening socket on the same address (`SO_REUSEPORT`; the kernel spreads
+//! connections over them) and its own connections to the members, so a request is served
+//! start to finish on one thread without cross-thread wake-ups. Workers share the view of
+//! which members are down.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,28 +30,101 @@ pub struct ServeArgs {
     /// Seconds a unary HTTP request body may take to arrive.
     #[arg(long, default_value_t = 10)]
     pub http_body_timeout: u64,
+    /// Worker threads (default: one per CPU).
+    #[arg(long, env = "ETCDGATE_THREADS")]
+    pub threads: Option<usize>,
 }
 
-/// Builds the gateway for `args` and serves on `listener` until `shutdown` resolves.
+impl ServeArgs {
+    fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            max_request_bytes: self.max_request_bytes,
+            http_body_timeout: Duration::from_secs(self.http_body_timeout),
+        }
+    }
+
+    fn pool(&self) -> anyhow::Result<Pool> {
+        Pool::new(&self.endpoints, PoolOptions::default()).map_err(anyhow::Error::msg)
+    }
+}
+
+/// Serves on `listener` in the current runtime until `shutdown` resolves (`etcdgate dev`).
 pub async fn serve_on(
     listener: TcpListener,
     args: &ServeArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let pool = Pool::new(&args.endpoints, PoolOptions::default()).map_err(anyhow::Error::msg)?;
-    let gateway = Arc::new(Gateway::new(Arc::new(pool)));
-    let config = ServerConfig {
-        max_request_bytes: args.max_request_bytes,
-        http_body_timeout: Duration::from_secs(args.http_body_timeout),
-    };
-    etcdgate_server::serve(listener, gateway, config, shutdown).await?;
+    let gateway = Arc::new(Gateway::new(Arc::new(args.pool()?)));
+    etcdgate_server::serve(listener, gateway, args.server_config(), shutdown).await?;
     Ok(())
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(args.listen_addr).await.with_context(|| format!("listening on {}", args.listen_addr))?;
-    tracing::info!(listen = %args.listen_addr, endpoints = ?args.endpoints, "etcdgate serving gRPC and HTTP/JSON");
-    serve_on(listener, &args, shutdown_signal()).await
+/// A listening socket that other workers may bind to the same address.
+fn reuseport_listener(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into()).with_context(|| format!("listening on {addr}"))?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn worker_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let first = reuseport_listener(args.listen_addr)?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..threads {
+        listeners.push(reuseport_listener(addr)?);
+    }
+
+    let runtime = worker_runtime()?;
+    let pool = Arc::new(runtime.block_on(async { args.pool() })?);
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let mut workers = Vec::new();
+    for (index, listener) in listeners.drain(1..).enumerate() {
+        let (pool, config, mut stopped) = (pool.clone(), args.server_config(), stopped.clone());
+        let worker = std::thread::Builder::new().name(format!("etcdgate-worker-{}", index + 1)).spawn(
+            move || -> anyhow::Result<()> {
+                worker_runtime()?.block_on(async move {
+                    let gateway = Arc::new(Gateway::new(Arc::new(pool.sibling())));
+                    let listener = TcpListener::from_std(listener)?;
+                    etcdgate_server::serve(listener, gateway, config, async move {
+                        let _ = stopped.changed().await;
+                    })
+                    .await?;
+                    Ok(())
+                })
+            },
+        )?;
+        workers.push(worker);
+    }
+    drop(stopped);
+
+    tracing::info!(listen = %addr, endpoints = ?args.endpoints, threads, "etcdgate serving gRPC and HTTP/JSON");
+    let served = runtime.block_on(async {
+        let listener = TcpListener::from_std(listeners.remove(0))?;
+        etcdgate_server::serve(listener, Arc::new(Gateway::new(pool)), args.server_config(), async {
+            shutdown_signal().await;
+            let _ = stop.send(());
+        })
+        .await
+    });
+    for worker in workers {
+        match worker.join() {
+            Ok(result) => result?,
+            Err(_) => anyhow::bail!("a worker thread panicked"),
+        }
+    }
+    Ok(served?)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -33,15 +33,22 @@ impl Default for PoolOptions {
     }
 }
 
-/// One etcd member: its client URL and channel, and whether it is skipped for now.
-#[derive(Debug)]
-pub struct Member {
-    url: String,
-    channel: Channel,
+/// Whether a member is in rotation, shared by every pool built with [`Pool::sibling`].
+#[derive(Debug, Default)]
+struct Health {
     /// Consecutive failed calls; 0 when the member is in rotation.
     consecutive_failures: AtomicU32,
     /// Skipped until this many milliseconds after the pool's epoch.
     skip_until_ms: AtomicU64,
+}
+
+/// One etcd member: its client URL, this pool's channel to it, and its shared health.
+#[derive(Debug)]
+pub struct Member {
+    url: String,
+    endpoint: Endpoint,
+    channel: Channel,
+    health: Arc<Health>,
 }
 
 impl Member {
@@ -54,20 +61,20 @@ impl Member {
     }
 
     fn available(&self, now_ms: u64) -> bool {
-        now_ms >= self.skip_until_ms.load(Ordering::Relaxed)
+        now_ms >= self.health.skip_until_ms.load(Ordering::Relaxed)
     }
 
     fn mark_failed(&self, now_ms: u64) {
-        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let failures = self.health.consecutive_failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         let backoff = MIN_BACKOFF.saturating_mul(1u32 << failures.min(8).saturating_sub(1)).min(MAX_BACKOFF);
-        self.skip_until_ms.store(now_ms + backoff.as_millis() as u64, Ordering::Relaxed);
+        self.health.skip_until_ms.store(now_ms + backoff.as_millis() as u64, Ordering::Relaxed);
         tracing::warn!(member = %self.url, failures, ?backoff, "member unreachable, skipped");
     }
 
     fn mark_ok(&self) {
-        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-            self.skip_until_ms.store(0, Ordering::Relaxed);
+        if self.health.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.health.consecutive_failures.store(0, Ordering::Relaxed);
+            self.health.skip_until_ms.store(0, Ordering::Relaxed);
             tracing::info!(member = %self.url, "member reachable again");
         }
     }
@@ -93,6 +100,17 @@ pub struct Pool {
     epoch: Instant,
 }
 
+fn member_endpoint(url: &str, options: &PoolOptions) -> Result<Endpoint, String> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("endpoint {url}: {e}"))?
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    Ok(endpoint)
+}
+
 /// Accepts `host:port` as well as `http://host:port`.
 fn normalize_url(raw: &str) -> String {
     let raw = raw.trim().trim_end_matches('/');
@@ -104,7 +122,8 @@ fn normalize_url(raw: &str) -> String {
 }
 
 impl Pool {
-    /// Builds the pool; connections are made on first use.
+    /// Builds the pool; connections are made on first use. Must be called on a tokio runtime,
+    /// which then carries the pool's connections.
     pub fn new(endpoints: &[String], options: PoolOptions) -> Result<Pool, String> {
         let mut members = Vec::new();
         for raw in endpoints.iter().filter(|e| !e.trim().is_empty()) {
@@ -112,24 +131,32 @@ impl Pool {
             if url.starts_with("https://") {
                 return Err(format!("endpoint {url}: TLS to members is not supported yet"));
             }
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| format!("endpoint {url}: {e}"))?
-                .connect_timeout(options.connect_timeout)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5))
-                .keep_alive_while_idle(true);
-            members.push(Arc::new(Member {
-                url,
-                channel: endpoint.connect_lazy(),
-                consecutive_failures: AtomicU32::new(0),
-                skip_until_ms: AtomicU64::new(0),
-            }));
+            let endpoint = member_endpoint(&url, &options)?;
+            let channel = endpoint.connect_lazy();
+            members.push(Arc::new(Member { url, endpoint, channel, health: Arc::default() }));
         }
         if members.is_empty() {
             return Err("no etcd endpoints given".into());
         }
         Ok(Pool { members, next: AtomicUsize::new(0), options, epoch: Instant::now() })
+    }
+
+    /// A pool over the same members with its own connections, made on the calling runtime,
+    /// sharing this pool's view of which members are down (one pool per worker thread).
+    pub fn sibling(&self) -> Pool {
+        let members = self
+            .members
+            .iter()
+            .map(|m| {
+                Arc::new(Member {
+                    url: m.url.clone(),
+                    endpoint: m.endpoint.clone(),
+                    channel: m.endpoint.connect_lazy(),
+                    health: m.health.clone(),
+                })
+            })
+            .collect();
+        Pool { members, next: AtomicUsize::new(0), options: self.options.clone(), epoch: self.epoch }
     }
 
     pub fn options(&self) -> &PoolOptions {
@@ -258,6 +285,8 @@ mod tests {
             assert_eq!(pool.candidates().next().unwrap().url, "http://127.0.0.1:2");
             assert_eq!(pool.candidates().count(), 2, "skipped members are still tried last");
         }
+        let sibling = pool.sibling();
+        assert_eq!(sibling.candidates().next().unwrap().url, "http://127.0.0.1:2", "siblings share health");
         pool.members[0].mark_ok();
         let firsts: Vec<_> = (0..2).map(|_| pool.candidates().next().unwrap().url.clone()).collect();
         assert!(firsts.contains(&"http://127.0.0.1:1".to_string()));
