@@ -15,7 +15,7 @@ use etcdgate_upstream::{Pool, RetryPolicy, Target};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use tonic::transport::Channel;
+use etcdgate_upstream::MemberConnection;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::context::CallContext;
@@ -24,9 +24,9 @@ use crate::rpc::{Route, UnaryRpc};
 /// A stream of responses to one streaming call.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Opens one bidirectional stream on a member's channel.
+/// Opens one bidirectional stream on a member's connection.
 type OpenStream<Req, Resp> =
-    fn(Channel, Request<SharedInput<Req>>) -> BoxFuture<'static, Result<Response<Streaming<Resp>>, Status>>;
+    fn(MemberConnection, Request<SharedInput<Req>>) -> BoxFuture<'static, Result<Response<Streaming<Resp>>, Status>>;
 
 /// A client's input stream, handed to one upstream attempt after another: an attempt that
 /// failed before it read anything leaves the whole input to the next.
@@ -71,7 +71,7 @@ impl Gateway {
         let target = Self::target(R::ROUTE, ctx);
         let response = self
             .pool
-            .call(&target, R::POLICY, |channel| R::call(channel, ctx.request(message.clone())))
+            .call(&target, R::POLICY, |connection| R::call(connection, ctx.request(message.clone())))
             .await?;
         Ok(response.into_inner())
     }
@@ -82,8 +82,8 @@ impl Gateway {
         ctx: &CallContext,
         input: BoxStream<'static, WatchRequest>,
     ) -> Result<ResponseStream<WatchResponse>, Status> {
-        self.bidi(ctx, input, |channel, request| {
-            Box::pin(async move { WatchClient::new(channel).max_decoding_message_size(usize::MAX).watch(request).await })
+        self.bidi(ctx, input, |connection, request| {
+            Box::pin(async move { WatchClient::new(connection).max_decoding_message_size(usize::MAX).watch(request).await })
         })
         .await
     }
@@ -94,8 +94,8 @@ impl Gateway {
         ctx: &CallContext,
         input: BoxStream<'static, LeaseKeepAliveRequest>,
     ) -> Result<ResponseStream<LeaseKeepAliveResponse>, Status> {
-        self.bidi(ctx, input, |channel, request| {
-            Box::pin(async move { LeaseClient::new(channel).lease_keep_alive(request).await })
+        self.bidi(ctx, input, |connection, request| {
+            Box::pin(async move { LeaseClient::new(connection).lease_keep_alive(request).await })
         })
         .await
     }
@@ -105,8 +105,8 @@ impl Gateway {
         let target = Self::target(Route::MemberOrBalanced, ctx);
         let response = self
             .pool
-            .call(&target, RetryPolicy::Read, |channel| async move {
-                MaintenanceClient::new(channel)
+            .call(&target, RetryPolicy::Read, |connection| async move {
+                MaintenanceClient::new(connection)
                     .max_decoding_message_size(usize::MAX)
                     .snapshot(ctx.request(SnapshotRequest {}))
                     .await
@@ -119,9 +119,9 @@ impl Gateway {
     pub async fn observe(&self, ctx: &CallContext, message: LeaderRequest) -> Result<ResponseStream<LeaderResponse>, Status> {
         let response = self
             .pool
-            .call(&Target::Any, RetryPolicy::Read, |channel| {
+            .call(&Target::Any, RetryPolicy::Read, |connection| {
                 let request = ctx.request(message.clone());
-                async move { ElectionClient::new(channel).observe(request).await }
+                async move { ElectionClient::new(connection).observe(request).await }
             })
             .await?;
         Ok(Box::pin(response.into_inner()))
@@ -138,7 +138,7 @@ impl Gateway {
         let shared = Arc::new(std::sync::Mutex::new(input));
         let response = self
             .pool
-            .call(&Target::Any, RetryPolicy::Write, |channel| open(channel, ctx.request(SharedInput(shared.clone()))))
+            .call(&Target::Any, RetryPolicy::Write, |connection| open(connection, ctx.request(SharedInput(shared.clone()))))
             .await?;
         Ok(Box::pin(response.into_inner()))
     }

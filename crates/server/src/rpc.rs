@@ -10,7 +10,7 @@ use etcdgate_proto::v3electionpb::{election_client::ElectionClient, *};
 use etcdgate_proto::v3lockpb::{lock_client::LockClient, *};
 use etcdgate_upstream::RetryPolicy;
 use futures::future::BoxFuture;
-use tonic::transport::Channel;
+use etcdgate_upstream::MemberConnection;
 use tonic::{Request, Response};
 
 /// Where an RPC must be sent.
@@ -33,7 +33,7 @@ pub trait UnaryRpc: Send + Sync + 'static {
     const NAME: &'static str;
     const POLICY: RetryPolicy;
     const ROUTE: Route;
-    fn call(channel: Channel, request: Request<Self::Req>) -> BoxFuture<'static, Result<Response<Self::Resp>, tonic::Status>>;
+    fn call(connection: MemberConnection, request: Request<Self::Req>) -> BoxFuture<'static, Result<Response<Self::Resp>, tonic::Status>>;
 }
 
 macro_rules! unary_rpcs {
@@ -46,8 +46,8 @@ macro_rules! unary_rpcs {
             const NAME: &'static str = stringify!($name);
             const POLICY: RetryPolicy = RetryPolicy::$policy;
             const ROUTE: Route = Route::$route;
-            fn call(channel: Channel, request: Request<$req>) -> BoxFuture<'static, Result<Response<$resp>, tonic::Status>> {
-                Box::pin(async move { $client::new(channel).max_decoding_message_size(usize::MAX).$method(request).await })
+            fn call(connection: MemberConnection, request: Request<$req>) -> BoxFuture<'static, Result<Response<$resp>, tonic::Status>> {
+                Box::pin(async move { $client::new(connection).max_decoding_message_size(usize::MAX).$method(request).await })
             }
         }
     )*};

@@ -5,8 +5,10 @@
 //! or the cache. `Pool::call` runs one RPC with failover, `Pool::leader` and
 //! `Pool::named` pin a request to a particular member.
 
+mod connection;
 mod pool;
 mod retry;
 
+pub use connection::MemberConnection;
 pub use pool::{Member, Pool, PoolOptions, Target};
 pub use retry::{classify, Failure, RetryPolicy};

@@ -1,4 +1,4 @@
-//! The member pool: one lazily connected gRPC channel per etcd member, round-robin over the
+//! The member pool: one lazily made HTTP/2 connection per etcd member, round-robin over the
 //! members that are not known to be down, and simple failover.
 //!
 //! A member whose connection is refused is skipped for a backoff period that doubles on each
@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use etcdgate_proto::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
+use crate::connection::MemberConnection;
 use crate::retry::{classify, RetryPolicy};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -42,12 +42,11 @@ struct Health {
     skip_until_ms: AtomicU64,
 }
 
-/// One etcd member: its client URL, this pool's channel to it, and its shared health.
+/// One etcd member: its client URL, this pool's connection to it, and its shared health.
 #[derive(Debug)]
 pub struct Member {
     url: String,
-    endpoint: Endpoint,
-    channel: Channel,
+    connection: MemberConnection,
     health: Arc<Health>,
 }
 
@@ -56,8 +55,9 @@ impl Member {
         &self.url
     }
 
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
+    /// This pool's connection to the member, for tonic clients.
+    pub fn connection(&self) -> MemberConnection {
+        self.connection.clone()
     }
 
     fn available(&self, now_ms: u64) -> bool {
@@ -100,17 +100,6 @@ pub struct Pool {
     epoch: Instant,
 }
 
-fn member_endpoint(url: &str, options: &PoolOptions) -> Result<Endpoint, String> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| format!("endpoint {url}: {e}"))?
-        .connect_timeout(options.connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true);
-    Ok(endpoint)
-}
-
 /// Accepts `host:port` as well as `http://host:port`.
 fn normalize_url(raw: &str) -> String {
     let raw = raw.trim().trim_end_matches('/');
@@ -131,9 +120,8 @@ impl Pool {
             if url.starts_with("https://") {
                 return Err(format!("endpoint {url}: TLS to members is not supported yet"));
             }
-            let endpoint = member_endpoint(&url, &options)?;
-            let channel = endpoint.connect_lazy();
-            members.push(Arc::new(Member { url, endpoint, channel, health: Arc::default() }));
+            let connection = MemberConnection::new(&url, options.connect_timeout)?;
+            members.push(Arc::new(Member { url, connection, health: Arc::default() }));
         }
         if members.is_empty() {
             return Err("no etcd endpoints given".into());
@@ -141,8 +129,8 @@ impl Pool {
         Ok(Pool { members, next: AtomicUsize::new(0), options, epoch: Instant::now() })
     }
 
-    /// A pool over the same members with its own connections, made on the calling runtime,
-    /// sharing this pool's view of which members are down (one pool per worker thread).
+    /// A pool over the same members with its own connections, sharing this pool's view of
+    /// which members are down (one pool per worker thread).
     pub fn sibling(&self) -> Pool {
         let members = self
             .members
@@ -150,8 +138,7 @@ impl Pool {
             .map(|m| {
                 Arc::new(Member {
                     url: m.url.clone(),
-                    endpoint: m.endpoint.clone(),
-                    channel: m.endpoint.connect_lazy(),
+                    connection: m.connection.fresh(),
                     health: m.health.clone(),
                 })
             })
@@ -184,7 +171,7 @@ impl Pool {
     /// Runs `call` on a member chosen for `target`, failing over as `policy` allows.
     pub async fn call<T, F, Fut>(&self, target: &Target, policy: RetryPolicy, mut call: F) -> Result<T, Status>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(MemberConnection) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let pinned;
@@ -201,7 +188,7 @@ impl Pool {
         };
         let mut last_error = None;
         for member in members {
-            match call(member.channel()).await {
+            match call(member.connection()).await {
                 Ok(value) => {
                     member.mark_ok();
                     return Ok(value);
@@ -229,7 +216,7 @@ impl Pool {
             async move {
                 let mut request = tonic::Request::new(StatusRequest {});
                 request.set_timeout(self.options.connect_timeout);
-                let response = MaintenanceClient::new(member.channel()).status(request).await.ok()?;
+                let response = MaintenanceClient::new(member.connection()).status(request).await.ok()?;
                 let status = response.into_inner();
                 let id = status.header.as_ref().map(|h| h.member_id).unwrap_or_default();
                 Some((member, id, status.leader))

@@ -7,7 +7,10 @@
 //! goes back to the client unchanged.
 
 use std::error::Error as StdError;
+
 use tonic::{Code, Status};
+
+use crate::connection::NOT_SENT;
 
 /// How a request may be retried on another member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,10 +46,10 @@ impl Failure {
 
 /// Sorts a failed call's status into [`Failure`].
 pub fn classify(status: &Status) -> Failure {
-    if is_connect_error(status) {
+    let msg = status.message();
+    if msg.starts_with(NOT_SENT) {
         return Failure::NotSent;
     }
-    let msg = status.message();
     if msg.starts_with("etcdserver: ") || msg.starts_with("mvcc: ") || msg.starts_with("auth: ") {
         return Failure::Answer;
     }
@@ -56,32 +59,6 @@ pub fn classify(status: &Status) -> Failure {
         Code::Unknown | Code::Internal if status.source().is_some() => Failure::Transport,
         _ => Failure::Answer,
     }
-}
-
-fn is_connect_error(status: &Status) -> bool {
-    if status.code() != Code::Unavailable {
-        return false;
-    }
-    if status.message().contains("tcp connect error") || status.message().contains("connection refused") {
-        return true;
-    }
-    let mut source: Option<&(dyn StdError + 'static)> = status.source();
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
-            ) {
-                return true;
-            }
-        }
-        let text = err.to_string();
-        if text.contains("tcp connect error") || text.contains("Connection refused") {
-            return true;
-        }
-        source = err.source();
-    }
-    false
 }
 
 #[cfg(test)]
@@ -101,7 +78,7 @@ mod tests {
 
     #[test]
     fn connect_errors_retry_writes_transport_errors_only_reads() {
-        let refused = Status::unavailable("tcp connect error");
+        let refused = Status::unavailable(format!("{NOT_SENT}connect to 127.0.0.1:1: Connection refused"));
         assert_eq!(classify(&refused), Failure::NotSent);
         assert!(classify(&refused).may_retry(RetryPolicy::Write));
         let reset = Status::unavailable("error trying to connect: connection reset");
