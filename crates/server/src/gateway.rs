@@ -3,19 +3,18 @@
 //! are answered from the watch cache instead.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use etcdgate_proto::etcdserverpb::{
-    lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
+    lease_client::LeaseClient, maintenance_client::MaintenanceClient,
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, SnapshotRequest, SnapshotResponse, WatchRequest, WatchResponse,
 };
 use etcdgate_proto::v3electionpb::{election_client::ElectionClient, LeaderRequest, LeaderResponse};
-use etcdgate_upstream::{Pool, RetryPolicy, Target};
+use etcdgate_upstream::{MemberConnection, Pool, RetryPolicy, Target};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use etcdgate_upstream::MemberConnection;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::context::CallContext;
@@ -76,16 +75,14 @@ impl Gateway {
         Ok(response.into_inner())
     }
 
-    /// The Watch stream: client requests in, watch responses out.
+    /// The Watch stream: client requests in, watch responses out; moves to another member
+    /// when its member fails (see [`crate::watch`]).
     pub async fn watch(
         &self,
         ctx: &CallContext,
         input: BoxStream<'static, WatchRequest>,
     ) -> Result<ResponseStream<WatchResponse>, Status> {
-        self.bidi(ctx, input, |connection, request| {
-            Box::pin(async move { WatchClient::new(connection).max_decoding_message_size(usize::MAX).watch(request).await })
-        })
-        .await
+        crate::watch::watch(self.pool.clone(), ctx.clone(), input).await
     }
 
     /// The LeaseKeepAlive stream.

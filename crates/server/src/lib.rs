@@ -8,6 +8,7 @@ mod grpc;
 mod http;
 mod rpc;
 mod serve;
+mod watch;
 
 pub use context::{CallContext, MEMBER_KEY};
 pub use gateway::{Gateway, ResponseStream};
