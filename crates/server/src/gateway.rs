@@ -4,43 +4,22 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use etcdgate_proto::etcdserverpb::{
-    lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+    maintenance_client::MaintenanceClient,
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, SnapshotRequest, SnapshotResponse, WatchRequest, WatchResponse,
 };
 use etcdgate_proto::v3electionpb::{election_client::ElectionClient, LeaderRequest, LeaderResponse};
-use etcdgate_upstream::{MemberConnection, Pool, RetryPolicy, Target};
-use futures::future::BoxFuture;
+use etcdgate_upstream::{Pool, RetryPolicy, Target};
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use futures::Stream;
+use tonic::Status;
 
 use crate::context::CallContext;
 use crate::rpc::{Route, UnaryRpc};
 
 /// A stream of responses to one streaming call.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-/// Opens one bidirectional stream on a member's connection.
-type OpenStream<Req, Resp> =
-    fn(MemberConnection, Request<SharedInput<Req>>) -> BoxFuture<'static, Result<Response<Streaming<Resp>>, Status>>;
-
-/// A client's input stream, handed to one upstream attempt after another: an attempt that
-/// failed before it read anything leaves the whole input to the next.
-pub struct SharedInput<Req>(Arc<std::sync::Mutex<BoxStream<'static, Req>>>);
-
-impl<Req> Stream for SharedInput<Req> {
-    type Item = Req;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Req>> {
-        match self.0.lock() {
-            Ok(mut input) => input.poll_next_unpin(cx),
-            Err(_) => Poll::Ready(None),
-        }
-    }
-}
 
 /// Forwards calls to the member pool.
 #[derive(Debug)]
@@ -85,16 +64,13 @@ impl Gateway {
         crate::watch::watch(self.pool.clone(), ctx.clone(), input).await
     }
 
-    /// The LeaseKeepAlive stream.
+    /// The LeaseKeepAlive stream; moves to another member when its member fails.
     pub async fn lease_keep_alive(
         &self,
         ctx: &CallContext,
         input: BoxStream<'static, LeaseKeepAliveRequest>,
     ) -> Result<ResponseStream<LeaseKeepAliveResponse>, Status> {
-        self.bidi(ctx, input, |connection, request| {
-            Box::pin(async move { LeaseClient::new(connection).lease_keep_alive(request).await })
-        })
-        .await
+        crate::keepalive::keep_alive(self.pool.clone(), ctx.clone(), input).await
     }
 
     /// A database snapshot streamed from one member (the one named, or a balanced pick).
@@ -120,22 +96,6 @@ impl Gateway {
                 let request = ctx.request(message.clone());
                 async move { ElectionClient::new(connection).observe(request).await }
             })
-            .await?;
-        Ok(Box::pin(response.into_inner()))
-    }
-
-    /// Opens a bidirectional stream on a member. The client's input is shared between attempts
-    /// so that a member that refused the connection (and so read nothing) can be replaced.
-    async fn bidi<Req: Send + 'static, Resp: Send + 'static>(
-        &self,
-        ctx: &CallContext,
-        input: BoxStream<'static, Req>,
-        open: OpenStream<Req, Resp>,
-    ) -> Result<ResponseStream<Resp>, Status> {
-        let shared = Arc::new(std::sync::Mutex::new(input));
-        let response = self
-            .pool
-            .call(&Target::Any, RetryPolicy::Write, |connection| open(connection, ctx.request(SharedInput(shared.clone()))))
             .await?;
         Ok(Box::pin(response.into_inner()))
     }

@@ -6,7 +6,9 @@ mod context;
 mod gateway;
 mod grpc;
 mod http;
+mod keepalive;
 mod rpc;
+mod resume;
 mod serve;
 mod watch;
 

@@ -1,9 +1,7 @@
-//! A client's Watch stream that survives the member under it.
+//! A client's Watch stream that survives the member under it (relayed by [`crate::resume`]).
 //!
-//! etcdgate relays a client's watch stream to one member's watch stream, keeping track of
-//! every watch on it: its create request, the ID it got and the next revision the client has
-//! not seen yet. When the member's stream fails — the member died, hung (HTTP/2 keepalive
-//! gives up), lost its leader (upstream streams carry `hasleader`, so etcd cancels them) —
+//! etcdgate keeps track of every watch on a client's stream: its create request, the ID it
+//! got and the next revision the client has not seen yet. When the member's stream fails,
 //! the watches are created again on another member from that next revision, with the same
 //! IDs, and their `created` answers are swallowed: the client's stream stays open and sees no
 //! error, no gap, no duplicate, no second `created`, and header revisions never go back.
@@ -15,26 +13,17 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use etcdgate_proto::etcdserverpb::{
     watch_client::WatchClient, watch_request::RequestUnion, WatchCreateRequest, WatchRequest, WatchResponse,
 };
-use etcdgate_upstream::{classify, Failure, MemberConnection, Pool, RetryPolicy, Target};
+use etcdgate_upstream::{MemberConnection, Pool};
 use futures::stream::BoxStream;
-use futures::StreamExt;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
-use tonic::{Status, Streaming};
+use tonic::{Request, Status};
 
 use crate::context::CallContext;
 use crate::gateway::ResponseStream;
-
-/// How long a member may take to answer the creates replayed on it before the next is tried.
-const REPLAY_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Messages buffered towards a member or a client.
-const STREAM_BUFFER: usize = 64;
+use crate::resume::{self, Opening, Outgoing, Resumable};
 
 /// One watch the client has on its stream.
 #[derive(Debug, Clone)]
@@ -127,110 +116,35 @@ impl Watches {
     }
 }
 
-/// A member's watch stream: where to send requests, where answers come from.
-struct Upstream {
-    requests: mpsc::Sender<WatchRequest>,
-    responses: Streaming<WatchResponse>,
-}
+impl Resumable for Watches {
+    type Req = WatchRequest;
+    type Resp = WatchResponse;
+    const ENDS_WITH_CLIENT_INPUT: bool = false;
 
-/// Opens a watch stream on a member, sending `first` on it, and waits for its first answer.
-async fn open(pool: &Pool, ctx: &CallContext, first: Vec<WatchRequest>) -> Result<Upstream, Status> {
-    pool.call(&Target::Any, RetryPolicy::Read, |connection: MemberConnection| {
-        let (requests, receiver) = mpsc::channel(STREAM_BUFFER);
-        for message in &first {
-            let _ = requests.try_send(message.clone());
-        }
-        let mut request = ctx.request(ReceiverStream::new(receiver));
-        request.metadata_mut().insert("hasleader", MetadataValue::from_static("true"));
-        let replaying = !first.is_empty();
-        async move {
-            let mut client = WatchClient::new(connection).max_decoding_message_size(usize::MAX);
-            let opening = client.watch(request);
-            let response = if replaying {
-                tokio::time::timeout(REPLAY_ANSWER_TIMEOUT, opening)
-                    .await
-                    .map_err(|_| Status::unavailable("etcdgate: member did not answer the watch stream"))??
-            } else {
-                opening.await?
-            };
-            Ok(Upstream { requests, responses: response.into_inner() })
-        }
-    })
-    .await
-}
+    fn outgoing(&mut self, request: WatchRequest) -> WatchRequest {
+        Watches::outgoing(self, request)
+    }
 
-/// Whether a failure of a member's watch stream is the member's (try another) rather than an
-/// answer for the client.
-fn member_failed(status: &Status) -> bool {
-    classify(status) != Failure::Answer || status.message() == "etcdserver: no leader"
+    fn incoming(&mut self, response: WatchResponse) -> Option<WatchResponse> {
+        Watches::incoming(self, response)
+    }
+
+    fn replay(&mut self) -> Vec<WatchRequest> {
+        Watches::replay(self)
+    }
+
+    fn open(connection: MemberConnection, request: Request<Outgoing<WatchRequest>>) -> Opening<WatchResponse> {
+        Box::pin(async move { WatchClient::new(connection).max_decoding_message_size(usize::MAX).watch(request).await })
+    }
 }
 
 /// Serves one client watch stream; see the module doc.
 pub async fn watch(
     pool: Arc<Pool>,
     ctx: CallContext,
-    mut input: BoxStream<'static, WatchRequest>,
+    input: BoxStream<'static, WatchRequest>,
 ) -> Result<ResponseStream<WatchResponse>, Status> {
-    let mut watches = Watches::default();
-    // As etcd's gateway, answer nothing before the client asked something.
-    let first = match input.next().await {
-        Some(request) => vec![watches.outgoing(request)],
-        None => Vec::new(),
-    };
-    let upstream = open(&pool, &ctx, first).await?;
-    let (client, responses) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(relay(pool, ctx, input, upstream, watches, client));
-    Ok(Box::pin(ReceiverStream::new(responses)))
-}
-
-async fn relay(
-    pool: Arc<Pool>,
-    ctx: CallContext,
-    mut input: BoxStream<'static, WatchRequest>,
-    mut upstream: Upstream,
-    mut watches: Watches,
-    client: mpsc::Sender<Result<WatchResponse, Status>>,
-) {
-    let mut input_open = true;
-    loop {
-        tokio::select! {
-            request = input.next(), if input_open => match request {
-                Some(request) => {
-                    let outgoing = watches.outgoing(request);
-                    // A send failure means the stream just failed: its answer arm fails over.
-                    let _ = upstream.requests.send(outgoing).await;
-                }
-                // etcd keeps a watch stream whose client stopped sending; so does etcdgate.
-                None => input_open = false,
-            },
-            answer = upstream.responses.next() => match answer {
-                Some(Ok(response)) => {
-                    if let Some(response) = watches.incoming(response) {
-                        if client.send(Ok(response)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Some(Err(status)) if !member_failed(&status) => {
-                    let _ = client.send(Err(status)).await;
-                    return;
-                }
-                failed => {
-                    if let Some(Err(status)) = &failed {
-                        tracing::info!(error = %status.message(), watches = watches.live.len(), "watch stream lost its member, moving it");
-                    }
-                    match open(&pool, &ctx, watches.replay()).await {
-                        Ok(next) => upstream = next,
-                        Err(status) => {
-                            let _ = client.send(Err(status)).await;
-                            return;
-                        }
-                    }
-                }
-            },
-            _ = client.closed() => return,
-        }
-    }
+    resume::relay(pool, ctx, input, Watches::default()).await
 }
 
 #[cfg(test)]

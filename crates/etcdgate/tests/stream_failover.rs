@@ -1,15 +1,17 @@
-//! A watch through etcdgate survives the member under it: killed (SIGKILL) or hung
-//! (SIGSTOP). The client's stream sees no error, no second `created`, header revisions that
-//! never go back, and exactly the events etcd recorded — checked against a direct watch of
-//! the same range from the same revision once the writes are done.
+//! Streams through etcdgate survive the member under them. A watch, with that member killed
+//! (SIGKILL) or hung (SIGSTOP): the client's stream sees no error, no second `created`, header
+//! revisions that never go back, and exactly the events etcd recorded — checked against a
+//! direct watch of the same range from the same revision once the writes are done. A lease
+//! keepalive stream, with its member killed: every keepalive is answered, none fails.
 
 mod common;
 
 use std::time::Duration;
 
 use etcdgate_proto::etcdserverpb::{
-    kv_client::KvClient, maintenance_client::MaintenanceClient, watch_client::WatchClient, watch_request::RequestUnion,
-    PutRequest, StatusRequest, WatchCreateRequest, WatchRequest, WatchResponse,
+    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
+    watch_request::RequestUnion, LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, StatusRequest, WatchCreateRequest,
+    WatchRequest, WatchResponse,
 };
 use etcdgate_testkit::{Cluster, EtcdVersion};
 use futures::StreamExt;
@@ -137,5 +139,34 @@ async fn watch_survives_a_killed_member() {
 async fn watch_survives_a_hung_member() {
     for version in EtcdVersion::all() {
         survives(version, Fault::Pause).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lease_keepalive_survives_a_killed_member() {
+    for version in EtcdVersion::all() {
+        let mut cluster = Cluster::start(version, 3).await.unwrap();
+        let gateway = Etcdgate::start(&cluster.endpoints());
+        let mut leases = LeaseClient::connect(gateway.url()).await.unwrap();
+        let lease = leases.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }).await.unwrap().into_inner().id;
+
+        let (requests, receiver) = mpsc::channel(4);
+        requests.send(LeaseKeepAliveRequest { id: lease }).await.unwrap();
+        let mut answers = leases.lease_keep_alive(ReceiverStream::new(receiver)).await.unwrap().into_inner();
+        let first = answers.next().await.unwrap().unwrap();
+        assert_eq!((first.id, first.ttl), (lease, 60));
+        let victim = member_index(&cluster, first.header.unwrap().member_id).await;
+        cluster.kill(victim);
+
+        for round in 0..5 {
+            requests.send(LeaseKeepAliveRequest { id: lease }).await.unwrap();
+            let answer = tokio::time::timeout(Duration::from_secs(60), answers.next())
+                .await
+                .expect("keepalive went unanswered")
+                .expect("keepalive stream ended")
+                .unwrap_or_else(|status| panic!("{version} round {round}: client saw an error: {status:?}"));
+            assert_eq!(answer.id, lease);
+            assert!(answer.ttl > 0, "{version} round {round}: lease lost: {answer:?}");
+        }
     }
 }

@@ -1,0 +1,195 @@
+//! Client streams that outlive the member under them.
+//!
+//! A client's bidirectional stream (Watch, LeaseKeepAlive) is relayed to one member's
+//! stream. When that stream fails because of the member — it died, hung (HTTP/2 keepalive
+//! gives up), or lost its leader (upstream streams carry `hasleader`, so etcd ends them) — a
+//! new stream is opened on another member and brought to where the client is by replaying
+//! requests; the client's stream stays open and sees no error. What to track and replay is
+//! each stream's own business ([`Resumable`]); answers etcd gives on purpose (auth, invalid
+//! requests) still end the client's stream as they would on etcd.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcdgate_upstream::{classify, Failure, MemberConnection, Pool, RetryPolicy, Target};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::context::CallContext;
+use crate::gateway::ResponseStream;
+
+/// How long a member may take to answer replayed requests before the next one is tried.
+const REPLAY_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages buffered towards a member or a client.
+const STREAM_BUFFER: usize = 64;
+
+/// The requests etcdgate sends on a member's stream.
+pub type Outgoing<Req> = ReceiverStream<Req>;
+/// Opening a member's stream: resolves when the member answers the first time.
+pub type Opening<Resp> = BoxFuture<'static, Result<Response<Streaming<Resp>>, Status>>;
+
+/// The state one kind of stream keeps to be moved between members.
+pub trait Resumable: Send + 'static {
+    type Req: Clone + Send + Sync + 'static;
+    type Resp: Send + Sync + 'static;
+    /// Whether the member's stream ends once the client stops sending (LeaseKeepAlive), rather
+    /// than staying open (Watch).
+    const ENDS_WITH_CLIENT_INPUT: bool;
+
+    /// Records a client request; returns what to send upstream.
+    fn outgoing(&mut self, request: Self::Req) -> Self::Req;
+    /// Records a member's answer; `None` if the client must not see it.
+    fn incoming(&mut self, response: Self::Resp) -> Option<Self::Resp>;
+    /// What a new member must be sent to continue where the old one stopped.
+    fn replay(&mut self) -> Vec<Self::Req>;
+    fn open(connection: MemberConnection, request: Request<Outgoing<Self::Req>>) -> Opening<Self::Resp>;
+}
+
+/// A member's stream: where requests go (`None` once the client's input is over and the
+/// stream must end with it), where answers come from.
+struct Upstream<S: Resumable> {
+    requests: Option<mpsc::Sender<S::Req>>,
+    responses: Streaming<S::Resp>,
+}
+
+/// Opens a stream on a member, sending `first` on it, and waits for its first answer.
+async fn open<S: Resumable>(pool: &Pool, ctx: &CallContext, first: Vec<S::Req>, input_over: bool) -> Result<Upstream<S>, Status> {
+    pool.call(&Target::Any, RetryPolicy::Read, |connection: MemberConnection| {
+        let (requests, receiver) = mpsc::channel(STREAM_BUFFER.max(first.len()));
+        for message in &first {
+            let _ = requests.try_send(message.clone());
+        }
+        let requests = (!(S::ENDS_WITH_CLIENT_INPUT && input_over)).then_some(requests);
+        let mut request = ctx.request(ReceiverStream::new(receiver));
+        request.metadata_mut().insert("hasleader", MetadataValue::from_static("true"));
+        let opening = S::open(connection, request);
+        let replaying = !first.is_empty();
+        async move {
+            let response = if replaying {
+                tokio::time::timeout(REPLAY_ANSWER_TIMEOUT, opening)
+                    .await
+                    .map_err(|_| Status::unavailable("etcdgate: member did not answer the replayed stream"))??
+            } else {
+                opening.await?
+            };
+            Ok(Upstream { requests, responses: response.into_inner() })
+        }
+    })
+    .await
+}
+
+/// Whether a failure of a member's stream is the member's (move on) rather than an answer
+/// for the client.
+fn member_failed(status: &Status) -> bool {
+    classify(status) != Failure::Answer || status.message() == "etcdserver: no leader"
+}
+
+/// Serves one client stream with `state`; see the module doc.
+pub async fn relay<S: Resumable>(
+    pool: Arc<Pool>,
+    ctx: CallContext,
+    mut input: BoxStream<'static, S::Req>,
+    mut state: S,
+) -> Result<ResponseStream<S::Resp>, Status> {
+    // As etcd's gateway, answer nothing before the client asked something.
+    let first: Vec<S::Req> = input.next().await.map(|request| state.outgoing(request)).into_iter().collect();
+    let input_over = first.is_empty();
+    let upstream = open::<S>(&pool, &ctx, first, input_over).await?;
+    let (client, responses) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(run(pool, ctx, input, upstream, state, client, input_over));
+    Ok(Box::pin(ReceiverStream::new(responses)))
+}
+
+async fn run<S: Resumable>(
+    pool: Arc<Pool>,
+    ctx: CallContext,
+    mut input: BoxStream<'static, S::Req>,
+    upstream: Upstream<S>,
+    mut state: S,
+    client: mpsc::Sender<Result<S::Resp, Status>>,
+    mut input_over: bool,
+) {
+    // `None` after a member failed with nothing to replay: the next member's stream is opened
+    // with the client's next request (etcd answers nothing before a request, so opening an
+    // idle stream would wait for an answer that cannot come).
+    let mut upstream = Some(upstream);
+    loop {
+        let answer = async {
+            match upstream.as_mut() {
+                Some(upstream) => upstream.responses.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            request = input.next(), if !input_over => match (request, upstream.as_mut()) {
+                (Some(request), Some(current)) => {
+                    let outgoing = state.outgoing(request);
+                    if let Some(requests) = &current.requests {
+                        // A failed send means the stream just failed: the answer arm moves it.
+                        let _ = requests.send(outgoing).await;
+                    }
+                }
+                (Some(request), None) => {
+                    let outgoing = state.outgoing(request);
+                    match open::<S>(&pool, &ctx, vec![outgoing], false).await {
+                        Ok(next) => upstream = Some(next),
+                        Err(status) => {
+                            let _ = client.send(Err(status)).await;
+                            return;
+                        }
+                    }
+                }
+                (None, current) => {
+                    input_over = true;
+                    if S::ENDS_WITH_CLIENT_INPUT {
+                        match current {
+                            Some(current) => current.requests = None,
+                            None => return,
+                        }
+                    }
+                }
+            },
+            answer = answer => match answer {
+                Some(Ok(response)) => {
+                    if let Some(response) = state.incoming(response) {
+                        if client.send(Ok(response)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Some(Err(status)) if !member_failed(&status) => {
+                    let _ = client.send(Err(status)).await;
+                    return;
+                }
+                // The member ended the stream because the client's input is over.
+                None if upstream.as_ref().is_some_and(|u| u.requests.is_none()) => return,
+                failed => {
+                    if let Some(Err(status)) = &failed {
+                        tracing::info!(error = %status.message(), "stream lost its member, moving it");
+                    }
+                    let replay = state.replay();
+                    if replay.is_empty() {
+                        upstream = None;
+                        if input_over && S::ENDS_WITH_CLIENT_INPUT {
+                            return;
+                        }
+                        continue;
+                    }
+                    match open::<S>(&pool, &ctx, replay, input_over).await {
+                        Ok(next) => upstream = Some(next),
+                        Err(status) => {
+                            let _ = client.send(Err(status)).await;
+                            return;
+                        }
+                    }
+                }
+            },
+            _ = client.closed() => return,
+        }
+    }
+}
