@@ -6,26 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{b64, HttpReply, Pair, Which, WAIT};
+use common::{b64, HttpReply, Pair, Which, MALFORMED_BODIES, WAIT};
 use etcdgate_server::ServerConfig;
 use etcdgate_testkit::EtcdVersion;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
-
-/// Bodies that are not a valid request, on unary paths and on the watch stream.
-const MALFORMED: &[&str] = &[
-    r#"{"key":"YQ==","value":"!!notbase64!!"}"#,
-    r#"{"key":5}"#,
-    r#"{"key":"YQ==","lease":"abc"}"#,
-    r#"{"key":"YQ==","prev_kv":"yes"}"#,
-    r#"{"key":"YQ==","lease":1.5}"#,
-    r#"[1,2,3]"#,
-    r#"{"key" "YQ=="}"#,
-    "not json",
-    "\u{0}\u{1}\u{2}",
-];
 
 /// Asserts etcdgate answered as etcd does: the same answer where etcd accepts the body (it
 /// ignores what it does not know), else the same status and code (the message may be
@@ -45,7 +32,7 @@ async fn malformed_unary_bodies() {
         p.http("/v3/kv/put", json!({"key": b64("a"), "value": b64("1")}).to_string()).await;
         let before = p.revision(Which::Gateway).await;
         // Every body is bad for a put: nothing may be written.
-        for body in MALFORMED {
+        for body in MALFORMED_BODIES {
             let [etcd, gateway] = p.post_both("/v3/kv/put", *body).await;
             same_status_and_code(&p, &format!("POST /v3/kv/put {body:?}"), &etcd, &gateway);
         }
@@ -53,7 +40,7 @@ async fn malformed_unary_bodies() {
         // Range and delete ignore the fields they do not have (however bad their values):
         // both sides accept the same ones.
         for path in ["/v3/kv/range", "/v3/kv/deleterange"] {
-            for body in MALFORMED {
+            for body in MALFORMED_BODIES {
                 let [etcd, gateway] = p.post_both(path, *body).await;
                 same_status_and_code(&p, &format!("POST {path} {body:?}"), &etcd, &gateway);
             }
@@ -71,7 +58,7 @@ async fn malformed_unary_bodies() {
 #[tokio::test]
 async fn malformed_watch_bodies() {
     Pair::each_version(|p| async move {
-        for body in MALFORMED.iter().map(|b| b.replace(r#""key""#, r#""create_request":{"key""#)) {
+        for body in MALFORMED_BODIES.iter().map(|b| b.replace(r#""key""#, r#""create_request":{"key""#)) {
             let [etcd, gateway] = p.post_both("/v3/watch", body.clone()).await;
             same_status_and_code(&p, &format!("POST /v3/watch {body:?}"), &etcd, &gateway);
         }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{b64, HttpReply, Pair, Which};
+use common::{b64, HttpReply, Pair, Which, MALFORMED_BODIES};
 use etcdgate_proto::etcdserverpb::{maintenance_client::MaintenanceClient, HashKvRequest};
 use etcdgate_testkit::EtcdVersion;
 use serde_json::{json, Value};
@@ -146,16 +146,7 @@ async fn json_input_forms() {
         p.http("/v3/kv/put", r#"{"key":"YQ=="#).await;
         p.http("/v3/kv/put", "").await;
         let before = p.revision(Which::Gateway).await;
-        for body in [
-            r#"{"key":"YQ==","value":"!!notbase64!!"}"#,
-            r#"{"key":5}"#,
-            r#"{"key":"YQ==","lease":"abc"}"#,
-            r#"{"key":"YQ==","prev_kv":"yes"}"#,
-            r#"{"key":"YQ==","lease":1.5}"#,
-            r#"[1,2,3]"#,
-            r#"{"key" "YQ=="}"#,
-            "not json",
-        ] {
+        for body in MALFORMED_BODIES {
             compare_status_and_shape(&p, "/v3/kv/put", body).await;
         }
         compare_status_and_shape(&p, "/v3/kv/range", r#"{"key":"YQ==","sort_order":"SIDEWAYS"}"#).await;

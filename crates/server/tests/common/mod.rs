@@ -629,3 +629,17 @@ impl HttpStream {
         Some(normalize_line(&text, &[]))
     }
 }
+
+/// Bodies that are not a valid request, on unary paths and on the watch stream.
+pub const MALFORMED_BODIES: &[&str] = &[
+    r#"{"key":"YQ==","value":"!!notbase64!!"}"#,
+    r#"{"key":5}"#,
+    r#"{"key":"YQ==","lease":"abc"}"#,
+    r#"{"key":"YQ==","prev_kv":"yes"}"#,
+    r#"{"key":"YQ==","lease":1.5}"#,
+    r#"[1,2,3]"#,
+    r#"{"key" "YQ=="}"#,
+    "not json",
+    "\u{0}\u{1}\u{2}",
+];
+
