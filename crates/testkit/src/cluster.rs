@@ -95,6 +95,7 @@ impl ClusterBuilder {
                 data_dir: dir.path().join(format!("m{i}")),
                 log: dir.path().join(format!("m{i}.log")),
                 child: None,
+                joined: None,
             })
             .collect();
         let initial_cluster = members
@@ -135,6 +136,9 @@ struct Member {
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// For a member added to the running cluster: its `--initial-cluster` (with
+    /// `--initial-cluster-state existing`).
+    joined: Option<String>,
 }
 
 /// A running etcd cluster. Dropping it SIGKILLs every member, reaps it and removes the
@@ -335,6 +339,50 @@ impl Cluster {
         }
     }
 
+    /// Adds a raft learner: `etcdctl member add m{n} --learner` against the running members,
+    /// then starts it (`--initial-cluster-state existing`) and waits until it reports healthy.
+    /// Returns its index; it is killed, paused and restarted like any other member, and is
+    /// listed by [`Cluster::client_urls`]. It stays a learner unless promoted.
+    pub async fn add_learner(&mut self) -> anyhow::Result<usize> {
+        let i = self.members.len();
+        let name = format!("m{i}");
+        let peer_port = free_port();
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        // etcd refuses membership changes ("unhealthy cluster") until every member has been
+        // connected to its peers for 5 s, e.g. just after the cluster started.
+        let deadline = Instant::now() + self.ready_timeout;
+        loop {
+            let out = self.etcdctl(&["member", "add", &name, "--learner", &format!("--peer-urls={peer}")]);
+            if out.status.success() {
+                break;
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !stderr.contains("unhealthy cluster") || Instant::now() >= deadline {
+                bail!("{} member add {name} --learner: {}{stderr}", self.version, String::from_utf8_lossy(&out.stdout));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let initial_cluster = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .chain([format!("{name}={peer}")])
+            .collect::<Vec<_>>()
+            .join(",");
+        self.members.push(Member {
+            data_dir: self.dir.path().join(&name),
+            log: self.dir.path().join(format!("{name}.log")),
+            name,
+            client_port: free_port(),
+            peer_port,
+            child: None,
+            joined: Some(initial_cluster),
+        });
+        self.spawn_member(i)?;
+        self.wait_members_ready(&[i], self.ready_timeout).await?;
+        Ok(i)
+    }
+
     /// `etcdctl` of the cluster's version against the running members, see [`run_etcdctl`].
     pub fn etcdctl(&self, args: &[&str]) -> Output {
         run_etcdctl(self.version, &self.live_endpoints(), args)
@@ -361,9 +409,9 @@ impl Cluster {
                 "--initial-advertise-peer-urls",
                 &peer,
             ])
-            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster", m.joined.as_deref().unwrap_or(&self.initial_cluster)])
             .args(["--initial-cluster-token", &self.token])
-            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-state", if m.joined.is_some() { "existing" } else { "new" }])
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path());

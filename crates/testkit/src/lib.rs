@@ -7,8 +7,8 @@
 //! - [`Cluster`] / [`ClusterBuilder`]: an N-member cluster in a temporary directory, started
 //!   concurrently and awaited until every member answers `GET /health` with `"health":"true"`.
 //!   Members can be killed (`SIGKILL`), paused (`SIGSTOP`), resumed and restarted with the same
-//!   data dir and ports. Dropping the cluster kills every member and removes the directory,
-//!   including when a test panics.
+//!   data dir and ports; a learner can be added ([`Cluster::add_learner`]). Dropping the
+//!   cluster kills every member and removes the directory, including when a test panics.
 //! - [`ProxyProcess`]: etcd's own L4 `etcd gateway` and `etcd grpc-proxy`, the baselines
 //!   etcdgate is compared against.
 //! - [`free_port`], [`wait_ready`], [`check_health`], [`run_etcdctl`]: the small pieces the

@@ -1,14 +1,25 @@
-//! The etcd cluster as etcdgate sees it: one gRPC channel per member, which member gets a
-//! request, and when a failed request may be tried on another member.
+//! The etcd cluster as etcdgate sees it: one HTTP/2 connection per member and worker, the
+//! state of every member, which member gets a request, and when a failed request may be
+//! tried on another member.
 //!
 //! This crate owns member selection and retry safety; it knows nothing about the front ends
 //! or the cache. `Pool::call` runs one RPC with failover, `Pool::leader` and
 //! `Pool::named` pin a request to a particular member.
+//!
+//! - `health`: the per-member state machine (healthy, down, hung, leaderless, lagging,
+//!   learner, removed) and member list matching, pure logic;
+//! - `probe`: the background prober of a pool family (Status probes, MemberList sync);
+//! - `pool`: the pools, balancing over healthy members, passive failure signals;
+//! - `connection`: one HTTP/2 connection to one member;
+//! - `retry`: which failures may go to another member.
 
 mod connection;
+pub mod health;
 mod pool;
+mod probe;
 mod retry;
 
-pub use connection::MemberConnection;
+pub use connection::{ConnectOptions, MemberConnection};
+pub use health::State;
 pub use pool::{Member, Pool, PoolOptions, Target};
 pub use retry::{classify, Failure, RetryPolicy};

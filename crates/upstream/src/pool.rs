@@ -1,58 +1,362 @@
-//! The member pool: one lazily made HTTP/2 connection per etcd member, round-robin over the
-//! members that are not known to be down, and simple failover.
+//! The member pool: the etcd members, the state each is in, and which one gets a call.
 //!
-//! A member whose connection is refused is skipped for a backoff period that doubles on each
-//! consecutive failure (250 ms up to 30 s) and is tried again after it; any successful call
-//! puts it back at once. The health-aware pool (probes, hung and partitioned members,
-//! latency-weighted balancing) builds on this type.
+//! A *family* of pools (one made by [`Pool::new`], the others by [`Pool::sibling`], one per
+//! worker thread) shares one list of members and one state per member (see
+//! [`crate::health`]), kept up to date by one background prober (see `probe.rs`) started by
+//! `Pool::new` on its runtime and stopped when the last pool of the family is dropped. Each
+//! pool has its own HTTP/2 connection to each member, made on first use, on the pool's own
+//! thread; members that join the family later (member list sync) get theirs the same way.
+//!
+//! Balancing: calls to [`Target::Any`] go round-robin over the healthy voters; only when none
+//! is healthy do they fall back to the others (lagging, leaderless, not yet probed, down, hung,
+//! in that order), so a call always has somewhere to go. Learners and removed members never
+//! get client traffic. A call that fails with `NotSent` or `Transport` takes its member out of
+//! rotation at once (and has it re-probed); a read still open on a member when the member
+//! leaves rotation (a probe found it hung, leaderless, ...) is abandoned and failed over.
+//! A write is never abandoned: it may have reached the member, so it waits for its answer.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use etcdgate_proto::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::connection::MemberConnection;
-use crate::retry::{classify, RetryPolicy};
+use crate::connection::{ConnectOptions, MemberConnection};
+use crate::health::{plan_sync, Known, Listed, MemberHealth, ProbeFailure, Reference, State, StatusReport, SyncAction, Transition};
+use crate::retry::{classify, Failure, RetryPolicy};
 
-const MIN_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// Connection settings for every member.
+/// Connection, probe and member-state settings, shared by a pool family.
 #[derive(Clone, Debug)]
 pub struct PoolOptions {
+    /// TCP connect timeout for every member connection.
     pub connect_timeout: Duration,
+    /// How often each member gets a Maintenance.Status probe while it answers.
+    pub probe_interval: Duration,
+    /// A probe without an answer after this long makes the member hung.
+    pub probe_timeout: Duration,
+    /// How often MemberList is read to find members that joined or left.
+    pub member_sync_interval: Duration,
+    /// A member whose raft applied index trails the best member's by more than this is lagging.
+    pub lag_threshold: u64,
+    /// HTTP/2 keep-alive ping interval on client connections, while a call is open. Not
+    /// shorter than etcd's `--grpc-keepalive-min-time` (default 5 s): etcd closes a connection
+    /// that pings more often while it sends nothing (measured: a quiet watch on a connection
+    /// pinging every 1 s is cut after 4 s, on 3.4 and 3.5). Hung members are found by the
+    /// probes' deadline instead; see `connection.rs`.
+    pub keepalive_interval: Duration,
+    /// A keep-alive ping without an answer after this long closes the connection.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        PoolOptions { connect_timeout: Duration::from_secs(2) }
+        PoolOptions {
+            connect_timeout: Duration::from_secs(2),
+            probe_interval: Duration::from_millis(500),
+            probe_timeout: Duration::from_secs(1),
+            member_sync_interval: Duration::from_secs(30),
+            lag_threshold: 1000,
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(1),
+        }
     }
 }
 
-/// Whether a member is in rotation, shared by every pool built with [`Pool::sibling`].
-#[derive(Debug, Default)]
-struct Health {
-    /// Consecutive failed calls; 0 when the member is in rotation.
-    consecutive_failures: AtomicU32,
-    /// Skipped until this many milliseconds after the pool's epoch.
-    skip_until_ms: AtomicU64,
+impl PoolOptions {
+    fn client_connection(&self) -> ConnectOptions {
+        ConnectOptions {
+            connect_timeout: self.connect_timeout,
+            keepalive_interval: Some(self.keepalive_interval),
+            keepalive_timeout: self.keepalive_timeout,
+        }
+    }
+
+    /// Probe connections do without keep-alive: a probe's own deadline says when a member is
+    /// hung, and the probe is left open so that a member that was only paused answers it the
+    /// moment it runs again.
+    pub(crate) fn probe_connection(&self) -> ConnectOptions {
+        ConnectOptions::plain(self.connect_timeout)
+    }
 }
 
-/// One etcd member: its client URL, this pool's connection to it, and its shared health.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One member as the whole family sees it: URL, ID, state. Connections are per pool.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) url: String,
+    /// From `--endpoints` (wins over a duplicate found through MemberList).
+    configured: bool,
+    /// 0 until a probe or the member list tells.
+    id: AtomicU64,
+    /// `health.state()`, readable without the lock.
+    state: AtomicU8,
+    health: Mutex<MemberHealth>,
+    /// Woken when the member leaves rotation.
+    left: Notify,
+    /// The same, one per pool (so that a call's wait is registered on its own thread's).
+    left_listeners: Mutex<Vec<Weak<Notify>>>,
+    /// Wakes the member's probe loop (a call failed on it, or succeeded while it was out).
+    pub(crate) wake: Notify,
+    /// The family's: woken on every change of state of any member.
+    changed: Arc<Notify>,
+}
+
+impl Entry {
+    fn new(url: String, configured: bool, id: u64, evidence: &str, changed: Arc<Notify>) -> Entry {
+        Entry {
+            health: Mutex::new(MemberHealth::new(url.clone(), evidence)),
+            url,
+            configured,
+            id: AtomicU64::new(id),
+            state: AtomicU8::new(State::New as u8),
+            left: Notify::new(),
+            left_listeners: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            changed,
+        }
+    }
+
+    /// A `Notify` woken whenever the member leaves rotation.
+    fn left_listener(&self) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        let mut listeners = lock(&self.left_listeners);
+        listeners.retain(|l| l.strong_count() > 0);
+        listeners.push(Arc::downgrade(&notify));
+        notify
+    }
+
+    pub(crate) fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id.load(Ordering::Relaxed)
+    }
+
+    fn evidence(&self) -> String {
+        lock(&self.health).evidence().to_string()
+    }
+
+    pub(crate) fn next_probe_in(&self, interval: Duration) -> Duration {
+        lock(&self.health).next_probe_in(interval)
+    }
+
+    /// Runs one observation through the member's state machine.
+    fn update(&self, observe: impl FnOnce(&mut MemberHealth) -> Option<Transition>) -> Option<Transition> {
+        let mut health = lock(&self.health);
+        let transition = observe(&mut health);
+        if let Some(t) = &transition {
+            self.state.store(t.to as u8, Ordering::Release);
+            drop(health);
+            if t.from.in_rotation() {
+                self.left.notify_waiters();
+                for listener in lock(&self.left_listeners).iter().filter_map(Weak::upgrade) {
+                    listener.notify_waiters();
+                }
+            }
+            self.changed.notify_waiters();
+        }
+        transition
+    }
+
+    /// Resolves once the member is out of rotation (at once if it is).
+    pub(crate) async fn left_rotation(&self) {
+        loop {
+            let notified = self.left.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.state().in_rotation() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Passive signal: a client call failed this way.
+    fn call_failed(&self, failure: Failure, message: &str) {
+        if self.update(|h| h.call_failed(failure, message)).is_some() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Passive signal: a client call succeeded. A member thought down or hung is re-probed now.
+    fn call_succeeded(&self) {
+        if matches!(self.state(), State::Down | State::Hung) {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// What a pool family shares: the options and the members with their states.
+#[derive(Debug)]
+pub(crate) struct Family {
+    pub(crate) options: PoolOptions,
+    entries: Mutex<Vec<Arc<Entry>>>,
+    /// Bumped whenever a member joins or is removed (pools then rebuild their member lists).
+    version: AtomicU64,
+    /// Woken on every change of state of any member.
+    pub(crate) changed: Arc<Notify>,
+    /// The set of members changed: the prober starts and stops probe loops.
+    pub(crate) membership: Notify,
+    /// Read MemberList now.
+    pub(crate) resync: Notify,
+}
+
+impl Family {
+    fn new(urls: Vec<String>, options: PoolOptions) -> Family {
+        let changed = Arc::new(Notify::new());
+        let entries = urls
+            .into_iter()
+            .map(|url| Arc::new(Entry::new(url, true, 0, "from --endpoints, not probed yet", changed.clone())))
+            .collect();
+        Family {
+            options,
+            entries: Mutex::new(entries),
+            version: AtomicU64::new(1),
+            changed,
+            membership: Notify::new(),
+            resync: Notify::new(),
+        }
+    }
+
+    pub(crate) fn entries(&self) -> Vec<Arc<Entry>> {
+        lock(&self.entries).clone()
+    }
+
+    fn membership_changed(&self) {
+        self.version.fetch_add(1, Ordering::AcqRel);
+        self.membership.notify_one();
+    }
+
+    /// Reports older than this do not count when judging other members.
+    fn report_max_age(&self) -> Duration {
+        self.options.probe_interval * 3 + self.options.probe_timeout
+    }
+
+    /// A probe of `entry` got a Status answer.
+    pub(crate) fn probe_answered(&self, entry: &Arc<Entry>, report: StatusReport) {
+        let entries = self.entries();
+        if report.member_id != 0 && entry.id() != report.member_id {
+            entry.id.store(report.member_id, Ordering::Relaxed);
+            self.drop_duplicates(entry, report.member_id, &entries);
+        }
+        let max_age = self.report_max_age();
+        let others: Vec<StatusReport> = entries
+            .iter()
+            .filter(|e| !Arc::ptr_eq(e, entry) && e.state() != State::Removed)
+            .filter_map(|e| lock(&e.health).recent_report(max_age).cloned())
+            .collect();
+        let voters = entries.iter().filter(|e| !matches!(e.state(), State::Learner | State::Removed)).count();
+        let reference = Reference::from_reports(others.iter().chain([&report]), voters);
+        let lag_threshold = self.options.lag_threshold;
+        entry.update(|h| h.probe_answered(report, &reference, lag_threshold));
+    }
+
+    /// A probe of `entry` got no Status answer.
+    pub(crate) fn probe_failed(&self, entry: &Entry, failure: ProbeFailure) {
+        entry.update(|h| h.probe_failed(failure));
+    }
+
+    /// Two URLs that reach the same member: the one from `--endpoints` (else the older) stays.
+    fn drop_duplicates(&self, entry: &Arc<Entry>, id: u64, entries: &[Arc<Entry>]) {
+        for other in entries.iter().filter(|e| !Arc::ptr_eq(e, entry) && e.id() == id && e.state() != State::Removed) {
+            let entry_first = entries.iter().position(|e| Arc::ptr_eq(e, entry)) < entries.iter().position(|e| Arc::ptr_eq(e, other));
+            let (keep, drop) = if entry.configured && !other.configured || entry_first && entry.configured == other.configured {
+                (entry, other)
+            } else {
+                (other, entry)
+            };
+            drop.update(|h| h.unlisted(format!("same member ({id:x}) as {}", keep.url)));
+            self.membership_changed();
+        }
+    }
+
+    /// Brings the member list in line with a MemberList answer.
+    pub(crate) fn apply_member_list(&self, members: &[etcdgate_proto::etcdserverpb::Member]) {
+        let listed: Vec<Listed> = members
+            .iter()
+            .map(|m| Listed {
+                id: m.id,
+                name: m.name.clone(),
+                client_url: m
+                    .client_ur_ls
+                    .iter()
+                    .map(|u| normalize_url(u))
+                    .find(|u| u.starts_with("http://") && MemberConnection::new(u, Duration::from_secs(1)).is_ok()),
+                is_learner: m.is_learner,
+            })
+            .collect();
+        let mut entries = lock(&self.entries);
+        let known: Vec<Known> =
+            entries.iter().map(|e| Known { url: e.url.clone(), id: e.id(), removed: e.state() == State::Removed }).collect();
+        let mut changed = false;
+        for action in plan_sync(&known, &listed) {
+            match action {
+                SyncAction::Listed { index, id, is_learner } => {
+                    let entry = &entries[index];
+                    entry.id.store(id, Ordering::Relaxed);
+                    if let Some(t) = entry.update(|h| h.listed(is_learner)) {
+                        changed |= t.from == State::Removed;
+                    }
+                }
+                SyncAction::Unlisted { index, id } => {
+                    entries[index].update(|h| h.unlisted(format!("member {id:x} is no longer in MemberList")));
+                    changed = true;
+                }
+                SyncAction::Add { url, id, is_learner } => {
+                    let name = listed.iter().find(|l| l.id == id).map_or("", |l| l.name.as_str());
+                    tracing::info!(member = %url, id = %format!("{id:x}"), name, is_learner, "member found in MemberList");
+                    let entry = Arc::new(Entry::new(url, false, id, "listed by MemberList, not probed yet", self.changed.clone()));
+                    if is_learner {
+                        entry.update(|h| h.listed(true));
+                    }
+                    entries.push(entry);
+                    changed = true;
+                }
+            }
+        }
+        drop(entries);
+        if changed {
+            self.membership_changed();
+        }
+    }
+}
+
+/// What the pools of a family hold; dropping the last one stops the prober.
+#[derive(Debug)]
+struct Shared {
+    family: Arc<Family>,
+    prober: Option<AbortHandle>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(prober) = &self.prober {
+            prober.abort();
+        }
+    }
+}
+
+/// One etcd member: its client URL, this pool's connection to it, and its shared state.
 #[derive(Debug)]
 pub struct Member {
-    url: String,
+    entry: Arc<Entry>,
     connection: MemberConnection,
-    health: Arc<Health>,
+    /// This pool's wake-up for when the member leaves rotation.
+    left: Arc<Notify>,
 }
 
 impl Member {
     pub fn url(&self) -> &str {
-        &self.url
+        &self.entry.url
     }
 
     /// This pool's connection to the member, for tonic clients.
@@ -60,22 +364,47 @@ impl Member {
         self.connection.clone()
     }
 
-    fn available(&self, now_ms: u64) -> bool {
-        now_ms >= self.health.skip_until_ms.load(Ordering::Relaxed)
+    /// The member's state, shared by the whole pool family.
+    pub fn state(&self) -> State {
+        self.entry.state()
     }
 
-    fn mark_failed(&self, now_ms: u64) {
-        let failures = self.health.consecutive_failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-        let backoff = MIN_BACKOFF.saturating_mul(1u32 << failures.min(8).saturating_sub(1)).min(MAX_BACKOFF);
-        self.health.skip_until_ms.store(now_ms + backoff.as_millis() as u64, Ordering::Relaxed);
-        tracing::warn!(member = %self.url, failures, ?backoff, "member unreachable, skipped");
+    /// The member ID, 0 while it is unknown (the member never answered).
+    pub fn id(&self) -> u64 {
+        self.entry.id()
     }
 
-    fn mark_ok(&self) {
-        if self.health.consecutive_failures.load(Ordering::Relaxed) != 0 {
-            self.health.consecutive_failures.store(0, Ordering::Relaxed);
-            self.health.skip_until_ms.store(0, Ordering::Relaxed);
-            tracing::info!(member = %self.url, "member reachable again");
+    /// Resolves once the member is out of rotation (at once if it is).
+    async fn left_rotation(&self) {
+        loop {
+            let notified = self.left.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.state().in_rotation() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Runs `call` on this member; a read still open when the member leaves rotation is
+    /// abandoned (the `bool` of the error then says so).
+    async fn run<T, F, Fut>(&self, policy: RetryPolicy, call: &mut F) -> Result<T, (Status, bool)>
+    where
+        F: FnMut(MemberConnection) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let future = call(self.connection.clone());
+        if policy != RetryPolicy::Read || !self.state().in_rotation() {
+            return future.await.map_err(|status| (status, false));
+        }
+        tokio::select! {
+            biased;
+            result = future => result.map_err(|status| (status, false)),
+            () = self.left_rotation() => Err((
+                Status::unavailable(format!("etcdgate: member {} left rotation: {}", self.url(), self.entry.evidence())),
+                true,
+            )),
         }
     }
 }
@@ -87,21 +416,28 @@ pub enum Target {
     Any,
     /// The current raft leader (membership changes, promote, move-leader).
     Leader,
-    /// A member chosen by the client, by client URL or hex member ID.
+    /// A member chosen by the client, by client URL or hex member ID. This may be a learner
+    /// or a member out of rotation: the client asked for it.
     Named(String),
 }
 
-/// The members behind the gateway.
+/// This pool's members (with its own connections), rebuilt when the family's list changes.
+#[derive(Debug)]
+struct Local {
+    version: u64,
+    members: Arc<[Arc<Member>]>,
+}
+
+/// The members behind the gateway, as one worker thread uses them.
 #[derive(Debug)]
 pub struct Pool {
-    members: Vec<Arc<Member>>,
+    shared: Arc<Shared>,
+    local: RwLock<Local>,
     next: AtomicUsize,
-    options: PoolOptions,
-    epoch: Instant,
 }
 
 /// Accepts `host:port` as well as `http://host:port`.
-fn normalize_url(raw: &str) -> String {
+pub(crate) fn normalize_url(raw: &str) -> String {
     let raw = raw.trim().trim_end_matches('/');
     if raw.contains("://") {
         raw.to_string()
@@ -111,61 +447,169 @@ fn normalize_url(raw: &str) -> String {
 }
 
 impl Pool {
-    /// Builds the pool; connections are made on first use. Must be called on a tokio runtime,
-    /// which then carries the pool's connections.
+    /// Builds the pool family's first pool and starts its prober (Status probes of every
+    /// member, member list sync) on the current tokio runtime, which must exist. Connections
+    /// are made on first use.
     pub fn new(endpoints: &[String], options: PoolOptions) -> Result<Pool, String> {
-        let mut members = Vec::new();
+        let family = Arc::new(Family::new(Self::endpoint_urls(endpoints)?, options));
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| "the member pool must be created on a tokio runtime".to_string())?;
+        let prober = runtime.spawn(crate::probe::run(family.clone())).abort_handle();
+        Ok(Pool::with_shared(Arc::new(Shared { family, prober: Some(prober) })))
+    }
+
+    /// A pool whose member states change only by hand (unit tests).
+    #[cfg(test)]
+    pub(crate) fn unprobed(endpoints: &[String], options: PoolOptions) -> Result<Pool, String> {
+        let family = Arc::new(Family::new(Self::endpoint_urls(endpoints)?, options));
+        Ok(Pool::with_shared(Arc::new(Shared { family, prober: None })))
+    }
+
+    fn endpoint_urls(endpoints: &[String]) -> Result<Vec<String>, String> {
+        let mut urls: Vec<String> = Vec::new();
         for raw in endpoints.iter().filter(|e| !e.trim().is_empty()) {
             let url = normalize_url(raw);
             if url.starts_with("https://") {
                 return Err(format!("endpoint {url}: TLS to members is not supported yet"));
             }
-            let connection = MemberConnection::new(&url, options.connect_timeout)?;
-            members.push(Arc::new(Member { url, connection, health: Arc::default() }));
+            MemberConnection::new(&url, Duration::from_secs(1))?;
+            if !urls.contains(&url) {
+                urls.push(url);
+            }
         }
-        if members.is_empty() {
+        if urls.is_empty() {
             return Err("no etcd endpoints given".into());
         }
-        Ok(Pool { members, next: AtomicUsize::new(0), options, epoch: Instant::now() })
+        Ok(urls)
     }
 
-    /// A pool over the same members with its own connections, sharing this pool's view of
-    /// which members are down (one pool per worker thread).
+    fn with_shared(shared: Arc<Shared>) -> Pool {
+        Pool { shared, local: RwLock::new(Local { version: 0, members: Arc::new([]) }), next: AtomicUsize::new(0) }
+    }
+
+    /// A pool of the same family with its own connections (one pool per worker thread): it
+    /// shares the members, their states and the prober.
     pub fn sibling(&self) -> Pool {
-        let members = self
-            .members
-            .iter()
-            .map(|m| {
-                Arc::new(Member {
-                    url: m.url.clone(),
-                    connection: m.connection.fresh(),
-                    health: m.health.clone(),
-                })
-            })
-            .collect();
-        Pool { members, next: AtomicUsize::new(0), options: self.options.clone(), epoch: self.epoch }
+        Pool::with_shared(self.shared.clone())
     }
 
     pub fn options(&self) -> &PoolOptions {
-        &self.options
+        &self.shared.family.options
     }
 
-    pub fn members(&self) -> &[Arc<Member>] {
-        &self.members
+    fn family(&self) -> &Family {
+        &self.shared.family
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    /// This pool's members other than removed ones, in the family's order.
+    fn local(&self) -> Arc<[Arc<Member>]> {
+        let family = self.family();
+        let version = family.version.load(Ordering::Acquire);
+        {
+            let local = self.local.read().unwrap_or_else(PoisonError::into_inner);
+            if local.version == version {
+                return local.members.clone();
+            }
+        }
+        let mut local = self.local.write().unwrap_or_else(PoisonError::into_inner);
+        let version = family.version.load(Ordering::Acquire);
+        if local.version == version {
+            return local.members.clone();
+        }
+        let connect = family.options.client_connection();
+        let members: Vec<Arc<Member>> = family
+            .entries()
+            .into_iter()
+            .filter(|entry| entry.state() != State::Removed)
+            .filter_map(|entry| {
+                if let Some(member) = local.members.iter().find(|m| Arc::ptr_eq(&m.entry, &entry)) {
+                    return Some(member.clone());
+                }
+                let connection = MemberConnection::for_member(&entry.url, connect, entry.clone()).ok()?;
+                Some(Arc::new(Member { left: entry.left_listener(), entry, connection }))
+            })
+            .collect();
+        *local = Local { version, members: members.into() };
+        local.members.clone()
     }
 
-    /// Members in the order a call should try them: available ones round-robin first, then
-    /// the skipped ones (so a call still has somewhere to go when all look down).
-    fn candidates(&self) -> impl Iterator<Item = &Arc<Member>> {
-        let now = self.now_ms();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let n = self.members.len();
-        let rotated = move || (0..n).map(move |i| &self.members[(start + i) % n]);
-        rotated().filter(move |m| m.available(now)).chain(rotated().filter(move |m| !m.available(now)))
+    /// The members client traffic may go to, best first: healthy voters, then the other
+    /// voters in fallback order. Learners and removed members are left out (see
+    /// [`Pool::member_states`] for every member).
+    pub fn members(&self) -> Vec<Arc<Member>> {
+        let mut members: Vec<Arc<Member>> =
+            self.local().iter().filter(|m| m.state().fallback_rank().is_some()).cloned().collect();
+        members.sort_by_key(|m| m.state().fallback_rank());
+        members
+    }
+
+    /// Every member the family knows, removed ones included: client URL, member ID (0 if
+    /// unknown), state, and the evidence for that state.
+    pub fn member_states(&self) -> Vec<(String, u64, State, String)> {
+        self.family()
+            .entries()
+            .iter()
+            .map(|entry| {
+                let health = lock(&entry.health);
+                (entry.url.clone(), entry.id(), health.state(), health.evidence().to_string())
+            })
+            .collect()
+    }
+
+    /// Reads MemberList now instead of at the next sync interval (after a membership change).
+    pub fn resync_members(&self) {
+        self.family().resync.notify_one();
+    }
+
+    /// Members in the order a call to [`Target::Any`] should try them: healthy ones
+    /// round-robin, then the others in fallback order; never learners or removed members.
+    fn candidates(&self) -> Vec<Arc<Member>> {
+        let members = self.local();
+        let healthy = |m: &&Arc<Member>| m.state().in_rotation();
+        let count = members.iter().filter(healthy).count();
+        let mut order = Vec::with_capacity(members.len());
+        if count > 0 {
+            let skip = self.next.fetch_add(1, Ordering::Relaxed) % count;
+            order.extend(members.iter().filter(healthy).cycle().skip(skip).take(count).cloned());
+        }
+        if order.len() < members.len() {
+            let mut rest: Vec<(u8, Arc<Member>)> = members
+                .iter()
+                .filter_map(|m| match m.state() {
+                    State::Healthy => None,
+                    state => state.fallback_rank().map(|rank| (rank, m.clone())),
+                })
+                .collect();
+            rest.sort_by_key(|(rank, _)| *rank);
+            order.extend(rest.into_iter().map(|(_, m)| m));
+        }
+        order
+    }
+
+    /// [`Pool::candidates`]; when no member is healthy but some are not probed yet (start-up, a
+    /// member just found), waits up to a probe deadline for their first probes rather than
+    /// send a call to a member that may turn out to be a learner.
+    async fn balanced(&self) -> Vec<Arc<Member>> {
+        let candidates = self.candidates();
+        if candidates.first().is_some_and(|m| m.state().in_rotation()) || !candidates.iter().any(|m| m.state() == State::New)
+        {
+            return candidates;
+        }
+        let family = self.family();
+        let deadline = Instant::now() + family.options.probe_timeout;
+        loop {
+            let changed = family.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let members = self.local();
+            if members.iter().any(|m| m.state().in_rotation()) || !members.iter().any(|m| m.state() == State::New) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                break;
+            }
+        }
+        self.candidates()
     }
 
     /// Runs `call` on a member chosen for `target`, failing over as `policy` allows.
@@ -174,34 +618,31 @@ impl Pool {
         F: FnMut(MemberConnection) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let pinned;
-        let members: Box<dyn Iterator<Item = &Arc<Member>> + Send> = match target {
-            Target::Any => Box::new(self.candidates()),
-            Target::Leader => {
-                pinned = self.leader().await?;
-                Box::new(std::iter::once(&pinned))
-            }
-            Target::Named(name) => {
-                pinned = self.named(name).await?;
-                Box::new(std::iter::once(&pinned))
-            }
+        let members = match target {
+            Target::Any => self.balanced().await,
+            Target::Leader => vec![self.leader().await?],
+            Target::Named(name) => vec![self.named(name).await?],
         };
         let mut last_error = None;
-        for member in members {
-            match call(member.connection()).await {
+        for member in &members {
+            match member.run(policy, &mut call).await {
                 Ok(value) => {
-                    member.mark_ok();
+                    member.entry.call_succeeded();
+                    if *target == Target::Leader {
+                        // Leader-routed calls are membership changes (and move-leader).
+                        self.resync_members();
+                    }
                     return Ok(value);
                 }
-                Err(status) => {
-                    let failure = classify(&status);
-                    if failure.member_unhealthy() {
-                        member.mark_failed(self.now_ms());
+                Err((status, abandoned)) => {
+                    let failure = if abandoned { Failure::Transport } else { classify(&status) };
+                    if !abandoned && failure.member_unhealthy() {
+                        member.entry.call_failed(failure, status.message());
                     }
                     if !failure.may_retry(policy) {
                         return Err(status);
                     }
-                    tracing::debug!(member = %member.url, error = %status.message(), "failing over");
+                    tracing::debug!(member = %member.url(), error = %status.message(), "failing over");
                     last_error = Some(status);
                 }
             }
@@ -209,29 +650,34 @@ impl Pool {
         Err(last_error.unwrap_or_else(|| Status::unavailable("etcdgate: no etcd member available")))
     }
 
-    /// Asks each member for its status; returns (member, its id, the leader it reports).
-    async fn statuses(&self) -> Vec<(Arc<Member>, u64, u64)> {
-        let probes = self.members.iter().map(|member| {
-            let member = member.clone();
-            async move {
-                let mut request = tonic::Request::new(StatusRequest {});
-                request.set_timeout(self.options.connect_timeout);
-                let response = MaintenanceClient::new(member.connection()).status(request).await.ok()?;
-                let status = response.into_inner();
-                let id = status.header.as_ref().map(|h| h.member_id).unwrap_or_default();
-                Some((member, id, status.leader))
-            }
+    /// Asks the members that `ask` picks for their status now (within a probe deadline).
+    async fn statuses(&self, ask: impl Fn(State) -> bool) -> Vec<(Arc<Member>, StatusReport)> {
+        let timeout = self.options().probe_timeout;
+        let members: Vec<Arc<Member>> = self.local().iter().filter(|m| ask(m.state())).cloned().collect();
+        let probes = members.into_iter().map(|member| async move {
+            let mut client = MaintenanceClient::new(member.connection());
+            let response = tokio::time::timeout(timeout, client.status(StatusRequest {})).await.ok()?.ok()?;
+            Some((member, StatusReport::from_response(response.get_ref())))
         });
         futures::future::join_all(probes).await.into_iter().flatten().collect()
     }
 
-    /// The member that is currently raft leader.
+    /// The member that is currently raft leader, asked of the voters now: first those not
+    /// known to be down or hung (so that a hung member costs no deadline), then those. A
+    /// learner never qualifies.
     pub async fn leader(&self) -> Result<Arc<Member>, Status> {
-        let statuses = self.statuses().await;
-        statuses
-            .iter()
-            .find(|(_, id, leader)| *leader != 0 && id == leader)
-            .map(|(member, _, _)| member.clone())
+        let find = |statuses: Vec<(Arc<Member>, StatusReport)>| {
+            statuses
+                .into_iter()
+                .filter(|(_, report)| !report.is_learner && report.leader != 0 && report.member_id == report.leader)
+                .max_by_key(|(_, report)| report.raft_term)
+                .map(|(member, _)| member)
+        };
+        let responsive = |state: State| !matches!(state, State::Learner | State::Down | State::Hung);
+        if let Some(leader) = find(self.statuses(responsive).await) {
+            return Ok(leader);
+        }
+        find(self.statuses(|state| matches!(state, State::Down | State::Hung)).await)
             .ok_or_else(|| Status::unavailable("etcdserver: no leader"))
     }
 
@@ -239,43 +685,239 @@ impl Pool {
     /// or by member ID in hex as etcdctl prints it.
     pub async fn named(&self, name: &str) -> Result<Arc<Member>, Status> {
         let url = normalize_url(name);
-        if let Some(member) = self.members.iter().find(|m| m.url == url) {
+        let members = self.local();
+        if let Some(member) = members.iter().find(|m| m.url() == url) {
             return Ok(member.clone());
         }
         let wanted = u64::from_str_radix(name.trim_start_matches("0x"), 16)
             .map_err(|_| Status::invalid_argument(format!("etcdgate: unknown member {name:?}")))?;
-        self.statuses()
+        if let Some(member) = members.iter().find(|m| m.id() == wanted) {
+            return Ok(member.clone());
+        }
+        self.statuses(|_| true)
             .await
             .into_iter()
-            .find(|(_, id, _)| *id == wanted)
-            .map(|(member, _, _)| member)
+            .find(|(_, report)| report.member_id == wanted)
+            .map(|(member, _)| member)
             .ok_or_else(|| Status::not_found(format!("etcdgate: member {name} is not reachable through this gateway")))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use etcdgate_proto::etcdserverpb::Member as ListedMember;
+
     use super::*;
+
+    fn report(id: u64, leader: u64, learner: bool) -> StatusReport {
+        StatusReport { member_id: id, leader, raft_term: 2, raft_applied_index: 10, is_learner: learner, ..Default::default() }
+    }
+
+    fn pool(n: u16) -> Pool {
+        let endpoints: Vec<String> = (1..=n).map(|port| format!("127.0.0.1:{port}")).collect();
+        Pool::unprobed(&endpoints, PoolOptions::default()).unwrap()
+    }
+
+    fn entry(pool: &Pool, port: u16) -> Arc<Entry> {
+        let url = format!("http://127.0.0.1:{port}");
+        pool.family().entries().into_iter().find(|e| e.url == url).unwrap()
+    }
+
+    fn make_healthy(pool: &Pool, port: u16) {
+        pool.family().probe_answered(&entry(pool, port), report(u64::from(port), 1, false));
+    }
+
+    fn first_urls(pool: &Pool, calls: usize) -> Vec<String> {
+        (0..calls).map(|_| pool.candidates()[0].url().to_string()).collect()
+    }
 
     #[test]
     fn urls_are_normalized_and_empty_lists_refused() {
         assert_eq!(normalize_url("127.0.0.1:2379"), "http://127.0.0.1:2379");
         assert_eq!(normalize_url(" http://127.0.0.1:2379/ "), "http://127.0.0.1:2379");
         assert!(Pool::new(&[], PoolOptions::default()).is_err());
+        assert!(Pool::new(&["127.0.0.1:2379".into()], PoolOptions::default()).is_err(), "needs a runtime");
+        let duplicates = Pool::unprobed(&["127.0.0.1:1".into(), "http://127.0.0.1:1".into()], PoolOptions::default()).unwrap();
+        assert_eq!(duplicates.member_states().len(), 1);
     }
 
     #[tokio::test]
-    async fn failed_members_are_skipped_until_their_backoff_ends() {
-        let pool = Pool::new(&["127.0.0.1:1".into(), "127.0.0.1:2".into()], PoolOptions::default()).unwrap();
-        pool.members[0].mark_failed(pool.now_ms());
-        for _ in 0..4 {
-            assert_eq!(pool.candidates().next().unwrap().url, "http://127.0.0.1:2");
-            assert_eq!(pool.candidates().count(), 2, "skipped members are still tried last");
+    async fn healthy_members_are_balanced_round_robin_and_the_rest_only_as_fallback() {
+        let pool = pool(3);
+        for port in 1..=3 {
+            make_healthy(&pool, port);
         }
+        let mut firsts = first_urls(&pool, 6);
+        firsts.sort();
+        firsts.dedup();
+        assert_eq!(firsts.len(), 3, "round-robin over every healthy member");
+
+        pool.family().probe_failed(&entry(&pool, 2), ProbeFailure::TimedOut(Duration::from_secs(1)));
+        let firsts = first_urls(&pool, 6);
+        assert!(!firsts.contains(&"http://127.0.0.1:2".to_string()), "{firsts:?}");
+        assert_eq!(firsts.iter().filter(|u| *u == "http://127.0.0.1:1").count(), 3, "even split over the healthy ones");
+        let order: Vec<String> = pool.candidates().iter().map(|m| m.url().to_string()).collect();
+        assert_eq!(order.len(), 3);
+        assert_eq!(order[2], "http://127.0.0.1:2", "out of rotation, still there as the last resort");
+
+        // Nothing healthy: fallback order is lagging, leaderless, new, down, hung.
+        pool.family().probe_failed(&entry(&pool, 1), ProbeFailure::Unreachable("refused".into()));
+        pool.family().probe_answered(&entry(&pool, 3), report(3, 0, false));
+        let order: Vec<State> = pool.candidates().iter().map(|m| m.state()).collect();
+        assert_eq!(order, [State::Leaderless, State::Down, State::Hung]);
+
+        // A sibling shares the states, with its own connections.
         let sibling = pool.sibling();
-        assert_eq!(sibling.candidates().next().unwrap().url, "http://127.0.0.1:2", "siblings share health");
-        pool.members[0].mark_ok();
-        let firsts: Vec<_> = (0..2).map(|_| pool.candidates().next().unwrap().url.clone()).collect();
-        assert!(firsts.contains(&"http://127.0.0.1:1".to_string()));
+        assert_eq!(sibling.candidates()[0].url(), "http://127.0.0.1:3");
+        make_healthy(&pool, 2);
+        assert_eq!(sibling.candidates()[0].url(), "http://127.0.0.1:2");
+        assert!(!Arc::ptr_eq(&sibling.local()[0], &pool.local()[0]));
+    }
+
+    #[tokio::test]
+    async fn learners_and_removed_members_never_get_client_traffic() {
+        let pool = pool(3);
+        make_healthy(&pool, 1);
+        make_healthy(&pool, 2);
+        pool.family().probe_answered(&entry(&pool, 3), report(3, 1, true));
+        assert_eq!(entry(&pool, 3).state(), State::Learner);
+        for _ in 0..6 {
+            assert!(pool.candidates().iter().all(|m| m.url() != "http://127.0.0.1:3"));
+        }
+        assert_eq!(pool.members().len(), 2, "members() leaves learners out");
+        // Even with every voter down, the learner is not a fallback.
+        for port in [1, 2] {
+            pool.family().probe_failed(&entry(&pool, port), ProbeFailure::Unreachable("refused".into()));
+        }
+        assert!(pool.candidates().iter().all(|m| m.state() != State::Learner));
+        // Named calls reach it: the client asked for that member.
+        assert_eq!(pool.named("127.0.0.1:3").await.unwrap().state(), State::Learner);
+        assert_eq!(pool.named("3").await.unwrap().url(), "http://127.0.0.1:3", "by hex member ID");
+
+        // MemberList without member 2: removed, and gone from every pool's list.
+        let listed = |id: u64, learner: bool| ListedMember {
+            id,
+            name: format!("m{id}"),
+            client_ur_ls: vec![format!("http://127.0.0.1:{id}")],
+            is_learner: learner,
+            ..Default::default()
+        };
+        pool.family().apply_member_list(&[listed(1, false), listed(3, true)]);
+        assert_eq!(entry(&pool, 2).state(), State::Removed);
+        assert_eq!(pool.local().len(), 2);
+        assert!(pool.candidates().iter().all(|m| m.url() == "http://127.0.0.1:1"));
+        let states = pool.member_states();
+        assert_eq!(states.len(), 3);
+        assert_eq!(states[1].2, State::Removed);
+        assert_eq!(states[1].3, "member 2 is no longer in MemberList");
+    }
+
+    #[tokio::test]
+    async fn new_members_join_every_pool_of_the_family_once_healthy() {
+        let pool = pool(1);
+        let sibling = pool.sibling();
+        make_healthy(&pool, 1);
+        let listed = |id: u64| ListedMember {
+            id,
+            name: format!("m{id}"),
+            client_ur_ls: vec![format!("http://127.0.0.1:{id}")],
+            ..Default::default()
+        };
+        pool.family().apply_member_list(&[listed(1), listed(4)]);
+        assert_eq!(sibling.local().len(), 2, "the sibling sees the new member");
+        assert_eq!(entry(&pool, 4).state(), State::New);
+        assert!(first_urls(&sibling, 4).iter().all(|u| u == "http://127.0.0.1:1"), "not before its first probe");
+        make_healthy(&pool, 4);
+        let mut firsts = first_urls(&sibling, 4);
+        firsts.dedup();
+        assert_eq!(firsts.len(), 4, "then in rotation: {firsts:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_call_takes_its_member_out_and_reads_fail_over() {
+        let pool = pool(2);
+        make_healthy(&pool, 1);
+        make_healthy(&pool, 2);
+        let (port1_calls, port2_calls) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        for _ in 0..4 {
+            let answer = pool
+                .call(&Target::Any, RetryPolicy::Read, |connection| {
+                    let first = connection.url() == "http://127.0.0.1:1";
+                    if first { &port1_calls } else { &port2_calls }.fetch_add(1, Ordering::Relaxed);
+                    async move {
+                        if first {
+                            Err(Status::unavailable(format!("{}connect: Connection refused", crate::connection::NOT_SENT)))
+                        } else {
+                            Ok(7)
+                        }
+                    }
+                })
+                .await;
+            assert_eq!(answer.unwrap(), 7);
+        }
+        assert_eq!(port1_calls.load(Ordering::Relaxed), 1, "out of rotation after its first failure");
+        assert_eq!(entry(&pool, 1).state(), State::Down);
+        assert!(entry(&pool, 1).evidence().starts_with("call failed: "));
+    }
+
+    #[tokio::test]
+    async fn a_read_open_on_a_member_that_leaves_rotation_fails_over_and_a_write_waits() {
+        let pool = Arc::new(pool(2));
+        make_healthy(&pool, 1);
+        make_healthy(&pool, 2);
+        // Pin the round-robin so that member 1 is tried first.
+        while pool.candidates()[0].url() != "http://127.0.0.1:2" {}
+        let hang_on_1 = |connection: MemberConnection| async move {
+            if connection.url() == "http://127.0.0.1:1" {
+                std::future::pending::<Result<&'static str, Status>>().await
+            } else {
+                Ok("from 2")
+            }
+        };
+        let read = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.call(&Target::Any, RetryPolicy::Read, hang_on_1).await }
+        });
+        tokio::task::yield_now().await;
+        while pool.candidates()[0].url() != "http://127.0.0.1:2" {}
+        let write = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.call(&Target::Any, RetryPolicy::Write, hang_on_1).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!read.is_finished() && !write.is_finished());
+        pool.family().probe_failed(&entry(&pool, 1), ProbeFailure::TimedOut(Duration::from_secs(1)));
+        assert_eq!(read.await.unwrap().unwrap(), "from 2", "the read moved to member 2");
+        tokio::task::yield_now().await;
+        assert!(!write.is_finished(), "a write that may have reached member 1 is not sent twice");
+        write.abort();
+    }
+
+    #[tokio::test]
+    async fn a_discovered_duplicate_of_a_configured_endpoint_is_dropped() {
+        let pool = pool(1);
+        let listed = ListedMember { id: 9, name: "m".into(), client_ur_ls: vec!["http://127.0.0.2:1".into()], ..Default::default() };
+        pool.family().apply_member_list(&[listed]);
+        assert_eq!(pool.local().len(), 2, "id of 127.0.0.1:1 unknown yet: the advertised URL joins");
+        pool.family().probe_answered(&entry(&pool, 1), report(9, 9, false));
+        let states = pool.member_states();
+        assert_eq!(states[0].2, State::Healthy);
+        assert_eq!((states[1].2, states[1].3.as_str()), (State::Removed, "same member (9) as http://127.0.0.1:1"));
+        assert_eq!(pool.local().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_first_calls_wait_for_the_first_probes() {
+        let pool = Arc::new(pool(2));
+        let call = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.call(&Target::Any, RetryPolicy::Read, |c| async move { Ok::<_, Status>(c.url()) }).await.unwrap()
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(!call.is_finished(), "no member probed yet");
+        pool.family().probe_answered(&entry(&pool, 2), report(2, 2, false));
+        assert_eq!(call.await.unwrap(), "http://127.0.0.1:2");
     }
 }

@@ -30,6 +30,27 @@ impl Etcdgate {
         Etcdgate { child, addr }
     }
 
+    /// Like [`Etcdgate::start`], with etcdgate's log (stderr, `etcdgate=info`, no colours)
+    /// appended to `log`, for tests that read its member state changes.
+    pub fn start_logged(endpoints: &str, log: &std::path::Path) -> Etcdgate {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open etcdgate log");
+        let child = Command::new(env!("CARGO_BIN_EXE_etcdgate"))
+            .args(["serve", "--endpoints", endpoints, "--listen-addr", &addr])
+            .env("RUST_LOG", "etcdgate=info,warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start etcdgate");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "etcdgate did not start listening on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Etcdgate { child, addr }
+    }
+
     /// `127.0.0.1:PORT`, as etcdctl takes it.
     pub fn addr(&self) -> &str {
         &self.addr
