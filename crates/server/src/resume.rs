@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcdgate_upstream::{classify, Failure, MemberConnection, Pool, RetryPolicy, Target};
+use etcdgate_upstream::{classify, Failure, MemberConnection, Pool, RetryPolicy, State, Target};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -51,10 +51,13 @@ pub trait Resumable: Send + 'static {
 }
 
 /// A member's stream: where requests go (`None` once the client's input is over and the
-/// stream must end with it), where answers come from.
+/// stream must end with it), where answers come from, and — when the member was in rotation
+/// as the stream opened — its connection, to move the stream as soon as the member leaves
+/// rotation (a hung member is seen by the probes long before HTTP/2 keepalive gives up).
 struct Upstream<S: Resumable> {
     requests: Option<mpsc::Sender<S::Req>>,
     responses: Streaming<S::Resp>,
+    member: Option<MemberConnection>,
 }
 
 /// Opens a stream on a member, sending `first` on it, and waits for its first answer.
@@ -67,6 +70,7 @@ async fn open<S: Resumable>(pool: &Pool, ctx: &CallContext, first: Vec<S::Req>, 
         let requests = (!(S::ENDS_WITH_CLIENT_INPUT && input_over)).then_some(requests);
         let mut request = ctx.request(ReceiverStream::new(receiver));
         request.metadata_mut().insert("hasleader", MetadataValue::from_static("true"));
+        let member = (connection.state() == Some(State::Healthy)).then(|| connection.clone());
         let opening = S::open(connection, request);
         let replaying = !first.is_empty();
         async move {
@@ -77,7 +81,7 @@ async fn open<S: Resumable>(pool: &Pool, ctx: &CallContext, first: Vec<S::Req>, 
             } else {
                 opening.await?
             };
-            Ok(Upstream { requests, responses: response.into_inner() })
+            Ok(Upstream { requests, responses: response.into_inner(), member })
         }
     })
     .await
@@ -119,6 +123,13 @@ async fn run<S: Resumable>(
     // idle stream would wait for an answer that cannot come).
     let mut upstream = Some(upstream);
     loop {
+        let member = upstream.as_ref().and_then(|u| u.member.clone());
+        let left_rotation = async {
+            match &member {
+                Some(member) => member.left_rotation().await,
+                None => std::future::pending().await,
+            }
+        };
         let answer = async {
             match upstream.as_mut() {
                 Some(upstream) => upstream.responses.next().await,
@@ -154,7 +165,12 @@ async fn run<S: Resumable>(
                     }
                 }
             },
-            answer = answer => match answer {
+            answer = async {
+                tokio::select! {
+                    answer = answer => answer,
+                    _ = left_rotation => Some(Err(Status::unavailable("etcdgate: member left rotation"))),
+                }
+            } => match answer {
                 Some(Ok(response)) => {
                     if let Some(response) = state.incoming(response) {
                         if client.send(Ok(response)).await.is_err() {
