@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Parser};
 use etcdgate_proto::etcdserverpb::{kv_client::KvClient, PutRequest};
 use etcdgate_testkit::{Cluster, EtcdVersion};
 use tokio::net::TcpListener;
@@ -75,13 +75,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen_addr).await.with_context(|| format!("listening on {}", args.listen_addr))?;
     eprintln!("starting {} etcd members from {} ...", args.members, etcd.display());
     let cluster = Cluster::builder(version_of(&etcd)?).binary(etcd).members(args.members).start().await?;
-    let serve_args = ServeArgs {
-        endpoints: cluster.client_urls(),
-        listen_addr: args.listen_addr,
-        max_request_bytes: 1536 * 1024,
-        http_body_timeout: 10,
-        threads: None,
-    };
+    let mut serve_args = ServeArgs::parse_from(["serve", "--endpoints", &cluster.endpoints()]);
+    serve_args.listen_addr = args.listen_addr;
     let gateway = tokio::spawn(async move { serve_on(listener, &serve_args, shutdown_signal()).await });
 
     let url = format!("http://{}", args.listen_addr);

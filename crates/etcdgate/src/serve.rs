@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
+use clap::Parser;
 use etcdgate_server::{Gateway, ServerConfig};
 use etcdgate_upstream::{Pool, PoolOptions};
 use tokio::net::TcpListener;
 
-#[derive(Args, Clone, Debug)]
+#[derive(Parser, Clone, Debug)]
 pub struct ServeArgs {
     /// etcd client URLs to start from, comma-separated (`http://127.0.0.1:2379,...`).
     #[arg(long, env = "ETCDGATE_ENDPOINTS", value_delimiter = ',', required = true)]
@@ -33,6 +33,18 @@ pub struct ServeArgs {
     /// Worker threads (default: one per CPU).
     #[arg(long, env = "ETCDGATE_THREADS")]
     pub threads: Option<usize>,
+    /// Milliseconds between Status probes of each member.
+    #[arg(long, default_value_t = 500)]
+    pub probe_interval_ms: u64,
+    /// Milliseconds a probe may take before its member counts as hung.
+    #[arg(long, default_value_t = 1000)]
+    pub probe_timeout_ms: u64,
+    /// Seconds between reads of the member list.
+    #[arg(long, default_value_t = 30)]
+    pub member_sync_interval: u64,
+    /// Raft applied-index lead over a member beyond which it counts as lagging.
+    #[arg(long, default_value_t = 1000)]
+    pub lag_threshold: u64,
 }
 
 impl ServeArgs {
@@ -44,7 +56,14 @@ impl ServeArgs {
     }
 
     fn pool(&self) -> anyhow::Result<Pool> {
-        Pool::new(&self.endpoints, PoolOptions::default()).map_err(anyhow::Error::msg)
+        let options = PoolOptions {
+            probe_interval: Duration::from_millis(self.probe_interval_ms.max(1)),
+            probe_timeout: Duration::from_millis(self.probe_timeout_ms.max(1)),
+            member_sync_interval: Duration::from_secs(self.member_sync_interval.max(1)),
+            lag_threshold: self.lag_threshold,
+            ..PoolOptions::default()
+        };
+        Pool::new(&self.endpoints, options).map_err(anyhow::Error::msg)
     }
 }
 
