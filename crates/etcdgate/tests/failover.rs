@@ -1,5 +1,6 @@
 //! A member that refuses connections never reaches clients: every read and write through
-//! etcdgate succeeds while it is down, and it gets traffic again once it is back.
+//! etcdgate succeeds while it is down, and it gets traffic again once it is back. `/metrics`
+//! shows the member's state change and the requests.
 
 mod common;
 
@@ -9,6 +10,16 @@ use etcdgate_proto::etcdserverpb::{kv_client::KvClient, maintenance_client::Main
 use etcdgate_testkit::{Cluster, EtcdVersion};
 
 use common::Etcdgate;
+
+/// A plain HTTP/1.1 GET; returns the whole response.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
 
 async fn member_ids_seen(url: &str, calls: usize) -> Vec<u64> {
     let mut maintenance = MaintenanceClient::connect(url.to_string()).await.unwrap();
@@ -51,6 +62,15 @@ async fn a_killed_member_is_skipped_and_used_again_after_restart() {
         during.sort();
         during.dedup();
         assert_eq!(during.len(), 2, "the killed member gets no requests");
+
+        let metrics = http_get(gateway.addr(), "/metrics");
+        let victim_url = cluster.client_url(victim);
+        assert!(
+            metrics.contains(&format!("etcdgate_member_state{{member=\"{victim_url}\",state=\"down\"}} 1")),
+            "metrics show the killed member down:\n{metrics}"
+        );
+        assert!(metrics.contains("etcdgate_member_state_changes_total{"), "{metrics}");
+        assert!(metrics.contains("etcdgate_requests_total{rpc=\"Put\",code=\"OK\"} 30"), "{metrics}");
 
         cluster.restart(victim).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -47,11 +47,13 @@ impl Gateway {
     /// One unary RPC.
     pub async fn unary<R: UnaryRpc>(&self, ctx: &CallContext, message: R::Req) -> Result<R::Resp, Status> {
         let target = Self::target(R::ROUTE, ctx);
-        let response = self
+        let result = self
             .pool
             .call(&target, R::POLICY, |connection| R::call(connection, ctx.request(message.clone())))
-            .await?;
-        Ok(response.into_inner())
+            .await
+            .map(tonic::Response::into_inner);
+        crate::metrics::request_done(R::NAME, &result);
+        result
     }
 
     /// The Watch stream: client requests in, watch responses out; moves to another member

@@ -23,6 +23,7 @@ struct KeepAlives {
 impl Resumable for KeepAlives {
     type Req = LeaseKeepAliveRequest;
     type Resp = LeaseKeepAliveResponse;
+    const NAME: &'static str = "keepalive";
     const ENDS_WITH_CLIENT_INPUT: bool = true;
 
     fn outgoing(&mut self, request: LeaseKeepAliveRequest) -> LeaseKeepAliveRequest {

@@ -7,6 +7,7 @@ mod gateway;
 mod grpc;
 mod http;
 mod keepalive;
+mod metrics;
 mod rpc;
 mod resume;
 mod serve;

@@ -37,6 +37,8 @@ pub type Opening<Resp> = BoxFuture<'static, Result<Response<Streaming<Resp>>, St
 pub trait Resumable: Send + 'static {
     type Req: Clone + Send + Sync + 'static;
     type Resp: Send + Sync + 'static;
+    /// Names the stream kind in metrics and logs.
+    const NAME: &'static str;
     /// Whether the member's stream ends once the client stops sending (LeaseKeepAlive), rather
     /// than staying open (Watch).
     const ENDS_WITH_CLIENT_INPUT: bool;
@@ -186,8 +188,9 @@ async fn run<S: Resumable>(
                 None if upstream.as_ref().is_some_and(|u| u.requests.is_none()) => return,
                 failed => {
                     if let Some(Err(status)) = &failed {
-                        tracing::info!(error = %status.message(), "stream lost its member, moving it");
+                        tracing::info!(stream = S::NAME, error = %status.message(), "stream lost its member, moving it");
                     }
+                    crate::metrics::stream_moved(S::NAME);
                     let replay = state.replay();
                     if replay.is_empty() {
                         upstream = None;

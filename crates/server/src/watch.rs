@@ -119,6 +119,7 @@ impl Watches {
 impl Resumable for Watches {
     type Req = WatchRequest;
     type Resp = WatchResponse;
+    const NAME: &'static str = "watch";
     const ENDS_WITH_CLIENT_INPUT: bool = false;
 
     fn outgoing(&mut self, request: WatchRequest) -> WatchRequest {

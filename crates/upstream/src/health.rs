@@ -346,6 +346,7 @@ impl MemberHealth {
         } else {
             tracing::info!(member = %self.url, %from, %to, after_ms, evidence = %self.evidence, "member state changed");
         }
+        crate::metrics::state_changed(&self.url, from, to);
         Some(Transition { from, to, evidence: self.evidence.clone(), after })
     }
 }

@@ -643,6 +643,7 @@ impl Pool {
                         return Err(status);
                     }
                     tracing::debug!(member = %member.url(), error = %status.message(), "failing over");
+                    crate::metrics::failed_over(member.url());
                     last_error = Some(status);
                 }
             }

@@ -50,6 +50,7 @@ pub fn router(gateway: Arc<Gateway>, errors: Arc<ErrorStyle>, limits: HttpLimits
     Router::new()
         .route("/version", get(cluster::version))
         .route("/health", get(cluster::health))
+        .route("/metrics", get(crate::metrics::endpoint))
         .route("/v3/kv/range", post(unary::<rpc::Range>))
         .route("/v3/kv/put", post(unary::<rpc::Put>))
         .route("/v3/kv/deleterange", post(unary::<rpc::DeleteRange>))

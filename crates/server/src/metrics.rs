@@ -1,0 +1,78 @@
+//! Prometheus metrics of the serving side (requests per RPC and outcome, client streams moved
+//! between members) and the `/metrics` endpoint, which also carries the member pool's.
+
+use std::sync::OnceLock;
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tonic::Status;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    rpc: &'static str,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    stream: &'static str,
+}
+
+#[derive(Default)]
+struct ServerMetrics {
+    requests: Family<RequestLabels, Counter>,
+    stream_moves: Family<StreamLabels, Counter>,
+}
+
+fn metrics() -> &'static ServerMetrics {
+    static METRICS: OnceLock<ServerMetrics> = OnceLock::new();
+    METRICS.get_or_init(ServerMetrics::default)
+}
+
+/// A unary call finished with `result`.
+pub fn request_done<T>(rpc: &'static str, result: &Result<T, Status>) {
+    let code = match result {
+        Ok(_) => "OK".to_string(),
+        Err(status) => format!("{:?}", status.code()),
+    };
+    metrics().requests.get_or_create(&RequestLabels { rpc, code }).inc();
+}
+
+/// A client stream was moved to another member.
+pub fn stream_moved(stream: &'static str) {
+    metrics().stream_moves.get_or_create(&StreamLabels { stream }).inc();
+}
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let mut registry = Registry::default();
+        let metrics = metrics();
+        registry.register("etcdgate_requests", "Unary requests by RPC and gRPC code", metrics.requests.clone());
+        registry.register(
+            "etcdgate_stream_moves",
+            "Client streams (watch, keepalive) moved to another member",
+            metrics.stream_moves.clone(),
+        );
+        etcdgate_upstream::metrics::register(&mut registry);
+        registry
+    })
+}
+
+/// `GET /metrics`, in the OpenMetrics text format.
+pub async fn endpoint() -> Response {
+    let mut body = String::new();
+    if prometheus_client::encoding::text::encode(&mut body, registry()).is_err() {
+        return (http::StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed").into_response();
+    }
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
