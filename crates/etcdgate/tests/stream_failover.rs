@@ -1,5 +1,5 @@
 //! Streams through etcdgate survive the member under them. A watch, with that member killed
-//! (SIGKILL) or hung (SIGSTOP): the client's stream sees no error, no second `created`, header
+//! (SIGKILL; a follower, and the leader) or hung (SIGSTOP): the client's stream sees no error, no second `created`, header
 //! revisions that never go back, and exactly the events etcd recorded — checked against a
 //! direct watch of the same range from the same revision once the writes are done. A lease
 //! keepalive stream, with its member killed: every keepalive is answered, none fails.
@@ -27,7 +27,10 @@ const WRITES: usize = 60;
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
+    /// SIGKILL the member under the watch, a follower or the leader as round-robin gave.
     Kill,
+    /// SIGKILL the member under the watch, which is the leader: the cluster elects anew.
+    KillLeader,
     Pause,
 }
 
@@ -88,17 +91,24 @@ async fn write(cluster: &Cluster, avoid: usize, i: usize) {
 async fn survives(version: EtcdVersion, fault: Fault) {
     let mut cluster = Cluster::start(version, 3).await.unwrap();
     let gateway = Etcdgate::start(&cluster.endpoints());
-    let (_keep_open, mut through_gateway) = open_watch(gateway.url(), 0).await;
-    let created = through_gateway.next().await.unwrap().unwrap();
-    assert!(created.created);
+    let leader = cluster.wait_leader(Duration::from_secs(30)).await.unwrap();
+    // Round-robin spreads new streams over the members: open until one is on the leader.
+    let (_keep_open, mut through_gateway, created, victim) = loop {
+        let (keep_open, mut stream) = open_watch(gateway.url(), 0).await;
+        let created = stream.next().await.unwrap().unwrap();
+        assert!(created.created);
+        let member = member_index(&cluster, created.header.as_ref().unwrap().member_id).await;
+        if !matches!(fault, Fault::KillLeader) || member == leader {
+            break (keep_open, stream, created, member);
+        }
+    };
     let start_revision = created.header.as_ref().unwrap().revision + 1;
-    let victim = member_index(&cluster, created.header.as_ref().unwrap().member_id).await;
 
     for i in 0..WRITES / 3 {
         write(&cluster, victim, i).await;
     }
     match fault {
-        Fault::Kill => cluster.kill(victim),
+        Fault::Kill | Fault::KillLeader => cluster.kill(victim),
         Fault::Pause => cluster.pause(victim).unwrap(),
     }
     for i in WRITES / 3..WRITES {
@@ -132,6 +142,13 @@ async fn survives(version: EtcdVersion, fault: Fault) {
 async fn watch_survives_a_killed_member() {
     for version in EtcdVersion::all() {
         survives(version, Fault::Kill).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_survives_a_killed_leader() {
+    for version in EtcdVersion::all() {
+        survives(version, Fault::KillLeader).await;
     }
 }
 

@@ -25,6 +25,8 @@ use crate::gateway::ResponseStream;
 
 /// How long a member may take to answer replayed requests before the next one is tried.
 const REPLAY_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stream waits for some member to take it before the client gets the error.
+const REOPEN_PATIENCE: Duration = Duration::from_secs(30);
 /// Messages buffered towards a member or a client.
 const STREAM_BUFFER: usize = 64;
 
@@ -62,8 +64,26 @@ struct Upstream<S: Resumable> {
     member: Option<MemberConnection>,
 }
 
-/// Opens a stream on a member, sending `first` on it, and waits for its first answer.
+/// Opens a stream on a member like [`open_once`], waiting out member failures — a cluster
+/// electing a leader answers `no leader` everywhere for a second or two, and that answer
+/// exists only because etcdgate asked for `hasleader` — for up to [`REOPEN_PATIENCE`].
 async fn open<S: Resumable>(pool: &Pool, ctx: &CallContext, first: Vec<S::Req>, input_over: bool) -> Result<Upstream<S>, Status> {
+    let deadline = tokio::time::Instant::now() + REOPEN_PATIENCE;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match open_once::<S>(pool, ctx, first.clone(), input_over).await {
+            Err(status) if member_failed(&status) && tokio::time::Instant::now() + pause < deadline => {
+                tracing::debug!(stream = S::NAME, error = %status.message(), ?pause, "no member can take the stream yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Opens a stream on a member, sending `first` on it, and waits for its first answer.
+async fn open_once<S: Resumable>(pool: &Pool, ctx: &CallContext, first: Vec<S::Req>, input_over: bool) -> Result<Upstream<S>, Status> {
     pool.call(&Target::Any, RetryPolicy::Read, |connection: MemberConnection| {
         let (requests, receiver) = mpsc::channel(STREAM_BUFFER.max(first.len()));
         for message in &first {

@@ -88,6 +88,19 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Waits until `state()` is out of rotation; `left` is notified whenever it leaves it.
+async fn until_out_of_rotation(left: &Notify, state: impl Fn() -> State) {
+    loop {
+        let notified = left.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !state().in_rotation() {
+            return;
+        }
+        notified.await;
+    }
+}
+
 /// One member as the whole family sees it: URL, ID, state. Connections are per pool.
 #[derive(Debug)]
 pub(crate) struct Entry {
@@ -169,15 +182,7 @@ impl Entry {
 
     /// Resolves once the member is out of rotation (at once if it is).
     pub(crate) async fn left_rotation(&self) {
-        loop {
-            let notified = self.left.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if !self.state().in_rotation() {
-                return;
-            }
-            notified.await;
-        }
+        until_out_of_rotation(&self.left, || self.state()).await
     }
 
     /// Passive signal: a client call failed this way.
@@ -376,15 +381,7 @@ impl Member {
 
     /// Resolves once the member is out of rotation (at once if it is).
     async fn left_rotation(&self) {
-        loop {
-            let notified = self.left.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if !self.state().in_rotation() {
-                return;
-            }
-            notified.await;
-        }
+        until_out_of_rotation(&self.left, || self.state()).await
     }
 
     /// Runs `call` on this member; a read still open when the member leaves rotation is

@@ -15,34 +15,26 @@ pub struct Etcdgate {
 
 impl Etcdgate {
     pub fn start(endpoints: &str) -> Etcdgate {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_etcdgate"))
-            .args(["serve", "--endpoints", endpoints, "--listen-addr", &addr])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcdgate");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "etcdgate did not start listening on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Etcdgate { child, addr }
+        Etcdgate::spawn(endpoints, |command| {
+            command.stderr(Stdio::null());
+        })
     }
 
     /// Like [`Etcdgate::start`], with etcdgate's log (stderr, `etcdgate=info`, no colours)
     /// appended to `log`, for tests that read its member state changes.
     pub fn start_logged(endpoints: &str, log: &std::path::Path) -> Etcdgate {
-        let addr = format!("127.0.0.1:{}", free_port());
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open etcdgate log");
-        let child = Command::new(env!("CARGO_BIN_EXE_etcdgate"))
-            .args(["serve", "--endpoints", endpoints, "--listen-addr", &addr])
-            .env("RUST_LOG", "etcdgate=info,warn")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start etcdgate");
+        Etcdgate::spawn(endpoints, |command| {
+            command.env("RUST_LOG", "etcdgate=info,warn").env("NO_COLOR", "1").stderr(file);
+        })
+    }
+
+    fn spawn(endpoints: &str, configure: impl FnOnce(&mut Command)) -> Etcdgate {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_etcdgate"));
+        command.args(["serve", "--endpoints", endpoints, "--listen-addr", &addr]).stdout(Stdio::null());
+        configure(&mut command);
+        let child = command.spawn().expect("start etcdgate");
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&addr).is_err() {
             assert!(Instant::now() < deadline, "etcdgate did not start listening on {addr}");
