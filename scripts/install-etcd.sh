@@ -25,7 +25,8 @@ apt_install() {
             fi
         done
     fi
-    $SUDO apt-get install -y "$@"
+    # Package lists can be stale on a machine that has not updated in a while: update, retry.
+    $SUDO apt-get install -y "$@" || { $SUDO apt-get update && $SUDO apt-get install -y "$@"; }
 }
 
 # --- etcd 3.4 (Debian) ---
