@@ -9,17 +9,7 @@ use std::time::{Duration, Instant};
 use etcdgate_proto::etcdserverpb::{kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, RangeRequest, StatusRequest};
 use etcdgate_testkit::{Cluster, EtcdVersion};
 
-use common::Etcdgate;
-
-/// A plain HTTP/1.1 GET; returns the whole response.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
+use common::{http_get, Etcdgate};
 
 async fn member_ids_seen(url: &str, calls: usize) -> Vec<u64> {
     let mut maintenance = MaintenanceClient::connect(url.to_string()).await.unwrap();
