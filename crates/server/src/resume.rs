@@ -112,7 +112,7 @@ async fn open_once<S: Resumable>(pool: &Pool, ctx: &CallContext, first: Vec<S::R
 /// Whether a failure of a member's stream is the member's (move on) rather than an answer
 /// for the client.
 fn member_failed(status: &Status) -> bool {
-    classify(status) != Failure::Answer || status.message() == "etcdserver: no leader"
+    classify(status) != Failure::Answer
 }
 
 /// Serves one client stream with `state`; see the module doc.

@@ -303,7 +303,7 @@ impl MemberHealth {
     /// A client call on the member failed this way (`Pool::call`'s passive signal). Only a
     /// member that was in rotation, new, lagging or leaderless is moved.
     pub fn call_failed(&mut self, failure: Failure, message: &str) -> Option<Transition> {
-        if failure == Failure::Answer || !matches!(self.state.fallback_rank(), Some(0..=3)) {
+        if !failure.member_unhealthy() || !matches!(self.state.fallback_rank(), Some(0..=3)) {
             return None;
         }
         let lower = message.to_ascii_lowercase();

@@ -1,10 +1,14 @@
 //! Retry rules: which failed calls may be sent again to another member.
 //!
-//! Reads, watches and status calls fail over on any transport failure or `Unavailable`.
-//! Writes fail over only when the request provably never reached a member (the connection
-//! could not be made), so a write is never applied twice. Everything else — and every
-//! answer etcd gave deliberately (`etcdserver: ...`, compacted, permission denied, ...) —
-//! goes back to the client unchanged.
+//! | failure | reads (Range, watches, Status, MemberList, TimeToLive, ...) | writes (Put, Txn, Compact, lease, auth, membership) |
+//! | --- | --- | --- |
+//! | not sent: connect refused / timed out, connection closed before the request was written | another member | another member |
+//! | rejected by etcd before proposing: `no leader`, `rpc not supported for learner`, `not capable`, `too many requests` | another member | another member |
+//! | transport failure after sending (reset, keep-alive timeout, `Unavailable` without an etcd message) | another member | the client gets the error (it may have been applied) |
+//! | any other etcd answer (`request timed out`, `leader changed`, compacted, invalid argument, permission denied, ...) | the client gets it | the client gets it |
+//!
+//! So a write is never applied twice, and deterministic answers come back at once. The
+//! client's deadline bounds all attempts.
 
 use std::error::Error as StdError;
 
@@ -28,19 +32,34 @@ pub enum Failure {
     NotSent,
     /// The member failed in transit or reported itself unavailable: it may have seen the request.
     Transport,
+    /// etcd refused the request before proposing it to raft (so it was not applied), for a
+    /// reason another member may not have: no leader, learner, not capable, too many requests.
+    Rejected,
     /// etcd answered with an error of its own: pass it to the client.
     Answer,
 }
 
+/// etcd's refusals that happen before a request is proposed (see [`Failure::Rejected`]).
+const REJECTED_BEFORE_PROPOSING: &[&str] = &[
+    "etcdserver: no leader",
+    "etcdserver: rpc not supported for learner",
+    "etcdserver: not capable",
+    "etcdserver: too many requests",
+];
+
 impl Failure {
     /// Whether a request under `policy` that failed this way may go to another member.
     pub fn may_retry(self, policy: RetryPolicy) -> bool {
-        matches!((self, policy), (Failure::NotSent, _) | (Failure::Transport, RetryPolicy::Read))
+        matches!(
+            (self, policy),
+            (Failure::NotSent | Failure::Rejected, _) | (Failure::Transport, RetryPolicy::Read)
+        )
     }
 
-    /// Whether the failure says the member itself is unusable for now.
+    /// Whether the failure says the member's connection is unusable for now (a refusal says
+    /// something about its raft state, which the probes judge).
     pub fn member_unhealthy(self) -> bool {
-        self != Failure::Answer
+        matches!(self, Failure::NotSent | Failure::Transport)
     }
 }
 
@@ -49,6 +68,9 @@ pub fn classify(status: &Status) -> Failure {
     let msg = status.message();
     if msg.starts_with(NOT_SENT) {
         return Failure::NotSent;
+    }
+    if REJECTED_BEFORE_PROPOSING.contains(&msg) {
+        return Failure::Rejected;
     }
     if msg.starts_with("etcdserver: ") || msg.starts_with("mvcc: ") || msg.starts_with("auth: ") {
         return Failure::Answer;
@@ -66,8 +88,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn refusals_before_proposing_are_retried_for_reads_and_writes() {
+        for msg in REJECTED_BEFORE_PROPOSING {
+            let failure = classify(&Status::unavailable(*msg));
+            assert_eq!(failure, Failure::Rejected);
+            assert!(failure.may_retry(RetryPolicy::Write) && failure.may_retry(RetryPolicy::Read));
+            assert!(!failure.member_unhealthy(), "the probes judge raft state, not one refusal");
+        }
+    }
+
+    #[test]
     fn etcd_answers_are_never_retried() {
-        for msg in ["etcdserver: request timed out", "etcdserver: no leader", "etcdserver: leader changed"] {
+        for msg in ["etcdserver: request timed out", "etcdserver: leader changed", "etcdserver: server stopped"] {
             let status = Status::unavailable(msg);
             assert_eq!(classify(&status), Failure::Answer);
             assert!(!classify(&status).may_retry(RetryPolicy::Write));
