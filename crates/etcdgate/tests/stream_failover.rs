@@ -2,7 +2,8 @@
 //! (SIGKILL; a follower, and the leader) or hung (SIGSTOP): the client's stream sees no error, no second `created`, header
 //! revisions that never go back, and exactly the events etcd recorded — checked against a
 //! direct watch of the same range from the same revision once the writes are done. A lease
-//! keepalive stream, with its member killed: every keepalive is answered, none fails.
+//! keepalive stream, with its member killed: every keepalive is answered, none fails. An
+//! APISIX-style HTTP/JSON watch, with its member killed: the chunks go on, no error line.
 
 mod common;
 
@@ -185,5 +186,69 @@ async fn lease_keepalive_survives_a_killed_member() {
             assert_eq!(answer.id, lease);
             assert!(answer.ttl > 0, "{version} round {round}: lease lost: {answer:?}");
         }
+    }
+}
+
+/// The `{"result":...}` lines of a chunked HTTP watch response, as APISIX reads them.
+struct HttpWatch {
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::net::TcpStream>>,
+}
+
+impl HttpWatch {
+    async fn open(addr: &str, body: &str) -> HttpWatch {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "POST /v3/watch HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        HttpWatch { lines: tokio::io::BufReader::new(stream).lines() }
+    }
+
+    /// The next JSON message (chunk sizes and headers skipped).
+    async fn next(&mut self) -> serde_json::Value {
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
+                .await
+                .expect("HTTP watch went silent")
+                .unwrap()
+                .expect("HTTP watch ended");
+            if line.starts_with('{') {
+                return serde_json::from_str(&line).unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_watch_survives_a_killed_member() {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    for version in EtcdVersion::all() {
+        let mut cluster = Cluster::start(version, 3).await.unwrap();
+        let gateway = Etcdgate::start(&cluster.endpoints());
+        let body = format!(r#"{{"create_request":{{"key":"{}","range_end":"{}"}}}}"#, b64(PREFIX), b64(RANGE_END));
+        let mut watch = HttpWatch::open(gateway.addr(), &body).await;
+        let created = watch.next().await;
+        assert_eq!(created["result"]["created"], true, "{created}");
+        let member_id: u64 = created["result"]["header"]["member_id"].as_str().unwrap().parse().unwrap();
+        let victim = member_index(&cluster, member_id).await;
+        cluster.kill(victim);
+
+        for i in 0..20 {
+            write(&cluster, victim, i).await;
+        }
+        let mut revisions = Vec::new();
+        while revisions.len() < 20 {
+            let message = watch.next().await;
+            assert!(message.get("error").is_none(), "{version}: error line through etcdgate: {message}");
+            let result = &message["result"];
+            assert!(result.get("created").is_none() && result.get("canceled").is_none(), "{version}: {message}");
+            for event in result["events"].as_array().into_iter().flatten() {
+                revisions.push(event["kv"]["mod_revision"].as_str().unwrap().parse::<i64>().unwrap());
+            }
+        }
+        assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{version}: events out of order or repeated: {revisions:?}");
     }
 }
