@@ -57,6 +57,13 @@ impl Watches {
         }
         create
     }
+}
+
+impl Resumable for Watches {
+    type Req = WatchRequest;
+    type Resp = WatchResponse;
+    const NAME: &'static str = "watch";
+    const ENDS_WITH_CLIENT_INPUT: bool = false;
 
     /// What goes upstream for a client's request.
     fn outgoing(&mut self, request: WatchRequest) -> WatchRequest {
@@ -113,25 +120,6 @@ impl Watches {
             .into_iter()
             .map(|create| WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) })
             .collect()
-    }
-}
-
-impl Resumable for Watches {
-    type Req = WatchRequest;
-    type Resp = WatchResponse;
-    const NAME: &'static str = "watch";
-    const ENDS_WITH_CLIENT_INPUT: bool = false;
-
-    fn outgoing(&mut self, request: WatchRequest) -> WatchRequest {
-        Watches::outgoing(self, request)
-    }
-
-    fn incoming(&mut self, response: WatchResponse) -> Option<WatchResponse> {
-        Watches::incoming(self, response)
-    }
-
-    fn replay(&mut self) -> Vec<WatchRequest> {
-        Watches::replay(self)
     }
 
     fn open(connection: MemberConnection, request: Request<Outgoing<WatchRequest>>) -> Opening<WatchResponse> {
