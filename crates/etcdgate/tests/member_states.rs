@@ -69,6 +69,33 @@ async fn follower(cluster: &Cluster) -> usize {
     (leader + 1) % 3
 }
 
+/// A 3-member cluster behind a logged etcdgate, and a follower that is getting traffic.
+struct FollowerUnderTraffic {
+    cluster: Cluster,
+    _dir: tempfile::TempDir,
+    log: std::path::PathBuf,
+    gateway: Etcdgate,
+    url: String,
+    victim: usize,
+    victim_url: String,
+    victim_id: u64,
+}
+
+impl FollowerUnderTraffic {
+    async fn start(version: EtcdVersion) -> FollowerUnderTraffic {
+        let cluster = Cluster::start(version, 3).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("etcdgate.log");
+        let gateway = Etcdgate::start_logged(&cluster.endpoints(), &log);
+        let url = gateway.url();
+        let victim = follower(&cluster).await;
+        let victim_url = cluster.client_url(victim);
+        let victim_id = member_id(&victim_url).await;
+        wait_for_traffic_to(&url, victim_id, "the follower").await;
+        FollowerUnderTraffic { cluster, _dir: dir, log, gateway, url, victim, victim_url, victim_id }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // etcdgate's log: "<RFC 3339 time> LEVEL target: member state changed member=URL from=A to=B
 // after_ms=N evidence=..."
@@ -248,15 +275,8 @@ impl Load {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_follower_leaves_rotation_and_is_back_after_it_resumes() {
     for version in EtcdVersion::all() {
-        let mut cluster = Cluster::start(version, 3).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("etcdgate.log");
-        let gateway = Etcdgate::start_logged(&cluster.endpoints(), &log);
-        let url = gateway.url();
-        let victim = follower(&cluster).await;
-        let victim_url = cluster.client_url(victim);
-        let victim_id = member_id(&victim_url).await;
-        wait_for_traffic_to(&url, victim_id, "the follower").await;
+        let FollowerUnderTraffic { mut cluster, _dir, log, gateway: _gateway, url, victim, victim_url, victim_id } =
+            FollowerUnderTraffic::start(version).await;
 
         let reads = Load::start(&url, Op::Range).await;
         let writes = Load::start(&url, Op::Put).await;
@@ -359,15 +379,8 @@ async fn a_learner_never_answers_a_client_request() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_follower_costs_no_client_error() {
     for version in EtcdVersion::all() {
-        let mut cluster = Cluster::start(version, 3).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("etcdgate.log");
-        let gateway = Etcdgate::start_logged(&cluster.endpoints(), &log);
-        let url = gateway.url();
-        let victim = follower(&cluster).await;
-        let victim_url = cluster.client_url(victim);
-        let victim_id = member_id(&victim_url).await;
-        wait_for_traffic_to(&url, victim_id, "the follower").await;
+        let FollowerUnderTraffic { mut cluster, _dir, log, gateway: _gateway, url, victim, victim_url, victim_id } =
+            FollowerUnderTraffic::start(version).await;
 
         let mut kv = KvClient::new(channel(&url).await);
         let killed = SystemTime::now();
