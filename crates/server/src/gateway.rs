@@ -4,10 +4,11 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use etcdgate_proto::etcdserverpb::{
-    maintenance_client::MaintenanceClient,
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, SnapshotRequest, SnapshotResponse, WatchRequest, WatchResponse,
+    maintenance_client::MaintenanceClient, LeaseKeepAliveRequest, LeaseKeepAliveResponse, SnapshotRequest, SnapshotResponse, WatchRequest,
+    WatchResponse,
 };
 use etcdgate_proto::v3electionpb::{election_client::ElectionClient, LeaderRequest, LeaderResponse};
 use etcdgate_upstream::{Pool, RetryPolicy, Target};
@@ -17,6 +18,16 @@ use tonic::Status;
 
 use crate::context::CallContext;
 use crate::rpc::{Route, UnaryRpc};
+
+/// Pauses before asking again for a read answered from behind the client (members apply a
+/// committed entry within milliseconds of each other).
+const CATCH_UP_PAUSES: [Duration; 5] = [
+    Duration::from_millis(5),
+    Duration::from_millis(20),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+];
 
 /// A stream of responses to one streaming call.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -44,25 +55,57 @@ impl Gateway {
         }
     }
 
-    /// One unary RPC.
+    /// One unary RPC, within the client's deadline (retries included).
     pub async fn unary<R: UnaryRpc>(&self, ctx: &CallContext, message: R::Req) -> Result<R::Resp, Status> {
-        let target = Self::target(R::ROUTE, ctx);
-        let result = self
-            .pool
-            .call(&target, R::POLICY, |connection| R::call(connection, ctx.request(message.clone())))
-            .await
-            .map(tonic::Response::into_inner);
+        let call = self.unary_not_behind::<R>(ctx, message);
+        let result = match ctx.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, call)
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("context deadline exceeded"))),
+            None => call.await,
+        };
+        if let Some(revision) = result.as_ref().ok().and_then(R::header_revision) {
+            ctx.seen.saw(revision);
+        }
         crate::metrics::request_done(R::NAME, &result);
         result
     }
 
+    /// Forwards a unary RPC. A balanced read answered by a member that has not applied the
+    /// revision the client's connection has already seen is asked again where it cannot be
+    /// behind: a serializable Range as a linearizable one, other reads after short pauses.
+    async fn unary_not_behind<R: UnaryRpc>(&self, ctx: &CallContext, message: R::Req) -> Result<R::Resp, Status> {
+        let target = Self::target(R::ROUTE, ctx);
+        let seen = ctx.seen.get();
+        let behind = |response: &R::Resp| R::header_revision(response).is_some_and(|revision| revision < seen);
+        let response = self.forward::<R>(&target, ctx, &message).await?;
+        if !behind(&response) || target != Target::Any || R::POLICY != RetryPolicy::Read {
+            return Ok(response);
+        }
+        crate::metrics::read_behind(R::NAME);
+        if let Some(current) = R::current_read(&message) {
+            return self.forward::<R>(&target, ctx, &current).await;
+        }
+        for pause in CATCH_UP_PAUSES {
+            tokio::time::sleep(pause).await;
+            let response = self.forward::<R>(&target, ctx, &message).await?;
+            if !behind(&response) {
+                return Ok(response);
+            }
+        }
+        Err(Status::unavailable(format!("etcdgate: no member has caught up with revision {seen} yet")))
+    }
+
+    async fn forward<R: UnaryRpc>(&self, target: &Target, ctx: &CallContext, message: &R::Req) -> Result<R::Resp, Status> {
+        self.pool
+            .call(target, R::POLICY, |connection| R::call(connection, ctx.request(message.clone())))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// The Watch stream: client requests in, watch responses out; moves to another member
     /// when its member fails (see [`crate::watch`]).
-    pub async fn watch(
-        &self,
-        ctx: &CallContext,
-        input: BoxStream<'static, WatchRequest>,
-    ) -> Result<ResponseStream<WatchResponse>, Status> {
+    pub async fn watch(&self, ctx: &CallContext, input: BoxStream<'static, WatchRequest>) -> Result<ResponseStream<WatchResponse>, Status> {
         crate::watch::watch(self.pool.clone(), ctx.clone(), input).await
     }
 
@@ -81,10 +124,7 @@ impl Gateway {
         let response = self
             .pool
             .call(&target, RetryPolicy::Read, |connection| async move {
-                MaintenanceClient::new(connection)
-                    .max_decoding_message_size(usize::MAX)
-                    .snapshot(ctx.request(SnapshotRequest {}))
-                    .await
+                MaintenanceClient::new(connection).max_decoding_message_size(usize::MAX).snapshot(ctx.request(SnapshotRequest {})).await
             })
             .await?;
         Ok(Box::pin(response.into_inner()))

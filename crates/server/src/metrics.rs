@@ -1,5 +1,5 @@
 //! Prometheus metrics of the serving side (requests per RPC and outcome, client streams moved
-//! between members) and the `/metrics` endpoint, which also carries the member pool's.
+//! between members, reads asked again because they came from behind the client) and the `/metrics` endpoint, which also carries the member pool's.
 
 use std::sync::OnceLock;
 
@@ -26,6 +26,12 @@ struct StreamLabels {
 struct ServerMetrics {
     requests: Family<RequestLabels, Counter>,
     stream_moves: Family<StreamLabels, Counter>,
+    reads_behind: Family<RpcLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    rpc: &'static str,
 }
 
 fn metrics() -> &'static ServerMetrics {
@@ -40,6 +46,11 @@ pub fn request_done<T>(rpc: &'static str, result: &Result<T, Status>) {
         Err(status) => format!("{:?}", status.code()),
     };
     metrics().requests.get_or_create(&RequestLabels { rpc, code }).inc();
+}
+
+/// A read was answered from behind what its client had seen, and asked again.
+pub fn read_behind(rpc: &'static str) {
+    metrics().reads_behind.get_or_create(&RpcLabels { rpc }).inc();
 }
 
 /// A client stream was moved to another member.
@@ -58,6 +69,11 @@ fn registry() -> &'static Registry {
             "Client streams (watch, keepalive) moved to another member",
             metrics.stream_moves.clone(),
         );
+        registry.register(
+            "etcdgate_reads_behind",
+            "Reads answered by a member behind a revision the client had already seen, asked again",
+            metrics.reads_behind.clone(),
+        );
         etcdgate_upstream::metrics::register(&mut registry);
         registry
     })
@@ -70,9 +86,8 @@ pub async fn endpoint() -> Response {
         return (http::StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed").into_response();
     }
     let mut response = body.into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
     response
 }

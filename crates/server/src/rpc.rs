@@ -8,9 +8,9 @@ use etcdgate_proto::etcdserverpb::{
 };
 use etcdgate_proto::v3electionpb::{election_client::ElectionClient, *};
 use etcdgate_proto::v3lockpb::{lock_client::LockClient, *};
+use etcdgate_upstream::MemberConnection;
 use etcdgate_upstream::RetryPolicy;
 use futures::future::BoxFuture;
-use etcdgate_upstream::MemberConnection;
 use tonic::{Request, Response};
 
 /// Where an RPC must be sent.
@@ -33,11 +33,25 @@ pub trait UnaryRpc: Send + Sync + 'static {
     const NAME: &'static str;
     const POLICY: RetryPolicy;
     const ROUTE: Route;
+    /// The answer's `header.revision`, if it has one (etcd 3.4 leaves it out of some answers,
+    /// e.g. MemberList's).
+    fn header_revision(response: &Self::Resp) -> Option<i64>;
+    /// The same read, served so that its revision cannot be behind any the client has seen
+    /// (a serializable Range made linearizable); `None` for RPCs without such a form.
+    fn current_read(_request: &Self::Req) -> Option<Self::Req> {
+        None
+    }
     fn call(connection: MemberConnection, request: Request<Self::Req>) -> BoxFuture<'static, Result<Response<Self::Resp>, tonic::Status>>;
 }
 
+/// A serializable Range as a linearizable one (which etcd answers at the cluster's current
+/// revision or later); `None` if it already is.
+fn linearizable_range(request: &RangeRequest) -> Option<RangeRequest> {
+    request.serializable.then(|| RangeRequest { serializable: false, ..request.clone() })
+}
+
 macro_rules! unary_rpcs {
-    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident;)*) => {$(
+    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, current: $current:path)?;)*) => {$(
         #[doc = concat!("`", stringify!($name), "`")]
         pub struct $name;
         impl UnaryRpc for $name {
@@ -46,6 +60,12 @@ macro_rules! unary_rpcs {
             const NAME: &'static str = stringify!($name);
             const POLICY: RetryPolicy = RetryPolicy::$policy;
             const ROUTE: Route = Route::$route;
+            fn header_revision(response: &$resp) -> Option<i64> {
+                response.header.as_ref().map(|header| header.revision).filter(|revision| *revision > 0)
+            }
+            $(fn current_read(request: &$req) -> Option<$req> {
+                $current(request)
+            })?
             fn call(connection: MemberConnection, request: Request<$req>) -> BoxFuture<'static, Result<Response<$resp>, tonic::Status>> {
                 Box::pin(async move { $client::new(connection).max_decoding_message_size(usize::MAX).$method(request).await })
             }
@@ -54,7 +74,7 @@ macro_rules! unary_rpcs {
 }
 
 unary_rpcs! {
-    Range: KvClient.range(RangeRequest) -> RangeResponse, Read, Balanced;
+    Range: KvClient.range(RangeRequest) -> RangeResponse, Read, Balanced, current: linearizable_range;
     Put: KvClient.put(PutRequest) -> PutResponse, Write, Balanced;
     DeleteRange: KvClient.delete_range(DeleteRangeRequest) -> DeleteRangeResponse, Write, Balanced;
     Txn: KvClient.txn(TxnRequest) -> TxnResponse, Write, Balanced;
