@@ -95,6 +95,11 @@ impl CallContext {
         }
     }
 
+    /// Whether the client sent a token (it then gets etcd's own permission checks).
+    pub fn has_credentials(&self) -> bool {
+        self.forwarded.iter().any(|(key, _)| *key != "hasleader")
+    }
+
     /// Builds the upstream request for `message` with this call's metadata and what is left
     /// of its deadline.
     pub fn request<T>(&self, message: T) -> Request<T> {

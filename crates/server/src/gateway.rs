@@ -16,6 +16,7 @@ use futures::stream::BoxStream;
 use futures::Stream;
 use tonic::Status;
 
+use crate::cache::Caches;
 use crate::context::CallContext;
 use crate::rpc::{Route, UnaryRpc};
 
@@ -32,15 +33,22 @@ const CATCH_UP_PAUSES: [Duration; 5] = [
 /// A stream of responses to one streaming call.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Forwards calls to the member pool.
+/// Answers calls from the watch cache or forwards them to the member pool.
 #[derive(Debug)]
 pub struct Gateway {
     pool: Arc<Pool>,
+    caches: Option<Arc<Caches>>,
 }
 
 impl Gateway {
+    /// A gateway that forwards everything.
     pub fn new(pool: Arc<Pool>) -> Gateway {
-        Gateway { pool }
+        Gateway { pool, caches: None }
+    }
+
+    /// A gateway that answers reads and watches inside cached prefixes from `caches`.
+    pub fn with_caches(pool: Arc<Pool>, caches: Arc<Caches>) -> Gateway {
+        Gateway { pool, caches: Some(caches) }
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
@@ -57,6 +65,16 @@ impl Gateway {
 
     /// One unary RPC, within the client's deadline (retries included).
     pub async fn unary<R: UnaryRpc>(&self, ctx: &CallContext, message: R::Req) -> Result<R::Resp, Status> {
+        if let (Some(caches), Some(range)) = (&self.caches, R::as_range(&message)) {
+            if let Some(response) = caches.range(ctx, range).await.and_then(R::from_range) {
+                if let Some(revision) = R::header_revision(&response) {
+                    ctx.seen.saw(revision);
+                }
+                let result = Ok(response);
+                crate::metrics::request_done(R::NAME, &result);
+                return result;
+            }
+        }
         let call = self.unary_not_behind::<R>(ctx, message);
         let result = match ctx.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, call)
@@ -106,7 +124,10 @@ impl Gateway {
     /// The Watch stream: client requests in, watch responses out; moves to another member
     /// when its member fails (see [`crate::watch`]).
     pub async fn watch(&self, ctx: &CallContext, input: BoxStream<'static, WatchRequest>) -> Result<ResponseStream<WatchResponse>, Status> {
-        crate::watch::watch(self.pool.clone(), ctx.clone(), input).await
+        match &self.caches {
+            Some(caches) => crate::hub_watch::watch(self.pool.clone(), caches.clone(), ctx.clone(), input).await,
+            None => crate::watch::watch(self.pool.clone(), ctx.clone(), input).await,
+        }
     }
 
     /// The LeaseKeepAlive stream; moves to another member when its member fails.

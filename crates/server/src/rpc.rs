@@ -41,6 +41,14 @@ pub trait UnaryRpc: Send + Sync + 'static {
     fn current_read(_request: &Self::Req) -> Option<Self::Req> {
         None
     }
+    /// The request as a Range, for RPCs the watch cache may answer.
+    fn as_range(_request: &Self::Req) -> Option<&RangeRequest> {
+        None
+    }
+    /// The cache's answer as this RPC's response.
+    fn from_range(_response: RangeResponse) -> Option<Self::Resp> {
+        None
+    }
     fn call(connection: MemberConnection, request: Request<Self::Req>) -> BoxFuture<'static, Result<Response<Self::Resp>, tonic::Status>>;
 }
 
@@ -50,8 +58,20 @@ fn linearizable_range(request: &RangeRequest) -> Option<RangeRequest> {
     request.serializable.then(|| RangeRequest { serializable: false, ..request.clone() })
 }
 
+/// The two methods of an RPC the watch cache answers (Range).
+macro_rules! cached_range {
+    (cached) => {
+        fn as_range(request: &RangeRequest) -> Option<&RangeRequest> {
+            Some(request)
+        }
+        fn from_range(response: RangeResponse) -> Option<RangeResponse> {
+            Some(response)
+        }
+    };
+}
+
 macro_rules! unary_rpcs {
-    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, current: $current:path)?;)*) => {$(
+    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, current: $current:path)? $(, cache: $cached:ident)?;)*) => {$(
         #[doc = concat!("`", stringify!($name), "`")]
         pub struct $name;
         impl UnaryRpc for $name {
@@ -66,6 +86,7 @@ macro_rules! unary_rpcs {
             $(fn current_read(request: &$req) -> Option<$req> {
                 $current(request)
             })?
+            $(cached_range!($cached);)?
             fn call(connection: MemberConnection, request: Request<$req>) -> BoxFuture<'static, Result<Response<$resp>, tonic::Status>> {
                 Box::pin(async move { $client::new(connection).max_decoding_message_size(usize::MAX).$method(request).await })
             }
@@ -74,7 +95,7 @@ macro_rules! unary_rpcs {
 }
 
 unary_rpcs! {
-    Range: KvClient.range(RangeRequest) -> RangeResponse, Read, Balanced, current: linearizable_range;
+    Range: KvClient.range(RangeRequest) -> RangeResponse, Read, Balanced, current: linearizable_range, cache: cached;
     Put: KvClient.put(PutRequest) -> PutResponse, Write, Balanced;
     DeleteRange: KvClient.delete_range(DeleteRangeRequest) -> DeleteRangeResponse, Write, Balanced;
     Txn: KvClient.txn(TxnRequest) -> TxnResponse, Write, Balanced;
