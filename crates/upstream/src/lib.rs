@@ -11,8 +11,8 @@
 //! - `probe`: the background prober of a pool family (Status probes, MemberList sync);
 //! - `pool`: the pools, balancing over healthy members, passive failure signals;
 //! - `connection`: one HTTP/2 connection to one member;
-//! - `retry`: which failures may go to another member;
-//! - `metrics`: member states, state changes and failovers for Prometheus.
+//! - `retry`: which failures may go to another member, and the pause before it;
+//! - `metrics`: member states, state changes, requests and failovers for Prometheus.
 
 mod connection;
 pub mod health;

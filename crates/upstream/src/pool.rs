@@ -14,6 +14,8 @@
 //! rotation at once (and has it re-probed); a read still open on a member when the member
 //! leaves rotation (a probe found it hung, leaderless, ...) is abandoned and failed over.
 //! A write is never abandoned: it may have reached the member, so it waits for its answer.
+//! After etcd's `too many requests` the next member is tried after a short pause (see
+//! [`crate::retry`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -21,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use etcdgate_proto::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -28,7 +31,7 @@ use tonic::Status;
 
 use crate::connection::{ConnectOptions, MemberConnection};
 use crate::health::{plan_sync, Known, Listed, MemberHealth, ProbeFailure, Reference, State, StatusReport, SyncAction, Transition};
-use crate::retry::{classify, Failure, RetryPolicy};
+use crate::retry::{classify, Failure, OverloadBackoff, RetryPolicy};
 
 /// Connection, probe and member-state settings, shared by a pool family.
 #[derive(Clone, Debug)]
@@ -112,6 +115,8 @@ pub(crate) struct Entry {
     /// `health.state()`, readable without the lock.
     state: AtomicU8,
     health: Mutex<MemberHealth>,
+    /// `etcdgate_member_requests_total` of the member.
+    requests: Counter,
     /// Woken when the member leaves rotation.
     left: Notify,
     /// The same, one per pool (so that a call's wait is registered on its own thread's).
@@ -126,6 +131,7 @@ impl Entry {
     fn new(url: String, configured: bool, id: u64, evidence: &str, changed: Arc<Notify>) -> Entry {
         Entry {
             health: Mutex::new(MemberHealth::new(url.clone(), evidence)),
+            requests: crate::metrics::member_requests(&url),
             url,
             configured,
             id: AtomicU64::new(id),
@@ -391,6 +397,7 @@ impl Member {
         F: FnMut(MemberConnection) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        self.entry.requests.inc();
         let future = call(self.connection.clone());
         if policy != RetryPolicy::Read || !self.state().in_rotation() {
             return future.await.map_err(|status| (status, false));
@@ -621,7 +628,12 @@ impl Pool {
             Target::Named(name) => vec![self.named(name).await?],
         };
         let mut last_error = None;
+        let mut overload = OverloadBackoff::default();
+        let mut pause = None;
         for member in &members {
+            if let Some(pause) = pause.take() {
+                tokio::time::sleep(pause).await;
+            }
             match member.run(policy, &mut call).await {
                 Ok(value) => {
                     member.entry.call_succeeded();
@@ -641,6 +653,7 @@ impl Pool {
                     }
                     tracing::debug!(member = %member.url(), error = %status.message(), "failing over");
                     crate::metrics::failed_over(member.url());
+                    pause = overload.pause_after(&status);
                     last_error = Some(status);
                 }
             }
@@ -712,7 +725,13 @@ mod tests {
     }
 
     fn pool(n: u16) -> Pool {
-        let endpoints: Vec<String> = (1..=n).map(|port| format!("127.0.0.1:{port}")).collect();
+        pool_at(&(1..=n).collect::<Vec<u16>>())
+    }
+
+    /// A pool of members on these (unused) ports; tests that read the process-wide metrics
+    /// use ports of their own.
+    fn pool_at(ports: &[u16]) -> Pool {
+        let endpoints: Vec<String> = ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
         Pool::unprobed(&endpoints, PoolOptions::default()).unwrap()
     }
 
@@ -917,5 +936,30 @@ mod tests {
         assert!(!call.is_finished(), "no member probed yet");
         pool.family().probe_answered(&entry(&pool, 2), report(2, 2, false));
         assert_eq!(call.await.unwrap(), "http://127.0.0.1:2");
+    }
+
+    #[tokio::test]
+    async fn too_many_requests_goes_to_each_member_once() {
+        let pool = pool_at(&[31, 32, 33]);
+        for port in 31..=33 {
+            make_healthy(&pool, port);
+        }
+        let requests_before: Vec<u64> = (31..=33).map(|port| entry(&pool, port).requests.get()).collect();
+        let attempts = Mutex::new(Vec::new());
+        let overloaded = pool
+            .call(&Target::Any, RetryPolicy::Write, |connection| {
+                lock(&attempts).push(connection.url());
+                async { Err::<(), _>(Status::unavailable("etcdserver: too many requests")) }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(overloaded.message(), "etcdserver: too many requests");
+        let mut attempts = lock(&attempts).clone();
+        attempts.sort();
+        assert_eq!(attempts, ["http://127.0.0.1:31", "http://127.0.0.1:32", "http://127.0.0.1:33"]);
+        let requests: Vec<u64> = (31..=33).map(|port| entry(&pool, port).requests.get()).collect();
+        let sent: Vec<u64> = requests.iter().zip(&requests_before).map(|(after, before)| after - before).collect();
+        assert_eq!(sent, [1, 1, 1], "etcdgate_member_requests_total counts every attempt");
+        assert!(pool.candidates().iter().all(|m| m.state() == State::Healthy), "a refusal says nothing about health");
     }
 }
