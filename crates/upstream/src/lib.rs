@@ -6,8 +6,8 @@
 //! or the cache. `Pool::call` runs one RPC with failover, `Pool::leader` and
 //! `Pool::named` pin a request to a particular member.
 //!
-//! - `health`: the per-member state machine (healthy, down, hung, leaderless, lagging,
-//!   learner, removed) and member list matching, pure logic;
+//! - `health`: the per-member state machine (healthy, suspect, down, hung, leaderless,
+//!   lagging, learner, removed) and member list matching, pure logic;
 //! - `probe`: the background prober of a pool family (Status probes, MemberList sync);
 //! - `pool`: the pools, balancing over healthy members, passive failure signals;
 //! - `connection`: one HTTP/2 connection to one member;

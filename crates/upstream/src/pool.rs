@@ -8,12 +8,13 @@
 //! thread; members that join the family later (member list sync) get theirs the same way.
 //!
 //! Balancing: calls to [`Target::Any`] go round-robin over the healthy voters; only when none
-//! is healthy do they fall back to the others (lagging, leaderless, not yet probed, down, hung,
-//! in that order), so a call always has somewhere to go. Learners and removed members never
+//! is healthy do they fall back to the others (suspect, lagging, leaderless, not yet probed,
+//! down, hung, in that order), so a call always has somewhere to go. Learners and removed members never
 //! get client traffic. A call that fails with `NotSent` or `Transport` takes its member out of
-//! rotation at once (and has it re-probed); a read still open on a member when the member
-//! leaves rotation (a probe found it hung, leaderless, ...) is abandoned and failed over.
-//! A write is never abandoned: it may have reached the member, so it waits for its answer.
+//! rotation at once (down, or suspect when the call was cut after it was sent) and has it
+//! re-probed; a read still open on a member when the member stops keeping open calls (a probe
+//! found it hung, leaderless, ...; not merely suspect) is abandoned and failed over. A write is
+//! never abandoned: it may have reached the member, so it waits for its answer.
 //! After etcd's `too many requests` the next member is tried after a short pause (see
 //! [`crate::retry`]).
 
@@ -30,7 +31,9 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use crate::connection::{ConnectOptions, MemberConnection};
-use crate::health::{plan_sync, Known, Listed, MemberHealth, ProbeFailure, Reference, State, StatusReport, SyncAction, Transition};
+use crate::health::{
+    plan_sync, Known, Limits, Listed, MemberHealth, ProbeFailure, Reference, State, StatusReport, SyncAction, Transition,
+};
 use crate::retry::{classify, Failure, OverloadBackoff, RetryPolicy};
 
 /// Connection, probe and member-state settings, shared by a pool family.
@@ -40,7 +43,8 @@ pub struct PoolOptions {
     pub connect_timeout: Duration,
     /// How often each member gets a Maintenance.Status probe while it answers.
     pub probe_interval: Duration,
-    /// A probe without an answer after this long makes the member hung.
+    /// A probe without an answer after this long makes the member hung; one answered after
+    /// half of it makes the member suspect.
     pub probe_timeout: Duration,
     /// How often MemberList is read to find members that joined or left.
     pub member_sync_interval: Duration,
@@ -91,13 +95,14 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Waits until `state()` is out of rotation; `left` is notified whenever it leaves it.
-async fn until_out_of_rotation(left: &Notify, state: impl Fn() -> State) {
+/// Waits until `state()` no longer keeps open calls (out of rotation, and not merely
+/// suspect); `left` is notified whenever that happens.
+async fn until_left(left: &Notify, state: impl Fn() -> State) {
     loop {
         let notified = left.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if !state().in_rotation() {
+        if !state().keeps_open_calls() {
             return;
         }
         notified.await;
@@ -117,7 +122,7 @@ pub(crate) struct Entry {
     health: Mutex<MemberHealth>,
     /// `etcdgate_member_requests_total` of the member.
     requests: Counter,
-    /// Woken when the member leaves rotation.
+    /// Woken when the member stops keeping open calls (see [`State::keeps_open_calls`]).
     left: Notify,
     /// The same, one per pool (so that a call's wait is registered on its own thread's).
     left_listeners: Mutex<Vec<Weak<Notify>>>,
@@ -143,7 +148,7 @@ impl Entry {
         }
     }
 
-    /// A `Notify` woken whenever the member leaves rotation.
+    /// A `Notify` woken whenever the member stops keeping open calls.
     fn left_listener(&self) -> Arc<Notify> {
         let notify = Arc::new(Notify::new());
         let mut listeners = lock(&self.left_listeners);
@@ -175,7 +180,7 @@ impl Entry {
         if let Some(t) = &transition {
             self.state.store(t.to as u8, Ordering::Release);
             drop(health);
-            if t.from.in_rotation() {
+            if t.from.keeps_open_calls() && !t.to.keeps_open_calls() {
                 self.left.notify_waiters();
                 for listener in lock(&self.left_listeners).iter().filter_map(Weak::upgrade) {
                     listener.notify_waiters();
@@ -186,9 +191,9 @@ impl Entry {
         transition
     }
 
-    /// Resolves once the member is out of rotation (at once if it is).
+    /// Resolves once the member no longer keeps open calls (at once if it does not).
     pub(crate) async fn left_rotation(&self) {
-        until_out_of_rotation(&self.left, || self.state()).await
+        until_left(&self.left, || self.state()).await
     }
 
     /// Passive signal: a client call failed this way.
@@ -267,8 +272,8 @@ impl Family {
             .collect();
         let voters = entries.iter().filter(|e| !matches!(e.state(), State::Learner | State::Removed)).count();
         let reference = Reference::from_reports(others.iter().chain([&report]), voters);
-        let lag_threshold = self.options.lag_threshold;
-        entry.update(|h| h.probe_answered(report, &reference, lag_threshold));
+        let limits = Limits { lag_threshold: self.options.lag_threshold, slow_answer: self.options.probe_timeout / 2 };
+        entry.update(|h| h.probe_answered(report, &reference, limits));
     }
 
     /// A probe of `entry` got no Status answer.
@@ -385,13 +390,13 @@ impl Member {
         self.entry.id()
     }
 
-    /// Resolves once the member is out of rotation (at once if it is).
+    /// Resolves once the member no longer keeps open calls (at once if it does not).
     async fn left_rotation(&self) {
-        until_out_of_rotation(&self.left, || self.state()).await
+        until_left(&self.left, || self.state()).await
     }
 
-    /// Runs `call` on this member; a read still open when the member leaves rotation is
-    /// abandoned (the `bool` of the error then says so).
+    /// Runs `call` on this member; a read still open when the member stops keeping open calls
+    /// is abandoned (the `bool` of the error then says so).
     async fn run<T, F, Fut>(&self, policy: RetryPolicy, call: &mut F) -> Result<T, (Status, bool)>
     where
         F: FnMut(MemberConnection) -> Fut,
@@ -399,7 +404,7 @@ impl Member {
     {
         self.entry.requests.inc();
         let future = call(self.connection.clone());
-        if policy != RetryPolicy::Read || !self.state().in_rotation() {
+        if policy != RetryPolicy::Read || !self.state().keeps_open_calls() {
             return future.await.map_err(|status| (status, false));
         }
         tokio::select! {
@@ -667,8 +672,9 @@ impl Pool {
         let members: Vec<Arc<Member>> = self.local().iter().filter(|m| ask(m.state())).cloned().collect();
         let probes = members.into_iter().map(|member| async move {
             let mut client = MaintenanceClient::new(member.connection());
+            let asked = Instant::now();
             let response = tokio::time::timeout(timeout, client.status(StatusRequest {})).await.ok()?.ok()?;
-            Some((member, StatusReport::from_response(response.get_ref())))
+            Some((member, StatusReport::from_response(response.get_ref(), asked.elapsed())))
         });
         futures::future::join_all(probes).await.into_iter().flatten().collect()
     }
@@ -717,6 +723,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use etcdgate_proto::etcdserverpb::Member as ListedMember;
+    use futures::FutureExt;
 
     use super::*;
 
@@ -777,15 +784,19 @@ mod tests {
         assert_eq!(order.len(), 3);
         assert_eq!(order[2], "http://127.0.0.1:2", "out of rotation, still there as the last resort");
 
-        // Nothing healthy: fallback order is lagging, leaderless, new, down, hung.
+        // Nothing healthy: fallback order is suspect, lagging, leaderless, new, down, hung.
         pool.family().probe_failed(&entry(&pool, 1), ProbeFailure::Unreachable("refused".into()));
         pool.family().probe_answered(&entry(&pool, 3), report(3, 0, false));
         let order: Vec<State> = pool.candidates().iter().map(|m| m.state()).collect();
         assert_eq!(order, [State::Leaderless, State::Down, State::Hung]);
+        let slow = StatusReport { answered_in: Duration::from_millis(600), ..report(1, 1, false) };
+        pool.family().probe_answered(&entry(&pool, 1), slow);
+        let order: Vec<State> = pool.candidates().iter().map(|m| m.state()).collect();
+        assert_eq!(order, [State::Suspect, State::Leaderless, State::Hung]);
 
         // A sibling shares the states, with its own connections.
         let sibling = pool.sibling();
-        assert_eq!(sibling.candidates()[0].url(), "http://127.0.0.1:3");
+        assert_eq!(sibling.candidates()[0].url(), "http://127.0.0.1:1");
         make_healthy(&pool, 2);
         assert_eq!(sibling.candidates()[0].url(), "http://127.0.0.1:2");
         assert!(!Arc::ptr_eq(&sibling.local()[0], &pool.local()[0]));
@@ -961,5 +972,40 @@ mod tests {
         let sent: Vec<u64> = requests.iter().zip(&requests_before).map(|(after, before)| after - before).collect();
         assert_eq!(sent, [1, 1, 1], "etcdgate_member_requests_total counts every attempt");
         assert!(pool.candidates().iter().all(|m| m.state() == State::Healthy), "a refusal says nothing about health");
+    }
+
+    #[tokio::test]
+    async fn a_suspect_member_is_only_a_fallback_and_keeps_its_open_reads() {
+        let pool = Arc::new(pool(2));
+        make_healthy(&pool, 1);
+        make_healthy(&pool, 2);
+        // Pin the round-robin so that member 1 is tried first.
+        while pool.candidates()[0].url() != "http://127.0.0.1:2" {}
+        let read = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.call(&Target::Any, RetryPolicy::Read, |connection: MemberConnection| async move {
+                    if connection.url() == "http://127.0.0.1:1" {
+                        std::future::pending::<Result<&'static str, Status>>().await
+                    } else {
+                        Ok("from 2")
+                    }
+                })
+                .await
+            }
+        });
+        tokio::task::yield_now().await;
+        let suspect = entry(&pool, 1);
+        suspect.call_failed(Failure::Transport, "etcdgate: member connection failed: connection reset");
+        assert_eq!(suspect.state(), State::Suspect);
+        assert!(suspect.wake.notified().now_or_never().is_some(), "re-probed at once");
+        for _ in 0..4 {
+            let order: Vec<String> = pool.candidates().iter().map(|m| m.url().to_string()).collect();
+            assert_eq!(order, ["http://127.0.0.1:2", "http://127.0.0.1:1"], "a fallback only");
+        }
+        tokio::task::yield_now().await;
+        assert!(!read.is_finished(), "a read open on a suspect member stays there");
+        pool.family().probe_failed(&suspect, ProbeFailure::TimedOut(Duration::from_secs(1)));
+        assert_eq!(read.await.unwrap().unwrap(), "from 2", "hard evidence moves it");
     }
 }
