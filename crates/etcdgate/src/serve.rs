@@ -37,7 +37,8 @@ pub struct ServeArgs {
     /// Milliseconds between Status probes of each member.
     #[arg(long, default_value_t = 500)]
     pub probe_interval_ms: u64,
-    /// Milliseconds a probe may take before its member counts as hung.
+    /// Milliseconds a probe may take before its member counts as hung (an answer after half
+    /// of it makes the member suspect).
     #[arg(long, default_value_t = 1000)]
     pub probe_timeout_ms: u64,
     /// Seconds between reads of the member list.

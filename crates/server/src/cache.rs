@@ -26,7 +26,7 @@ use etcdgate_cache::{HistoryLimits, Hub, KeyRange};
 use etcdgate_proto::etcdserverpb::{
     kv_client::KvClient, watch_request::RequestUnion, RangeRequest, RangeResponse, WatchCreateRequest, WatchRequest,
 };
-use etcdgate_upstream::{Pool, RetryPolicy, Target};
+use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
@@ -172,7 +172,7 @@ async fn run_barrier(pool: Arc<Pool>, barrier: Arc<Barrier>, key: Vec<u8>) {
         let round = barrier.started.fetch_add(1, Ordering::AcqRel) + 1;
         let request = RangeRequest { key: key.clone(), count_only: true, ..Default::default() };
         let revision = pool
-            .call(&Target::Any, RetryPolicy::Read, |connection| {
+            .call(&Target::Any, RetryPolicy::Read, Timing::Measured, |connection| {
                 let request = tonic::Request::new(request.clone());
                 async move { KvClient::new(connection).range(request).await }
             })
@@ -192,7 +192,7 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>) {
         if reload {
             let request = RangeRequest { key: keys.request_key(), range_end: keys.end.clone(), ..Default::default() };
             let loaded = pool
-                .call(&Target::Any, RetryPolicy::Read, |connection| {
+                .call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, |connection| {
                     let request = tonic::Request::new(request.clone());
                     async move { KvClient::new(connection).max_decoding_message_size(usize::MAX).range(request).await }
                 })

@@ -1,5 +1,6 @@
 //! The table of etcd's unary RPCs: for each, its request and response types, how to call it
-//! on a member, where it must go and whether it may be retried. Both front ends (gRPC and
+//! on a member, where it must go, whether it may be retried, and whether its latency says how
+//! busy its member is (not for Lock and Campaign, which wait for a lock or an election). Both front ends (gRPC and
 //! HTTP/JSON) serve every RPC through this one table, so the rules live in one place.
 
 use etcdgate_proto::etcdserverpb::{
@@ -9,7 +10,7 @@ use etcdgate_proto::etcdserverpb::{
 use etcdgate_proto::v3electionpb::{election_client::ElectionClient, *};
 use etcdgate_proto::v3lockpb::{lock_client::LockClient, *};
 use etcdgate_upstream::MemberConnection;
-use etcdgate_upstream::RetryPolicy;
+use etcdgate_upstream::{RetryPolicy, Timing};
 use futures::future::BoxFuture;
 use tonic::{Request, Response};
 
@@ -33,6 +34,7 @@ pub trait UnaryRpc: Send + Sync + 'static {
     const NAME: &'static str;
     const POLICY: RetryPolicy;
     const ROUTE: Route;
+    const TIMING: Timing;
     /// The answer's `header.revision`, if it has one (etcd 3.4 leaves it out of some answers,
     /// e.g. MemberList's).
     fn header_revision(response: &Self::Resp) -> Option<i64>;
@@ -71,7 +73,9 @@ macro_rules! cached_range {
 }
 
 macro_rules! unary_rpcs {
-    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, current: $current:path)? $(, cache: $cached:ident)?;)*) => {$(
+    (@timing) => { Timing::Measured };
+    (@timing $timing:ident) => { Timing::$timing };
+    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, current: $current:path)? $(, cache: $cached:ident)? $(, timing: $timing:ident)?;)*) => {$(
         #[doc = concat!("`", stringify!($name), "`")]
         pub struct $name;
         impl UnaryRpc for $name {
@@ -80,6 +84,7 @@ macro_rules! unary_rpcs {
             const NAME: &'static str = stringify!($name);
             const POLICY: RetryPolicy = RetryPolicy::$policy;
             const ROUTE: Route = Route::$route;
+            const TIMING: Timing = unary_rpcs!(@timing $($timing)?);
             fn header_revision(response: &$resp) -> Option<i64> {
                 response.header.as_ref().map(|header| header.revision).filter(|revision| *revision > 0)
             }
@@ -138,11 +143,25 @@ unary_rpcs! {
     RoleGrantPermission: AuthClient.role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse, Write, Balanced;
     RoleRevokePermission: AuthClient.role_revoke_permission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse, Write, Balanced;
 
-    Lock: LockClient.lock(LockRequest) -> LockResponse, Write, Balanced;
+    Lock: LockClient.lock(LockRequest) -> LockResponse, Write, Balanced, timing: Unmeasured;
     Unlock: LockClient.unlock(UnlockRequest) -> UnlockResponse, Write, Balanced;
 
-    Campaign: ElectionClient.campaign(CampaignRequest) -> CampaignResponse, Write, Balanced;
+    Campaign: ElectionClient.campaign(CampaignRequest) -> CampaignResponse, Write, Balanced, timing: Unmeasured;
     Proclaim: ElectionClient.proclaim(ProclaimRequest) -> ProclaimResponse, Write, Balanced;
     Leader: ElectionClient.leader(LeaderRequest) -> LeaderResponse, Read, Balanced;
     Resign: ElectionClient.resign(ResignRequest) -> ResignResponse, Write, Balanced;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_calls_that_wait_for_a_lock_or_an_election_go_untimed() {
+        assert_eq!(Lock::TIMING, Timing::Unmeasured);
+        assert_eq!(Campaign::TIMING, Timing::Unmeasured);
+        for timing in [Range::TIMING, Put::TIMING, Txn::TIMING, Unlock::TIMING, Leader::TIMING, Status::TIMING] {
+            assert_eq!(timing, Timing::Measured);
+        }
+    }
 }
