@@ -7,8 +7,10 @@
 //! - [`Cluster`] / [`ClusterBuilder`]: an N-member cluster in a temporary directory, started
 //!   concurrently and awaited until every member answers `GET /health` with `"health":"true"`.
 //!   Members can be killed (`SIGKILL`), paused (`SIGSTOP`), resumed and restarted with the same
-//!   data dir and ports; a learner can be added ([`Cluster::add_learner`]). Dropping the
-//!   cluster kills every member and removes the directory, including when a test panics.
+//!   data dir and ports, partitioned from their peers and healed (iptables, root only),
+//!   removed; a learner can be added ([`Cluster::add_learner`]); the whole cluster can be
+//!   stopped and started again. Dropping the cluster heals partitions, kills every member
+//!   and removes the directory, including when a test panics.
 //! - [`ProxyProcess`]: etcd's own L4 `etcd gateway` and `etcd grpc-proxy`, the baselines
 //!   etcdgate is compared against.
 //! - [`free_port`], [`wait_ready`], [`check_health`], [`run_etcdctl`]: the small pieces the
@@ -21,7 +23,9 @@
 //! is dropped; its path is printed to stderr.
 
 mod cluster;
+mod grpc;
 mod health;
+mod partition;
 mod port;
 mod process;
 mod proxy;
@@ -29,6 +33,7 @@ mod version;
 
 pub use cluster::{Cluster, ClusterBuilder};
 pub use health::{check_health, wait_ready};
+pub use partition::sweep_dead_partitions;
 pub use port::free_port;
 pub use proxy::{ProxyKind, ProxyProcess};
 pub use version::{run_etcdctl, EtcdVersion};
