@@ -11,6 +11,10 @@
 //!   removed; a learner can be added ([`Cluster::add_learner`]); the whole cluster can be
 //!   stopped and started again. Dropping the cluster heals partitions, kills every member
 //!   and removes the directory, including when a test panics.
+//! - [`Workload`]: an APISIX-like workload (HTTP/JSON config sync, gRPC watchers, readers and
+//!   one writer with a known sequence) against etcdgate or the members, checked afterwards
+//!   against etcd's recorded history ([`history`]): no gap, duplicate or reordering in any
+//!   watch, no write applied twice, no header revision going back.
 //! - [`ProxyProcess`]: etcd's own L4 `etcd gateway` and `etcd grpc-proxy`, the baselines
 //!   etcdgate is compared against.
 //! - [`free_port`], [`wait_ready`], [`check_health`], [`run_etcdctl`]: the small pieces the
@@ -25,11 +29,13 @@
 mod cluster;
 mod grpc;
 mod health;
+pub mod history;
 mod partition;
 mod port;
 mod process;
 mod proxy;
 mod version;
+pub mod workload;
 
 pub use cluster::{Cluster, ClusterBuilder};
 pub use health::{check_health, wait_ready};
@@ -37,3 +43,4 @@ pub use partition::sweep_dead_partitions;
 pub use port::free_port;
 pub use proxy::{ProxyKind, ProxyProcess};
 pub use version::{run_etcdctl, EtcdVersion};
+pub use workload::{Report, Target, Workload, WorkloadConfig};
