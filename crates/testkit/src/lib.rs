@@ -7,8 +7,14 @@
 //! - [`Cluster`] / [`ClusterBuilder`]: an N-member cluster in a temporary directory, started
 //!   concurrently and awaited until every member answers `GET /health` with `"health":"true"`.
 //!   Members can be killed (`SIGKILL`), paused (`SIGSTOP`), resumed and restarted with the same
-//!   data dir and ports; a learner can be added ([`Cluster::add_learner`]). Dropping the
-//!   cluster kills every member and removes the directory, including when a test panics.
+//!   data dir and ports, partitioned from their peers and healed (iptables, root only),
+//!   removed; a learner can be added ([`Cluster::add_learner`]); the whole cluster can be
+//!   stopped and started again. Dropping the cluster heals partitions, kills every member
+//!   and removes the directory, including when a test panics.
+//! - [`Workload`]: an APISIX-like workload (HTTP/JSON config sync, gRPC watchers, readers and
+//!   one writer with a known sequence) against etcdgate or the members, checked afterwards
+//!   against etcd's recorded history ([`history`]): no gap, duplicate or reordering in any
+//!   watch, no write applied twice, no header revision going back.
 //! - [`ProxyProcess`]: etcd's own L4 `etcd gateway` and `etcd grpc-proxy`, the baselines
 //!   etcdgate is compared against.
 //! - [`free_port`], [`wait_ready`], [`check_health`], [`run_etcdctl`]: the small pieces the
@@ -21,14 +27,20 @@
 //! is dropped; its path is printed to stderr.
 
 mod cluster;
+mod grpc;
 mod health;
+pub mod history;
+mod partition;
 mod port;
 mod process;
 mod proxy;
 mod version;
+pub mod workload;
 
 pub use cluster::{Cluster, ClusterBuilder};
 pub use health::{check_health, wait_ready};
+pub use partition::sweep_dead_partitions;
 pub use port::free_port;
 pub use proxy::{ProxyKind, ProxyProcess};
 pub use version::{run_etcdctl, EtcdVersion};
+pub use workload::{Report, Target, Workload, WorkloadConfig};

@@ -83,6 +83,22 @@ pub(crate) fn kill_and_reap(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// SIGTERMs (and SIGCONTs, so a paused one gets it) every child at once, waits up to `grace`
+/// for them to exit, then SIGKILLs and reaps the rest.
+pub(crate) fn terminate_and_reap(mut children: Vec<&mut Child>, grace: std::time::Duration) {
+    for child in &mut children {
+        let _ = signal(child, libc::SIGTERM);
+        let _ = signal(child, libc::SIGCONT);
+    }
+    let deadline = std::time::Instant::now() + grace;
+    for child in children {
+        while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        kill_and_reap(child);
+    }
+}
+
 /// Sends `sig` to the child unless it has already exited (and been reaped).
 pub(crate) fn signal(child: &mut Child, sig: libc::c_int) -> io::Result<()> {
     if let Ok(Some(status)) = child.try_wait() {

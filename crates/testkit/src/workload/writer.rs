@@ -1,0 +1,154 @@
+//! The one writer: a known sequence of puts and deletes under `/apisix`, one at a time, each
+//! value carrying its sequence number (see [`crate::workload::schema`]). Every outcome is
+//! recorded — acknowledged with its revision, or the error — and never retried, so etcd's
+//! history must hold each write at most once.
+//!
+//! The sequence creates keys with ids never used before, updates live ones and deletes some;
+//! a key is deleted at most once and never written again, which is what lets the checker tie
+//! a delete event to its write.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcdgate_proto::etcdserverpb::{kv_client::KvClient, DeleteRangeRequest, PutRequest};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use crate::history::{Write, WriteOp, WriteOutcome};
+use crate::workload::record::{Call, Recorder};
+use crate::workload::schema::{key, value, Rng, RESOURCES};
+
+/// Live keys the sequence keeps at least (creates win until there are this many).
+const MIN_LIVE_KEYS: usize = 30;
+
+/// A write and when its outcome came back.
+#[derive(Clone, Debug)]
+pub struct TimedWrite {
+    pub write: Write,
+    pub finished: Instant,
+}
+
+/// The sequence of writes a seed gives.
+struct Plan {
+    rng: Rng,
+    live: Vec<(&'static str, u64)>,
+    next_id: u64,
+}
+
+impl Plan {
+    fn new(seed: u64) -> Plan {
+        Plan { rng: Rng::new(seed), live: Vec::new(), next_id: 1 }
+    }
+
+    fn next(&mut self, seq: u64) -> WriteOp {
+        let roll = self.rng.below(100);
+        if self.live.len() < MIN_LIVE_KEYS || roll < 40 {
+            let resource = RESOURCES[self.rng.below(RESOURCES.len() as u64) as usize];
+            let id = self.next_id;
+            self.next_id += 1;
+            self.live.push((resource, id));
+            WriteOp::Put { key: key(resource, id), value: value(resource, id, seq) }
+        } else if roll < 85 {
+            let (resource, id) = self.live[self.rng.below(self.live.len() as u64) as usize];
+            WriteOp::Put { key: key(resource, id), value: value(resource, id, seq) }
+        } else {
+            let (resource, id) = self.live.swap_remove(self.rng.below(self.live.len() as u64) as usize);
+            WriteOp::Delete { key: key(resource, id) }
+        }
+    }
+}
+
+pub struct Writer {
+    pub recorder: Recorder,
+    pub channel: Channel,
+    pub pause: Duration,
+    pub call_timeout: Duration,
+    pub seed: u64,
+    pub stop: watch::Receiver<bool>,
+    pub writes: Arc<Mutex<Vec<TimedWrite>>>,
+    /// The highest revision a write was acknowledged at.
+    pub latest_revision: Arc<AtomicI64>,
+}
+
+impl Writer {
+    pub async fn run(mut self) {
+        let mut kv = KvClient::new(self.channel.clone());
+        let mut plan = Plan::new(self.seed);
+        let mut seq = 0;
+        while !*self.stop.borrow() {
+            seq += 1;
+            let op = plan.next(seq);
+            let started = Instant::now();
+            let (call, outcome) = self.apply(&mut kv, &op).await;
+            match &outcome {
+                WriteOutcome::Ok { revision, .. } => {
+                    self.recorder.revision(*revision);
+                    self.latest_revision.fetch_max(*revision, Ordering::Relaxed);
+                }
+                WriteOutcome::Failed(message) => self.recorder.error(call, started, format!("write {seq}: {message}")),
+            }
+            let write = TimedWrite { write: Write { seq, op, outcome }, finished: Instant::now() };
+            self.writes.lock().unwrap_or_else(|e| e.into_inner()).push(write);
+            let _ = tokio::time::timeout(self.pause, self.stop.wait_for(|stop| *stop)).await;
+        }
+    }
+
+    async fn apply(&self, kv: &mut KvClient<Channel>, op: &WriteOp) -> (Call, WriteOutcome) {
+        let deadline = self.call_timeout + Duration::from_secs(1);
+        let (call, answer) = match op {
+            WriteOp::Put { key, value } => {
+                let mut request = tonic::Request::new(PutRequest { key: key.clone(), value: value.clone(), ..Default::default() });
+                request.set_timeout(self.call_timeout);
+                let answer = tokio::time::timeout(deadline, kv.put(request)).await;
+                (Call::Put, answer.map(|r| r.map(|a| (a.into_inner().header, 0))))
+            }
+            WriteOp::Delete { key } => {
+                let mut request = tonic::Request::new(DeleteRangeRequest { key: key.clone(), ..Default::default() });
+                request.set_timeout(self.call_timeout);
+                let answer = tokio::time::timeout(deadline, kv.delete_range(request)).await;
+                (Call::Delete, answer.map(|r| r.map(|a| { let a = a.into_inner(); (a.header, a.deleted) })))
+            }
+        };
+        let outcome = match answer {
+            Ok(Ok((header, deleted))) => WriteOutcome::Ok { revision: header.map_or(0, |h| h.revision), deleted },
+            Ok(Err(status)) => WriteOutcome::Failed(status.to_string()),
+            Err(_) => WriteOutcome::Failed(format!("no answer within {:?}", self.call_timeout)),
+        };
+        (call, outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_never_touches_a_deleted_key_again() {
+        let mut plan = Plan::new(7);
+        let mut deleted = std::collections::HashSet::new();
+        let (mut puts, mut deletes) = (0, 0);
+        for seq in 1..=5000 {
+            match plan.next(seq) {
+                WriteOp::Put { key, value } => {
+                    assert!(!deleted.contains(&key), "seq {seq} writes a deleted key");
+                    assert_eq!(crate::workload::schema::seq_of(&value), Some(seq));
+                    puts += 1;
+                }
+                WriteOp::Delete { key } => {
+                    assert!(deleted.insert(key), "seq {seq} deletes a key twice");
+                    deletes += 1;
+                }
+            }
+        }
+        assert!(puts > 0 && deletes > 0);
+    }
+
+    #[test]
+    fn a_seed_replays_the_same_plan() {
+        let (mut a, mut b) = (Plan::new(3), Plan::new(3));
+        for seq in 1..100 {
+            assert_eq!(a.next(seq), b.next(seq));
+        }
+    }
+}
