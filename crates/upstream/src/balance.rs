@@ -139,7 +139,8 @@ impl InFlight<'_> {
     /// The member answered: its latency is a sample (unless the estimate started over since).
     pub(crate) fn answered(self) {
         if self.load.period.load(Ordering::Relaxed) == self.period {
-            self.load.observe(self.started.elapsed());
+            let now = Instant::now();
+            self.load.observe_at(now.saturating_duration_since(self.started), now);
         }
     }
 }
