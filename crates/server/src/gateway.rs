@@ -10,7 +10,7 @@ use etcdgate_proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, SnapshotRequest, SnapshotResponse, WatchRequest, WatchResponse,
 };
 use etcdgate_proto::v3electionpb::{election_client::ElectionClient, LeaderRequest, LeaderResponse};
-use etcdgate_upstream::{Pool, RetryPolicy, Target};
+use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
 use futures::stream::BoxStream;
 use futures::Stream;
 use tonic::Status;
@@ -49,7 +49,7 @@ impl Gateway {
         let target = Self::target(R::ROUTE, ctx);
         let result = self
             .pool
-            .call(&target, R::POLICY, |connection| R::call(connection, ctx.request(message.clone())))
+            .call(&target, R::POLICY, R::TIMING, |connection| R::call(connection, ctx.request(message.clone())))
             .await
             .map(tonic::Response::into_inner);
         crate::metrics::request_done(R::NAME, &result);
@@ -80,7 +80,7 @@ impl Gateway {
         let target = Self::target(Route::MemberOrBalanced, ctx);
         let response = self
             .pool
-            .call(&target, RetryPolicy::Read, |connection| async move {
+            .call(&target, RetryPolicy::Read, Timing::Unmeasured, |connection| async move {
                 MaintenanceClient::new(connection)
                     .max_decoding_message_size(usize::MAX)
                     .snapshot(ctx.request(SnapshotRequest {}))
@@ -94,7 +94,7 @@ impl Gateway {
     pub async fn observe(&self, ctx: &CallContext, message: LeaderRequest) -> Result<ResponseStream<LeaderResponse>, Status> {
         let response = self
             .pool
-            .call(&Target::Any, RetryPolicy::Read, |connection| {
+            .call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, |connection| {
                 let request = ctx.request(message.clone());
                 async move { ElectionClient::new(connection).observe(request).await }
             })

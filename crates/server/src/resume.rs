@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcdgate_upstream::{classify, Failure, MemberConnection, Pool, RetryPolicy, State, Target};
+use etcdgate_upstream::{classify, Failure, MemberConnection, Pool, RetryPolicy, State, Target, Timing};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -85,7 +85,7 @@ async fn open<S: Resumable>(pool: &Pool, ctx: &CallContext, first: Vec<S::Req>, 
 
 /// Opens a stream on a member, sending `first` on it, and waits for its first answer.
 async fn open_once<S: Resumable>(pool: &Pool, ctx: &CallContext, first: Vec<S::Req>, input_over: bool) -> Result<Upstream<S>, Status> {
-    pool.call(&Target::Any, RetryPolicy::Read, |connection: MemberConnection| {
+    pool.call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, |connection: MemberConnection| {
         let (requests, receiver) = mpsc::channel(STREAM_BUFFER.max(first.len()));
         for message in &first {
             let _ = requests.try_send(message.clone());

@@ -1,6 +1,8 @@
 //! The table of etcd's unary RPCs: for each, its request and response types, how to call it
-//! on a member, where it must go and whether it may be retried. Both front ends (gRPC and
-//! HTTP/JSON) serve every RPC through this one table, so the rules live in one place.
+//! on a member, where it must go, whether it may be retried, and whether its latency says how
+//! busy its member is (not for Lock and Campaign, which wait for a lock or an election). Both
+//! front ends (gRPC and HTTP/JSON) serve every RPC through this one table, so the rules live
+//! in one place.
 
 use etcdgate_proto::etcdserverpb::{
     auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
@@ -8,7 +10,7 @@ use etcdgate_proto::etcdserverpb::{
 };
 use etcdgate_proto::v3electionpb::{election_client::ElectionClient, *};
 use etcdgate_proto::v3lockpb::{lock_client::LockClient, *};
-use etcdgate_upstream::RetryPolicy;
+use etcdgate_upstream::{RetryPolicy, Timing};
 use futures::future::BoxFuture;
 use etcdgate_upstream::MemberConnection;
 use tonic::{Request, Response};
@@ -33,11 +35,14 @@ pub trait UnaryRpc: Send + Sync + 'static {
     const NAME: &'static str;
     const POLICY: RetryPolicy;
     const ROUTE: Route;
+    const TIMING: Timing;
     fn call(connection: MemberConnection, request: Request<Self::Req>) -> BoxFuture<'static, Result<Response<Self::Resp>, tonic::Status>>;
 }
 
 macro_rules! unary_rpcs {
-    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident;)*) => {$(
+    (@timing) => { Timing::Measured };
+    (@timing $timing:ident) => { Timing::$timing };
+    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, $timing:ident)?;)*) => {$(
         #[doc = concat!("`", stringify!($name), "`")]
         pub struct $name;
         impl UnaryRpc for $name {
@@ -46,6 +51,7 @@ macro_rules! unary_rpcs {
             const NAME: &'static str = stringify!($name);
             const POLICY: RetryPolicy = RetryPolicy::$policy;
             const ROUTE: Route = Route::$route;
+            const TIMING: Timing = unary_rpcs!(@timing $($timing)?);
             fn call(connection: MemberConnection, request: Request<$req>) -> BoxFuture<'static, Result<Response<$resp>, tonic::Status>> {
                 Box::pin(async move { $client::new(connection).max_decoding_message_size(usize::MAX).$method(request).await })
             }
@@ -97,11 +103,25 @@ unary_rpcs! {
     RoleGrantPermission: AuthClient.role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse, Write, Balanced;
     RoleRevokePermission: AuthClient.role_revoke_permission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse, Write, Balanced;
 
-    Lock: LockClient.lock(LockRequest) -> LockResponse, Write, Balanced;
+    Lock: LockClient.lock(LockRequest) -> LockResponse, Write, Balanced, Unmeasured;
     Unlock: LockClient.unlock(UnlockRequest) -> UnlockResponse, Write, Balanced;
 
-    Campaign: ElectionClient.campaign(CampaignRequest) -> CampaignResponse, Write, Balanced;
+    Campaign: ElectionClient.campaign(CampaignRequest) -> CampaignResponse, Write, Balanced, Unmeasured;
     Proclaim: ElectionClient.proclaim(ProclaimRequest) -> ProclaimResponse, Write, Balanced;
     Leader: ElectionClient.leader(LeaderRequest) -> LeaderResponse, Read, Balanced;
     Resign: ElectionClient.resign(ResignRequest) -> ResignResponse, Write, Balanced;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_calls_that_wait_for_a_lock_or_an_election_go_untimed() {
+        assert_eq!(Lock::TIMING, Timing::Unmeasured);
+        assert_eq!(Campaign::TIMING, Timing::Unmeasured);
+        for timing in [Range::TIMING, Put::TIMING, Txn::TIMING, Unlock::TIMING, Leader::TIMING, Status::TIMING] {
+            assert_eq!(timing, Timing::Measured);
+        }
+    }
 }

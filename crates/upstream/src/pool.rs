@@ -7,19 +7,20 @@
 //! pool has its own HTTP/2 connection to each member, made on first use, on the pool's own
 //! thread; members that join the family later (member list sync) get theirs the same way.
 //!
-//! Balancing: calls to [`Target::Any`] go round-robin over the healthy voters; only when none
-//! is healthy do they fall back to the others (suspect, lagging, leaderless, not yet probed,
-//! down, hung, in that order), so a call always has somewhere to go. Learners and removed members never
-//! get client traffic. A call that fails with `NotSent` or `Transport` takes its member out of
-//! rotation at once (down, or suspect when the call was cut after it was sent) and has it
-//! re-probed; a read still open on a member when the member stops keeping open calls (a probe
-//! found it hung, leaderless, ...; not merely suspect) is abandoned and failed over. A write is
-//! never abandoned: it may have reached the member, so it waits for its answer.
-//! After etcd's `too many requests` the next member is tried after a short pause (see
-//! [`crate::retry`]).
+//! Balancing: a call to [`Target::Any`] goes to the cheaper of two healthy voters picked at
+//! random, by peak-EWMA latency × open calls (see [`crate::balance`]), then to the other
+//! healthy ones; only when none is healthy does it fall back to the others (suspect, lagging,
+//! leaderless, not yet probed, down, hung, in that order), so a call always has somewhere to
+//! go. Learners and removed members never get client traffic. A call that fails with
+//! `NotSent` or `Transport` takes its member out of rotation at once (down, or suspect when the
+//! call was cut after it was sent) and has it re-probed; a read still open on a member when
+//! the member stops keeping open calls (a probe found it hung, leaderless, ...; not merely
+//! suspect) is abandoned and failed over. A write is never abandoned: it may have reached the
+//! member, so it waits for its answer. After etcd's `too many requests` the next member is
+//! tried after a short pause (see [`crate::retry`]).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tonic::Status;
 
+use crate::balance::{p2c_order, Load, Timing};
 use crate::connection::{ConnectOptions, MemberConnection};
 use crate::health::{
     plan_sync, Known, Limits, Listed, MemberHealth, ProbeFailure, Reference, State, StatusReport, SyncAction, Transition,
@@ -120,6 +122,8 @@ pub(crate) struct Entry {
     /// `health.state()`, readable without the lock.
     state: AtomicU8,
     health: Mutex<MemberHealth>,
+    /// Calls open on the member and its latency estimate, for balancing.
+    pub(crate) load: Load,
     /// `etcdgate_member_requests_total` of the member.
     requests: Counter,
     /// Woken when the member stops keeping open calls (see [`State::keeps_open_calls`]).
@@ -136,6 +140,7 @@ impl Entry {
     fn new(url: String, configured: bool, id: u64, evidence: &str, changed: Arc<Notify>) -> Entry {
         Entry {
             health: Mutex::new(MemberHealth::new(url.clone(), evidence)),
+            load: Load::default(),
             requests: crate::metrics::member_requests(&url),
             url,
             configured,
@@ -173,13 +178,17 @@ impl Entry {
         lock(&self.health).next_probe_in(interval)
     }
 
-    /// Runs one observation through the member's state machine.
+    /// Runs one observation through the member's state machine. When the member starts or
+    /// stops keeping open calls, its latency estimate starts over.
     fn update(&self, observe: impl FnOnce(&mut MemberHealth) -> Option<Transition>) -> Option<Transition> {
         let mut health = lock(&self.health);
         let transition = observe(&mut health);
         if let Some(t) = &transition {
             self.state.store(t.to as u8, Ordering::Release);
             drop(health);
+            if t.from.keeps_open_calls() != t.to.keeps_open_calls() {
+                self.load.start_over();
+            }
             if t.from.keeps_open_calls() && !t.to.keeps_open_calls() {
                 self.left.notify_waiters();
                 for listener in lock(&self.left_listeners).iter().filter_map(Weak::upgrade) {
@@ -257,7 +266,8 @@ impl Family {
         self.options.probe_interval * 3 + self.options.probe_timeout
     }
 
-    /// A probe of `entry` got a Status answer.
+    /// A probe of `entry` got a Status answer; one within the probe deadline is also a
+    /// latency sample.
     pub(crate) fn probe_answered(&self, entry: &Arc<Entry>, report: StatusReport) {
         let entries = self.entries();
         if report.member_id != 0 && entry.id() != report.member_id {
@@ -273,7 +283,11 @@ impl Family {
         let voters = entries.iter().filter(|e| !matches!(e.state(), State::Learner | State::Removed)).count();
         let reference = Reference::from_reports(others.iter().chain([&report]), voters);
         let limits = Limits { lag_threshold: self.options.lag_threshold, slow_answer: self.options.probe_timeout / 2 };
+        let answered_in = report.answered_in;
         entry.update(|h| h.probe_answered(report, &reference, limits));
+        if answered_in <= self.options.probe_timeout {
+            entry.load.observe(answered_in);
+        }
     }
 
     /// A probe of `entry` got no Status answer.
@@ -396,25 +410,37 @@ impl Member {
     }
 
     /// Runs `call` on this member; a read still open when the member stops keeping open calls
-    /// is abandoned (the `bool` of the error then says so).
-    async fn run<T, F, Fut>(&self, policy: RetryPolicy, call: &mut F) -> Result<T, (Status, bool)>
+    /// is abandoned (the `bool` of the error then says so). A measured call counts as open on
+    /// the member while it runs, and its latency is a sample once the member answers (etcd's
+    /// own errors included; failures and abandoned calls are not answers).
+    async fn run<T, F, Fut>(&self, policy: RetryPolicy, timing: Timing, call: &mut F) -> Result<T, (Status, bool)>
     where
         F: FnMut(MemberConnection) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         self.entry.requests.inc();
+        let in_flight = (timing == Timing::Measured).then(|| self.entry.load.start());
         let future = call(self.connection.clone());
-        if policy != RetryPolicy::Read || !self.state().keeps_open_calls() {
-            return future.await.map_err(|status| (status, false));
+        let result = if policy != RetryPolicy::Read || !self.state().keeps_open_calls() {
+            future.await.map_err(|status| (status, false))
+        } else {
+            tokio::select! {
+                biased;
+                result = future => result.map_err(|status| (status, false)),
+                () = self.left_rotation() => Err((
+                    Status::unavailable(format!("etcdgate: member {} left rotation: {}", self.url(), self.entry.evidence())),
+                    true,
+                )),
+            }
+        };
+        let answered = match &result {
+            Ok(_) => true,
+            Err((status, abandoned)) => !abandoned && classify(status) == Failure::Answer,
+        };
+        if let (Some(in_flight), true) = (in_flight, answered) {
+            in_flight.answered();
         }
-        tokio::select! {
-            biased;
-            result = future => result.map_err(|status| (status, false)),
-            () = self.left_rotation() => Err((
-                Status::unavailable(format!("etcdgate: member {} left rotation: {}", self.url(), self.entry.evidence())),
-                true,
-            )),
-        }
+        result
     }
 }
 
@@ -442,7 +468,6 @@ struct Local {
 pub struct Pool {
     shared: Arc<Shared>,
     local: RwLock<Local>,
-    next: AtomicUsize,
 }
 
 /// Accepts `host:port` as well as `http://host:port`.
@@ -493,7 +518,7 @@ impl Pool {
     }
 
     fn with_shared(shared: Arc<Shared>) -> Pool {
-        Pool { shared, local: RwLock::new(Local { version: 0, members: Arc::new([]) }), next: AtomicUsize::new(0) }
+        Pool { shared, local: RwLock::new(Local { version: 0, members: Arc::new([]) }) }
     }
 
     /// A pool of the same family with its own connections (one pool per worker thread): it
@@ -570,17 +595,13 @@ impl Pool {
         self.family().resync.notify_one();
     }
 
-    /// Members in the order a call to [`Target::Any`] should try them: healthy ones
-    /// round-robin, then the others in fallback order; never learners or removed members.
+    /// Members in the order a call to [`Target::Any`] should try them: healthy ones by power
+    /// of two choices (see [`p2c_order`]), then the others in fallback order; never learners
+    /// or removed members.
     fn candidates(&self) -> Vec<Arc<Member>> {
         let members = self.local();
-        let healthy = |m: &&Arc<Member>| m.state().in_rotation();
-        let count = members.iter().filter(healthy).count();
-        let mut order = Vec::with_capacity(members.len());
-        if count > 0 {
-            let skip = self.next.fetch_add(1, Ordering::Relaxed) % count;
-            order.extend(members.iter().filter(healthy).cycle().skip(skip).take(count).cloned());
-        }
+        let healthy: Vec<Arc<Member>> = members.iter().filter(|m| m.state().in_rotation()).cloned().collect();
+        let mut order = p2c_order(healthy, |m| m.entry.load.cost());
         if order.len() < members.len() {
             let mut rest: Vec<(u8, Arc<Member>)> = members
                 .iter()
@@ -621,8 +642,9 @@ impl Pool {
         self.candidates()
     }
 
-    /// Runs `call` on a member chosen for `target`, failing over as `policy` allows.
-    pub async fn call<T, F, Fut>(&self, target: &Target, policy: RetryPolicy, mut call: F) -> Result<T, Status>
+    /// Runs `call` on a member chosen for `target`, failing over as `policy` allows; `timing`
+    /// says whether the call's latency measures its member (see [`Timing`]).
+    pub async fn call<T, F, Fut>(&self, target: &Target, policy: RetryPolicy, timing: Timing, mut call: F) -> Result<T, Status>
     where
         F: FnMut(MemberConnection) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -639,7 +661,7 @@ impl Pool {
             if let Some(pause) = pause.take() {
                 tokio::time::sleep(pause).await;
             }
-            match member.run(policy, &mut call).await {
+            match member.run(policy, timing, &mut call).await {
                 Ok(value) => {
                     member.entry.call_succeeded();
                     if *target == Target::Leader {
@@ -722,6 +744,9 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicUsize;
+
     use etcdgate_proto::etcdserverpb::Member as ListedMember;
     use futures::FutureExt;
 
@@ -755,6 +780,24 @@ mod tests {
         (0..calls).map(|_| pool.candidates()[0].url().to_string()).collect()
     }
 
+    /// How often each member (by port) comes first in `picks` calls' orders.
+    fn first_counts(pool: &Pool, picks: usize) -> BTreeMap<u16, usize> {
+        let mut counts: BTreeMap<u16, usize> = pool.local().iter().map(|m| (port(m.url()), 0)).collect();
+        for url in first_urls(pool, picks) {
+            *counts.entry(port(&url)).or_default() += 1;
+        }
+        counts
+    }
+
+    fn port(url: &str) -> u16 {
+        url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0)
+    }
+
+    /// Latency samples that make the member at `port` look that slow to balancing.
+    fn answers_in(pool: &Pool, port: u16, latency: Duration) {
+        entry(pool, port).load.observe(latency);
+    }
+
     #[test]
     fn urls_are_normalized_and_empty_lists_refused() {
         assert_eq!(normalize_url("127.0.0.1:2379"), "http://127.0.0.1:2379");
@@ -766,20 +809,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn healthy_members_are_balanced_round_robin_and_the_rest_only_as_fallback() {
+    async fn healthy_members_share_the_calls_and_the_rest_are_only_a_fallback() {
         let pool = pool(3);
         for port in 1..=3 {
             make_healthy(&pool, port);
         }
-        let mut firsts = first_urls(&pool, 6);
-        firsts.sort();
-        firsts.dedup();
-        assert_eq!(firsts.len(), 3, "round-robin over every healthy member");
+        let firsts = first_counts(&pool, 300);
+        assert!(firsts.values().all(|&n| n > 50), "equal members share the calls: {firsts:?}");
 
         pool.family().probe_failed(&entry(&pool, 2), ProbeFailure::TimedOut(Duration::from_secs(1)));
-        let firsts = first_urls(&pool, 6);
-        assert!(!firsts.contains(&"http://127.0.0.1:2".to_string()), "{firsts:?}");
-        assert_eq!(firsts.iter().filter(|u| *u == "http://127.0.0.1:1").count(), 3, "even split over the healthy ones");
+        let firsts = first_counts(&pool, 300);
+        assert_eq!(firsts[&2], 0, "{firsts:?}");
+        assert!(firsts[&1] > 50 && firsts[&3] > 50, "split over the healthy ones: {firsts:?}");
         let order: Vec<String> = pool.candidates().iter().map(|m| m.url().to_string()).collect();
         assert_eq!(order.len(), 3);
         assert_eq!(order[2], "http://127.0.0.1:2", "out of rotation, still there as the last resort");
@@ -809,7 +850,7 @@ mod tests {
         make_healthy(&pool, 2);
         pool.family().probe_answered(&entry(&pool, 3), report(3, 1, true));
         assert_eq!(entry(&pool, 3).state(), State::Learner);
-        for _ in 0..6 {
+        for _ in 0..100 {
             assert!(pool.candidates().iter().all(|m| m.url() != "http://127.0.0.1:3"));
         }
         assert_eq!(pool.members().len(), 2, "members() leaves learners out");
@@ -856,9 +897,8 @@ mod tests {
         assert_eq!(entry(&pool, 4).state(), State::New);
         assert!(first_urls(&sibling, 4).iter().all(|u| u == "http://127.0.0.1:1"), "not before its first probe");
         make_healthy(&pool, 4);
-        let mut firsts = first_urls(&sibling, 4);
-        firsts.dedup();
-        assert_eq!(firsts.len(), 4, "then in rotation: {firsts:?}");
+        let firsts = first_counts(&sibling, 100);
+        assert!(firsts[&4] > 0, "then in rotation: {firsts:?}");
     }
 
     #[tokio::test]
@@ -866,10 +906,11 @@ mod tests {
         let pool = pool(2);
         make_healthy(&pool, 1);
         make_healthy(&pool, 2);
+        answers_in(&pool, 2, Duration::from_secs(1));
         let (port1_calls, port2_calls) = (AtomicUsize::new(0), AtomicUsize::new(0));
         for _ in 0..4 {
             let answer = pool
-                .call(&Target::Any, RetryPolicy::Read, |connection| {
+                .call(&Target::Any, RetryPolicy::Read, Timing::Measured, |connection| {
                     let first = connection.url() == "http://127.0.0.1:1";
                     if first { &port1_calls } else { &port2_calls }.fetch_add(1, Ordering::Relaxed);
                     async move {
@@ -893,8 +934,8 @@ mod tests {
         let pool = Arc::new(pool(2));
         make_healthy(&pool, 1);
         make_healthy(&pool, 2);
-        // Pin the round-robin so that member 1 is tried first.
-        while pool.candidates()[0].url() != "http://127.0.0.1:2" {}
+        // Member 2 looks slow, so that member 1 is tried first.
+        answers_in(&pool, 2, Duration::from_secs(1));
         let hang_on_1 = |connection: MemberConnection| async move {
             if connection.url() == "http://127.0.0.1:1" {
                 std::future::pending::<Result<&'static str, Status>>().await
@@ -904,13 +945,12 @@ mod tests {
         };
         let read = tokio::spawn({
             let pool = pool.clone();
-            async move { pool.call(&Target::Any, RetryPolicy::Read, hang_on_1).await }
+            async move { pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, hang_on_1).await }
         });
         tokio::task::yield_now().await;
-        while pool.candidates()[0].url() != "http://127.0.0.1:2" {}
         let write = tokio::spawn({
             let pool = pool.clone();
-            async move { pool.call(&Target::Any, RetryPolicy::Write, hang_on_1).await }
+            async move { pool.call(&Target::Any, RetryPolicy::Write, Timing::Measured, hang_on_1).await }
         });
         tokio::task::yield_now().await;
         assert!(!read.is_finished() && !write.is_finished());
@@ -940,7 +980,9 @@ mod tests {
         let call = tokio::spawn({
             let pool = pool.clone();
             async move {
-                pool.call(&Target::Any, RetryPolicy::Read, |c| async move { Ok::<_, Status>(c.url()) }).await.unwrap()
+                pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, |c| async move { Ok::<_, Status>(c.url()) })
+                    .await
+                    .unwrap()
             }
         });
         tokio::task::yield_now().await;
@@ -950,28 +992,73 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn too_many_requests_goes_to_each_member_once() {
-        let pool = pool_at(&[31, 32, 33]);
-        for port in 31..=33 {
+    async fn a_slow_member_and_a_busy_member_get_less_traffic() {
+        let pool = pool(3);
+        for port in 1..=3 {
             make_healthy(&pool, port);
+            answers_in(&pool, port, Duration::from_millis(1));
         }
-        let requests_before: Vec<u64> = (31..=33).map(|port| entry(&pool, port).requests.get()).collect();
-        let attempts = Mutex::new(Vec::new());
-        let overloaded = pool
-            .call(&Target::Any, RetryPolicy::Write, |connection| {
-                lock(&attempts).push(connection.url());
-                async { Err::<(), _>(Status::unavailable("etcdserver: too many requests")) }
+        // One slow answer: member 1 loses every pair it is in.
+        answers_in(&pool, 1, Duration::from_millis(50));
+        let firsts = first_counts(&pool, 600);
+        assert_eq!(firsts[&1], 0, "{firsts:?}");
+        assert!(firsts[&2] > 100 && firsts[&3] > 100, "{firsts:?}");
+        assert_eq!(first_counts(&pool.sibling(), 600)[&1], 0, "every worker's pool sees the same load");
+        // Slow, but less so than member 3 is now: member 1 beats it, member 2 beats both.
+        answers_in(&pool, 3, Duration::from_millis(200));
+        let firsts = first_counts(&pool, 600);
+        assert!(firsts[&2] > firsts[&1] && firsts[&1] > 0 && firsts[&3] == 0, "{firsts:?}");
+
+        // Equally fast, but five calls open on member 2.
+        let pool = pool_at(&[11, 12, 13]);
+        for port in 11..=13 {
+            make_healthy(&pool, port);
+            answers_in(&pool, port, Duration::from_millis(1));
+        }
+        let busy = entry(&pool, 12);
+        let open: Vec<_> = (0..5).map(|_| busy.load.start()).collect();
+        let firsts = first_counts(&pool, 600);
+        assert_eq!(firsts[&12], 0, "{firsts:?}");
+        drop(open);
+        let firsts = first_counts(&pool, 600);
+        assert!(firsts[&12] > 100, "its calls answered, it gets its share again: {firsts:?}");
+    }
+
+    #[tokio::test]
+    async fn measured_calls_count_as_open_and_give_samples_streams_do_not() {
+        let pool = Arc::new(pool_at(&[21]));
+        make_healthy(&pool, 21);
+        let member = entry(&pool, 21);
+        let requests_before = member.requests.get();
+        let pending = |timing: Timing| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.call(&Target::Any, RetryPolicy::Read, timing, |_| std::future::pending::<Result<(), Status>>()).await
             })
-            .await
-            .unwrap_err();
-        assert_eq!(overloaded.message(), "etcdserver: too many requests");
-        let mut attempts = lock(&attempts).clone();
-        attempts.sort();
-        assert_eq!(attempts, ["http://127.0.0.1:31", "http://127.0.0.1:32", "http://127.0.0.1:33"]);
-        let requests: Vec<u64> = (31..=33).map(|port| entry(&pool, port).requests.get()).collect();
-        let sent: Vec<u64> = requests.iter().zip(&requests_before).map(|(after, before)| after - before).collect();
-        assert_eq!(sent, [1, 1, 1], "etcdgate_member_requests_total counts every attempt");
-        assert!(pool.candidates().iter().all(|m| m.state() == State::Healthy), "a refusal says nothing about health");
+        };
+        let unary = pending(Timing::Measured);
+        let stream = pending(Timing::Unmeasured);
+        tokio::task::yield_now().await;
+        assert_eq!(member.load.outstanding(), 1, "the stream's open is not counted");
+        unary.abort();
+        stream.abort();
+        let _ = (unary.await, stream.await);
+        assert_eq!(member.load.outstanding(), 0, "a call dropped by its client is no longer open");
+        assert_eq!(member.requests.get() - requests_before, 2, "both were sent to the member");
+
+        let estimate = member.load.estimate();
+        let slow_answer = |_| async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<_, Status>(())
+        };
+        pool.call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, slow_answer).await.unwrap();
+        assert_eq!(member.load.estimate(), estimate, "an unmeasured call gives no sample");
+        pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, slow_answer).await.unwrap();
+        assert!(member.load.estimate() >= Some(Duration::from_millis(20)), "a measured one does (a peak replaces)");
+        let refused = |_| async { Err::<(), _>(Status::unavailable("etcdserver: no leader")) };
+        let estimate = member.load.estimate();
+        pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, refused).await.unwrap_err();
+        assert_eq!(member.load.estimate(), estimate, "a refusal is not an answer");
     }
 
     #[tokio::test]
@@ -979,12 +1066,11 @@ mod tests {
         let pool = Arc::new(pool(2));
         make_healthy(&pool, 1);
         make_healthy(&pool, 2);
-        // Pin the round-robin so that member 1 is tried first.
-        while pool.candidates()[0].url() != "http://127.0.0.1:2" {}
+        answers_in(&pool, 2, Duration::from_secs(1));
         let read = tokio::spawn({
             let pool = pool.clone();
             async move {
-                pool.call(&Target::Any, RetryPolicy::Read, |connection: MemberConnection| async move {
+                pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, |connection: MemberConnection| async move {
                     if connection.url() == "http://127.0.0.1:1" {
                         std::future::pending::<Result<&'static str, Status>>().await
                     } else {
@@ -999,13 +1085,32 @@ mod tests {
         suspect.call_failed(Failure::Transport, "etcdgate: member connection failed: connection reset");
         assert_eq!(suspect.state(), State::Suspect);
         assert!(suspect.wake.notified().now_or_never().is_some(), "re-probed at once");
-        for _ in 0..4 {
-            let order: Vec<String> = pool.candidates().iter().map(|m| m.url().to_string()).collect();
-            assert_eq!(order, ["http://127.0.0.1:2", "http://127.0.0.1:1"], "a fallback only");
-        }
+        let order: Vec<String> = pool.candidates().iter().map(|m| m.url().to_string()).collect();
+        assert_eq!(order, ["http://127.0.0.1:2", "http://127.0.0.1:1"], "a fallback, though member 2 looks slower");
         tokio::task::yield_now().await;
         assert!(!read.is_finished(), "a read open on a suspect member stays there");
         pool.family().probe_failed(&suspect, ProbeFailure::TimedOut(Duration::from_secs(1)));
         assert_eq!(read.await.unwrap().unwrap(), "from 2", "hard evidence moves it");
+    }
+
+    #[tokio::test]
+    async fn too_many_requests_goes_to_each_member_once() {
+        let pool = pool(3);
+        for port in 1..=3 {
+            make_healthy(&pool, port);
+        }
+        let attempts = Mutex::new(Vec::new());
+        let overloaded = pool
+            .call(&Target::Any, RetryPolicy::Write, Timing::Measured, |connection| {
+                lock(&attempts).push(connection.url());
+                async { Err::<(), _>(Status::unavailable("etcdserver: too many requests")) }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(overloaded.message(), "etcdserver: too many requests");
+        let mut attempts = lock(&attempts).clone();
+        attempts.sort();
+        assert_eq!(attempts, ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"]);
+        assert!(pool.candidates().iter().all(|m| m.state() == State::Healthy), "a refusal says nothing about health");
     }
 }

@@ -8,7 +8,8 @@
 //!   the member hung but is left open (up to 30 s, or until a call on the member succeeds
 //!   elsewhere): a member that was only paused answers it the moment it runs again, so it is
 //!   suspect within one round trip of resuming, however long it was stopped, and back in
-//!   rotation at the next probe, sent at once, if that one is answered promptly.
+//!   rotation at the next probe, sent at once, if that one is answered promptly. Every answer
+//!   within the deadline is also a latency sample for balancing (see [`crate::balance`]).
 //! - **Member list sync.** MemberList (asked of the healthiest member that answers) once the
 //!   first probes are in, then every member sync interval (30 s), and at once after a
 //!   leader-routed call (membership changes): new voters join (and get client traffic once a

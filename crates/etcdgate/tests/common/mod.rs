@@ -70,3 +70,15 @@ pub fn http_get(addr: &str, path: &str) -> String {
     stream.read_to_string(&mut response).unwrap();
     response
 }
+
+/// The value of one series in etcdgate's `/metrics`, e.g.
+/// `etcdgate_member_requests_total{member="http://127.0.0.1:2379"}`; `None` if it is not there.
+pub fn metric(addr: &str, series: &str) -> Option<u64> {
+    let prefix = format!("{series} ");
+    http_get(addr, "/metrics").lines().find_map(|line| line.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
+/// How many client calls etcdgate has sent to the member at `member_url` (0 before the first).
+pub fn member_requests(addr: &str, member_url: &str) -> u64 {
+    metric(addr, &format!("etcdgate_member_requests_total{{member=\"{member_url}\"}}")).unwrap_or(0)
+}
