@@ -2,8 +2,14 @@
 //! revision (the events of one transaction stay together), each with its previous value,
 //! bounded by a number of events and of bytes. When the bounds are reached the oldest
 //! revisions go, and the history then starts later; it never has holes.
+//!
+//! For each key whose events went, the history remembers the revision of the last one that
+//! went (a bounded map), so that a watch positioned before the start is canceled only if an
+//! event *of its keys* is gone — where etcd cancels every watch behind its compaction.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::keys::KeyRange;
 
 use etcdgate_proto::mvccpb::Event;
 use prost::Message;
@@ -29,11 +35,18 @@ pub struct Batch {
     bytes: usize,
 }
 
+/// Keys remembered with the revision of their last event that went, at most.
+const MAX_GONE_KEYS: usize = 100_000;
+
 #[derive(Debug)]
 pub struct History {
     batches: VecDeque<Batch>,
     /// Every event after this revision is here.
     complete_after: i64,
+    /// Per key, the revision of its last event that went, for events after `gone_since`.
+    gone: BTreeMap<Vec<u8>, i64>,
+    /// `gone` knows every event that went after this revision.
+    gone_since: i64,
     events: usize,
     bytes: usize,
     limits: HistoryLimits,
@@ -42,7 +55,7 @@ pub struct History {
 impl History {
     /// An empty history of a prefix read at `revision`.
     pub fn new(revision: i64, limits: HistoryLimits) -> History {
-        History { batches: VecDeque::new(), complete_after: revision, events: 0, bytes: 0, limits }
+        History { batches: VecDeque::new(), complete_after: revision, gone: BTreeMap::new(), gone_since: revision, events: 0, bytes: 0, limits }
     }
 
     /// Every event after this revision is in the history; a watch may start at this + 1.
@@ -79,15 +92,30 @@ impl History {
             self.events -= oldest.events.len();
             self.bytes -= oldest.bytes;
             self.complete_after = oldest.revision;
+            if self.gone.len() >= MAX_GONE_KEYS {
+                self.gone.clear();
+                self.gone_since = oldest.revision;
+            } else {
+                for kv in oldest.events.iter().filter_map(|e| e.kv.as_ref()) {
+                    self.gone.insert(kv.key.clone(), oldest.revision);
+                }
+            }
         }
     }
 
-    /// The batches from revision `from` on; `Err(compact_revision)` if some of them are gone
-    /// (a watch from `from` must then be canceled with that `compact_revision`).
-    pub fn since(&self, from: i64) -> Result<impl Iterator<Item = &Batch>, i64> {
-        if from <= self.complete_after {
-            return Err(self.complete_after + 1);
-        }
+    /// The batches from revision `from` on that may hold events of `keys`; `Err(compact_revision)`
+    /// if an event of `keys` from `from` on is gone (a watch from `from` must then be canceled
+    /// with that `compact_revision`).
+    pub fn since(&self, from: i64, keys: &KeyRange) -> Result<impl Iterator<Item = &Batch>, i64> {
+        let from = if from <= self.complete_after {
+            let lost = from <= self.gone_since || keys.of(&self.gone).any(|(_, revision)| *revision >= from);
+            if lost {
+                return Err(self.complete_after + 1);
+            }
+            self.complete_after + 1
+        } else {
+            from
+        };
         let start = self.batches.partition_point(|b| b.revision < from);
         Ok(self.batches.range(start..))
     }
@@ -99,24 +127,51 @@ mod tests {
     use etcdgate_proto::mvccpb::KeyValue;
 
     fn event(revision: i64) -> Event {
-        Event { kv: Some(KeyValue { key: b"k".to_vec(), mod_revision: revision, ..Default::default() }), ..Default::default() }
+        keyed(b"k", revision)
+    }
+
+    fn keyed(key: &[u8], revision: i64) -> Event {
+        Event { kv: Some(KeyValue { key: key.to_vec(), mod_revision: revision, ..Default::default() }), ..Default::default() }
+    }
+
+    fn all() -> KeyRange {
+        KeyRange::prefix(b"")
     }
 
     #[test]
     fn bounded_by_events_and_starting_later_when_full() {
         let mut h = History::new(10, HistoryLimits { max_events: 3, max_bytes: 1 << 20 });
-        assert_eq!(h.since(10).err(), Some(11), "before the start: compacted at the first revision held");
-        assert_eq!(h.since(11).unwrap().count(), 0);
+        assert_eq!(h.since_all(10).err(), Some(11), "before the start: compacted at the first revision held");
+        assert_eq!(h.since_all(11).unwrap().count(), 0);
         h.push(11, vec![event(11), event(11)]);
         h.push(12, vec![event(12)]);
-        assert_eq!(h.since(11).unwrap().map(|b| b.revision).collect::<Vec<_>>(), [11, 12]);
+        assert_eq!(h.since_all(11).unwrap().map(|b| b.revision).collect::<Vec<_>>(), [11, 12]);
         h.push(13, vec![event(13)]);
         assert_eq!(h.complete_after(), 11, "revision 11 went as a whole");
-        assert_eq!(h.since(11).err(), Some(12));
-        assert_eq!(h.since(12).unwrap().map(|b| b.revision).collect::<Vec<_>>(), [12, 13]);
-        assert_eq!(h.since(13).unwrap().count(), 1);
-        assert_eq!(h.since(20).unwrap().count(), 0, "a future revision: nothing yet");
+        assert_eq!(h.since_all(11).err(), Some(12));
+        assert_eq!(h.since_all(12).unwrap().map(|b| b.revision).collect::<Vec<_>>(), [12, 13]);
+        assert_eq!(h.since_all(13).unwrap().count(), 1);
+        assert_eq!(h.since_all(20).unwrap().count(), 0, "a future revision: nothing yet");
         assert_eq!((h.len(), h.span()), (2, Some((12, 13))));
+    }
+
+    impl History {
+        fn since_all(&self, from: i64) -> Result<impl Iterator<Item = &Batch>, i64> {
+            self.since(from, &all())
+        }
+    }
+
+    #[test]
+    fn a_watch_behind_the_start_goes_on_if_none_of_its_events_went() {
+        let mut h = History::new(10, HistoryLimits { max_events: 2, max_bytes: 1 << 20 });
+        h.push(11, vec![keyed(b"a", 11)]);
+        h.push(12, vec![keyed(b"b", 12)]);
+        h.push(13, vec![keyed(b"b", 13)]);
+        assert_eq!(h.complete_after(), 11);
+        let b = KeyRange::new(b"b", b"");
+        assert_eq!(h.since(11, &b).unwrap().map(|x| x.revision).collect::<Vec<_>>(), [12, 13], "only a's event went");
+        assert_eq!(h.since(11, &KeyRange::new(b"a", b"")).err(), Some(12));
+        assert_eq!(h.since(10, &b).err(), Some(12), "before the history ever started: unknown");
     }
 
     #[test]

@@ -119,9 +119,10 @@ impl Hub {
         self.read().as_ref().map(|c| c.store.revision())
     }
 
-    /// Every event after this revision is in the history; `None` until loaded.
-    pub fn complete_after(&self) -> Option<i64> {
-        self.read().as_ref().map(|c| c.history.complete_after())
+    /// Whether a watch of `keys` from revision `from` can be served: the prefix is loaded and
+    /// no event of `keys` from `from` on has left the history.
+    pub fn serves_from(&self, from: i64, keys: &KeyRange) -> bool {
+        self.read().as_ref().is_some_and(|c| c.history.since(from, keys).is_ok())
     }
 
     /// A response header at the store's revision, with etcd's ids.
@@ -164,7 +165,7 @@ impl Hub {
     pub fn read_since(&self, from: i64, keys: &KeyRange, max_bytes: usize) -> Read {
         let guard = self.read();
         let Some(cached) = guard.as_ref() else { return Read::NotLoaded };
-        let batches = match cached.history.since(from) {
+        let batches = match cached.history.since(from, keys) {
             Ok(batches) => batches,
             Err(compact_revision) => return Read::Compacted(compact_revision),
         };

@@ -41,8 +41,8 @@ pub struct Watcher {
 impl Watcher {
     /// A watch for `create` with ID `id`, and its `created` response; `None` when the hub
     /// cannot serve it: keys outside the prefix, the prefix not loaded yet, or a start
-    /// revision before the history (etcd must answer that one: it may still have the events,
-    /// or it says compacted).
+    /// revision from which an event of its keys has left the history (etcd must answer that
+    /// one: it may still have the events, or it says compacted).
     pub fn create(hub: &Arc<Hub>, id: i64, create: &WatchCreateRequest) -> Option<(Watcher, WatchResponse)> {
         let keys = KeyRange::new(&create.key, &create.range_end);
         if create.key.is_empty() || !hub.keys().covers(&keys) {
@@ -51,7 +51,7 @@ impl Watcher {
         let updates = hub.subscribe();
         let header = hub.header()?;
         let next = if create.start_revision > 0 { create.start_revision } else { header.revision + 1 };
-        if next <= hub.complete_after()? {
+        if !hub.serves_from(next, &keys) {
             return None;
         }
         let filters = |filter: FilterType| create.filters.contains(&(filter as i32));

@@ -20,6 +20,13 @@ impl Etcdgate {
         })
     }
 
+    /// Like [`Etcdgate::start`], with extra `serve` flags.
+    pub fn start_with_args(endpoints: &str, args: &[&str]) -> Etcdgate {
+        Etcdgate::spawn(endpoints, |command| {
+            command.args(args).stderr(Stdio::null());
+        })
+    }
+
     /// Like [`Etcdgate::start`], with etcdgate's log (stderr, `etcdgate=info`, no colours)
     /// appended to `log`, for tests that read its member state changes.
     pub fn start_logged(endpoints: &str, log: &std::path::Path) -> Etcdgate {
