@@ -18,14 +18,17 @@
 //!   revision they name. If the watch is compacted (the gateway was cut off too long), the
 //!   prefix is read again and the history starts over.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use etcdgate_cache::{HistoryLimits, Hub, KeyRange};
 use etcdgate_proto::etcdserverpb::{
-    kv_client::KvClient, watch_request::RequestUnion, RangeRequest, RangeResponse, WatchCreateRequest, WatchRequest,
+    kv_client::KvClient, watch_request::RequestUnion, RangeRequest, RangeResponse, ResponseHeader, WatchCreateRequest,
+    WatchRequest,
 };
+use bytes::Bytes;
 use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch, Notify};
@@ -36,6 +39,8 @@ use crate::context::CallContext;
 /// How long a read of etcd without credentials proves that auth is off (the cache serves
 /// nothing while auth is on: it cannot check permissions).
 const AUTH_OFF_PROOF_AGE: Duration = Duration::from_secs(1);
+/// JSON answers remembered (different requests at the current revision).
+const ENCODED_RESPONSES: usize = 8;
 /// How long a cached read waits for the hub to reach the revision it needs.
 const CATCH_UP_WAIT: Duration = Duration::from_millis(100);
 /// Pause before the feed tries again after etcd failed it.
@@ -54,6 +59,8 @@ pub struct CacheConfig {
 pub struct Caches {
     hubs: Vec<Arc<Hub>>,
     barrier: Arc<Barrier>,
+    /// The last few JSON answers, newest first.
+    encoded: Mutex<VecDeque<Encoded>>,
 }
 
 impl Caches {
@@ -66,7 +73,7 @@ impl Caches {
             tokio::spawn(feed(pool.clone(), hub.clone()));
         }
         tokio::spawn(run_barrier(pool, barrier.clone(), barrier_key));
-        Arc::new(Caches { hubs, barrier })
+        Arc::new(Caches { hubs, barrier, encoded: Mutex::new(VecDeque::new()) })
     }
 
     /// The hub holding every key of `[key, range_end)`, if any.
@@ -98,6 +105,38 @@ impl Caches {
     /// Answers `request` from a hub if one holds its keys at the revision it must read (see
     /// the module doc); `None`: ask etcd.
     pub async fn range(&self, ctx: &CallContext, request: &RangeRequest) -> Option<RangeResponse> {
+        let response = self.ready_hub(ctx, request).await?.range(request);
+        crate::metrics::cache_read(response.is_some());
+        response
+    }
+
+    /// [`Caches::range`], as the JSON etcd's HTTP gateway would send: the same request at the
+    /// same revision is encoded once (APISIX instances all read the same whole prefix).
+    pub async fn range_json(&self, ctx: &CallContext, request: &RangeRequest) -> Option<(Bytes, i64)> {
+        let hub = self.ready_hub(ctx, request).await?;
+        let header = hub.header()?;
+        let remembered = lock(&self.encoded).iter().find(|e| e.request == *request && e.header == header).map(|e| e.json.clone());
+        if let Some(json) = remembered {
+            crate::metrics::cache_read(true);
+            return Some((json, header.revision));
+        }
+        let response = hub.range(request);
+        crate::metrics::cache_read(response.is_some());
+        let response = response?;
+        let json = Bytes::from(serde_json::to_vec(&response).ok()?);
+        let mut encoded = lock(&self.encoded);
+        if encoded.len() == ENCODED_RESPONSES {
+            encoded.pop_back();
+        }
+        let header = response.header.unwrap_or_default();
+        let revision = header.revision;
+        encoded.push_front(Encoded { request: request.clone(), header, json: json.clone() });
+        Some((json, revision))
+    }
+
+    /// The hub that may answer `request` now (see the module doc), once it has reached the
+    /// revision the request must see; `None`: ask etcd.
+    async fn ready_hub(&self, ctx: &CallContext, request: &RangeRequest) -> Option<&Arc<Hub>> {
         let hub = self.hub_for(&request.key, &request.range_end)?;
         hub.revision()?;
         let needed = if request.serializable {
@@ -113,10 +152,20 @@ impl Caches {
             crate::metrics::cache_read(false);
             return None;
         }
-        let response = hub.range(request);
-        crate::metrics::cache_read(response.is_some());
-        response
+        Some(hub)
     }
+}
+
+/// A cached Range answer encoded as JSON, for the request and the header it was made at.
+#[derive(Debug)]
+struct Encoded {
+    request: RangeRequest,
+    header: ResponseHeader,
+    json: Bytes,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Learns the cluster's current revision for linearizable cached reads: one read of one key
@@ -131,7 +180,7 @@ struct Barrier {
     /// The last finished round and the revision it learned (`None`: the read failed).
     done: watch::Sender<(u64, Option<i64>)>,
     /// When the last round finished, and whether etcd answered it.
-    last: std::sync::Mutex<Option<(bool, Instant)>>,
+    last: Mutex<Option<(bool, Instant)>>,
 }
 
 impl Default for Barrier {
@@ -141,7 +190,7 @@ impl Default for Barrier {
             wanted: AtomicU64::new(0),
             wake: Notify::new(),
             done: watch::Sender::new((0, None)),
-            last: std::sync::Mutex::new(None),
+            last: Mutex::new(None),
         }
     }
 }
@@ -149,7 +198,7 @@ impl Default for Barrier {
 impl Barrier {
     /// Whether the last round got an answer, and how long ago it finished.
     fn last_answer(&self) -> Option<(bool, Duration)> {
-        let last = *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let last = *lock(&self.last);
         last.map(|(answered, at)| (answered, at.elapsed()))
     }
 
@@ -179,7 +228,7 @@ async fn run_barrier(pool: Arc<Pool>, barrier: Arc<Barrier>, key: Vec<u8>) {
             .await
             .ok()
             .and_then(|response| response.into_inner().header.map(|h| h.revision));
-        *barrier.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((revision.is_some(), Instant::now()));
+        *lock(&barrier.last) = Some((revision.is_some(), Instant::now()));
         barrier.done.send_replace((round, revision));
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcdgate_proto::etcdserverpb::{
-    maintenance_client::MaintenanceClient, LeaseKeepAliveRequest, LeaseKeepAliveResponse, SnapshotRequest, SnapshotResponse, WatchRequest,
+    maintenance_client::MaintenanceClient, LeaseKeepAliveRequest, LeaseKeepAliveResponse, RangeRequest, SnapshotRequest, SnapshotResponse, WatchRequest,
     WatchResponse,
 };
 use etcdgate_proto::v3electionpb::{election_client::ElectionClient, LeaderRequest, LeaderResponse};
@@ -61,6 +61,15 @@ impl Gateway {
             (Route::MemberOrBalanced, Some(member)) => Target::Named(member.clone()),
             _ => Target::Any,
         }
+    }
+
+    /// A Range answered from the watch cache, already encoded as etcd's HTTP gateway's JSON;
+    /// `None` if the cache does not answer it.
+    pub async fn cached_range_json(&self, ctx: &CallContext, request: &RangeRequest) -> Option<bytes::Bytes> {
+        let (json, revision) = self.caches.as_ref()?.range_json(ctx, request).await?;
+        ctx.seen.saw(revision);
+        crate::metrics::request_done::<()>("Range", &Ok(()));
+        Some(json)
     }
 
     /// One unary RPC, within the client's deadline (retries included).

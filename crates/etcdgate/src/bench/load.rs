@@ -36,11 +36,26 @@ pub enum Workload {
     Put,
     /// HTTP/1.1 `POST /v3/kv/range` with a JSON body, linearizable.
     HttpRange,
+    /// APISIX's full read over HTTP/JSON: every key under `/apisix` (see
+    /// [`APISIX_KEYS`]), serializable.
+    ApisixReadSerializable,
+    /// The same, linearizable (what APISIX sends).
+    ApisixReadLinearizable,
 }
 
+/// Keys preloaded under `/apisix/routes/` for the APISIX full-read workloads, and their size.
+pub const APISIX_KEYS: usize = 1000;
+pub const APISIX_VALUE_BYTES: usize = 1024;
+
 impl Workload {
-    pub const ALL: [Workload; 4] =
-        [Workload::RangeSerializable, Workload::RangeLinearizable, Workload::Put, Workload::HttpRange];
+    pub const ALL: [Workload; 6] = [
+        Workload::RangeSerializable,
+        Workload::RangeLinearizable,
+        Workload::Put,
+        Workload::HttpRange,
+        Workload::ApisixReadSerializable,
+        Workload::ApisixReadLinearizable,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -48,11 +63,25 @@ impl Workload {
             Workload::RangeLinearizable => "range-linearizable",
             Workload::Put => "put",
             Workload::HttpRange => "http-range",
+            Workload::ApisixReadSerializable => "apisix-read-serializable",
+            Workload::ApisixReadLinearizable => "apisix-read-linearizable",
         }
     }
 
     pub fn is_grpc(self) -> bool {
-        !matches!(self, Workload::HttpRange)
+        !matches!(self, Workload::HttpRange | Workload::ApisixReadSerializable | Workload::ApisixReadLinearizable)
+    }
+
+    /// The fixed HTTP body of the APISIX full-read workloads.
+    fn apisix_body(self) -> Option<Bytes> {
+        let serializable = match self {
+            Workload::ApisixReadSerializable => true,
+            Workload::ApisixReadLinearizable => false,
+            _ => return None,
+        };
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body = format!(r#"{{"key":"{}","range_end":"{}","serializable":{serializable}}}"#, b64.encode("/apisix"), b64.encode("/apisiy"));
+        Some(Bytes::from(body))
     }
 
     pub fn parse(s: &str) -> Result<Workload, String> {
@@ -256,6 +285,7 @@ async fn worker(
             break;
         }
         let key = rng.below(keys.keys.len());
+        let apisix_body = workload.apisix_body();
         let attempt = async {
             match &client {
                 Client::Grpc(_) => {
@@ -266,7 +296,8 @@ async fn worker(
                     grpc_once(&mut group[id % n], workload, &keys, key).await
                 }
                 Client::Http { client, uris } => {
-                    http_once(client, &uris[(id + seq) % uris.len()], &keys.http_bodies[key]).await
+                    let body = apisix_body.as_ref().unwrap_or(&keys.http_bodies[key]);
+                    http_once(client, &uris[(id + seq) % uris.len()], body).await
                 }
             }
         };
@@ -319,7 +350,9 @@ async fn grpc_once(kv: &mut KvClient<Channel>, workload: Workload, keys: &Keyspa
                 return Err("put response without a header revision".into());
             }
         }
-        Workload::HttpRange => unreachable!("http-range is not a gRPC workload"),
+        Workload::HttpRange | Workload::ApisixReadSerializable | Workload::ApisixReadLinearizable => {
+            unreachable!("{} is not a gRPC workload", workload.name())
+        }
     }
     Ok(())
 }

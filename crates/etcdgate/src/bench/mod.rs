@@ -60,7 +60,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "3.5", value_parser = parse_version)]
     pub etcd_version: EtcdVersion,
     /// Workloads to run, comma-separated (default: all of range-serializable,
-    /// range-linearizable, put, http-range).
+    /// range-linearizable, put, http-range, apisix-read-serializable, apisix-read-linearizable).
     #[arg(long, value_delimiter = ',', value_parser = Workload::parse)]
     pub workloads: Vec<Workload>,
     /// Targets to measure, comma-separated (default: all of direct, etcd-gateway,
@@ -118,6 +118,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let cluster = Cluster::builder(version).members(args.members).start().await?;
     let member_urls = cluster.client_urls();
     preload(&member_urls, &keys).await.context("preloading keys")?;
+    if workloads.iter().any(|w| matches!(w, Workload::ApisixReadSerializable | Workload::ApisixReadLinearizable)) {
+        preload_apisix(&member_urls).await.context("preloading /apisix")?;
+    }
     eprintln!("bench: preloaded {PRELOAD_KEYS} keys of {} bytes; starting proxies ...", args.value_size);
     let wanted = |kind: TargetKind| args.targets.is_empty() || args.targets.contains(&kind);
     let etcd_gateway = if wanted(TargetKind::EtcdGateway) {
@@ -256,6 +259,17 @@ async fn measure(
     let cpu =
         CpuPerRequest { etcd: per_request(cpu.etcd), proxy: per_request(cpu.proxy), loadgen: per_request(cpu.loadgen) };
     Measured::new(&result, cpu)
+}
+
+/// Writes `/apisix/routes/0000..` ([`load::APISIX_KEYS`] keys of [`load::APISIX_VALUE_BYTES`]).
+async fn preload_apisix(urls: &[String]) -> anyhow::Result<()> {
+    let mut kv = KvClient::connect(urls[0].clone()).await?;
+    let value = vec![b'r'; load::APISIX_VALUE_BYTES];
+    for i in 0..load::APISIX_KEYS {
+        let key = format!("/apisix/routes/{i:04}").into_bytes();
+        kv.put(PutRequest { key, value: value.clone(), ..Default::default() }).await?;
+    }
+    Ok(())
 }
 
 /// Writes every preloaded key with a value of the configured size, 16 at a time.

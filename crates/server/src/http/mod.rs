@@ -147,16 +147,29 @@ async fn method_not_allowed() -> Response {
     )
 }
 
+/// A unary call's answer: a message to encode, or JSON the watch cache already encoded.
+enum Answer<T> {
+    Message(T),
+    Encoded(bytes::Bytes),
+}
+
 async fn unary<R: UnaryRpc>(State(state): State<Arc<HttpState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let result = async {
         let bytes = body::read_all(body, state.limits.max_body_bytes, state.limits.body_timeout).await?;
         let message: R::Req = body::decode_one(&bytes)?;
-        state.gateway.unary::<R>(&CallContext::from_http(&parts.headers, &parts.extensions), message).await
+        let ctx = CallContext::from_http(&parts.headers, &parts.extensions);
+        if let Some(range) = R::as_range(&message) {
+            if let Some(json) = state.gateway.cached_range_json(&ctx, range).await {
+                return Ok(Answer::Encoded(json));
+            }
+        }
+        state.gateway.unary::<R>(&ctx, message).await.map(Answer::Message)
     }
     .await;
     match result {
-        Ok(response) => errors::json_response(StatusCode::OK, serde_json::to_vec(&response).unwrap_or_default()),
+        Ok(Answer::Message(response)) => errors::json_response(StatusCode::OK, serde_json::to_vec(&response).unwrap_or_default()),
+        Ok(Answer::Encoded(json)) => errors::json_response(StatusCode::OK, json),
         Err(status) => state.errors.response(&status),
     }
 }
