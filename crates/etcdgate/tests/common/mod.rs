@@ -50,6 +50,11 @@ impl Etcdgate {
         Etcdgate { child, addr }
     }
 
+    /// The process ID (to pause and resume it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `127.0.0.1:PORT`, as etcdctl takes it.
     pub fn addr(&self) -> &str {
         &self.addr

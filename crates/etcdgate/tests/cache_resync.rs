@@ -1,0 +1,105 @@
+//! The watch cache losing continuity: etcdgate is frozen (SIGSTOP) while the prefix changes,
+//! etcd compacts, and the whole cluster restarts, so that the cache's upstream watch cannot
+//! resume where it stopped (etcd answers `compacted`). The cache reads the prefix again and
+//! goes on: a client watch positioned before the gap is canceled with `compact_revision`
+//! (nothing is ever synthesized), one positioned after the gap goes on untouched, and reads
+//! from the cache show the new state.
+
+mod common;
+
+use std::time::Duration;
+
+use etcdgate_proto::etcdserverpb::{
+    kv_client::KvClient, watch_client::WatchClient, watch_request::RequestUnion, CompactionRequest, PutRequest, RangeRequest,
+    WatchCreateRequest, WatchRequest, WatchResponse,
+};
+use etcdgate_testkit::{Cluster, EtcdVersion};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use common::{http_get, Etcdgate};
+
+async fn watch(url: &str, start_revision: i64) -> (mpsc::Sender<WatchRequest>, Streaming<WatchResponse>) {
+    let (requests, input) = mpsc::channel(1);
+    let create = WatchCreateRequest { key: b"/r/".to_vec(), range_end: b"/r0".to_vec(), start_revision, ..Default::default() };
+    requests.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await.unwrap();
+    let mut responses = WatchClient::connect(url.to_string()).await.unwrap().watch(ReceiverStream::new(input)).await.unwrap().into_inner();
+    let created = next(&mut responses).await;
+    assert!(created.created, "{created:?}");
+    (requests, responses)
+}
+
+async fn next(responses: &mut Streaming<WatchResponse>) -> WatchResponse {
+    tokio::time::timeout(Duration::from_secs(30), responses.next())
+        .await
+        .expect("watch went silent")
+        .expect("watch stream ended")
+        .unwrap_or_else(|status| panic!("client saw an error: {status:?}"))
+}
+
+async fn put(kv: &mut KvClient<tonic::transport::Channel>, key: &str, value: &str) -> i64 {
+    let response = kv.put(PutRequest { key: key.into(), value: value.into(), ..Default::default() }).await.unwrap();
+    response.into_inner().header.unwrap().revision
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_cut_off_past_a_compaction_reads_again_and_cancels_only_watches_before_the_gap() {
+    for version in EtcdVersion::all() {
+        let mut cluster = Cluster::start(version, 1).await.unwrap();
+        let gateway = Etcdgate::start_with_args(&cluster.endpoints(), &["--cache-prefix", "/r/"]);
+        let mut through = KvClient::connect(gateway.url()).await.unwrap();
+        let revision = put(&mut through, "/r/a", "1").await;
+
+        let (_before, mut before_gap) = watch(&gateway.url(), revision + 1).await;
+        let (_after, mut after_gap) = watch(&gateway.url(), revision + 100).await;
+
+        signal(gateway.pid(), "-STOP");
+        let mut direct = KvClient::connect(cluster.client_url(0)).await.unwrap();
+        let mut last = 0;
+        for i in 0..5 {
+            last = put(&mut direct, "/r/b", &i.to_string()).await;
+        }
+        direct.compact(CompactionRequest { revision: last, physical: true }).await.unwrap();
+        cluster.stop_all();
+        cluster.start_all().await.unwrap();
+        signal(gateway.pid(), "-CONT");
+
+        let canceled = next(&mut before_gap).await;
+        assert!(canceled.canceled && canceled.compact_revision > revision, "{version}: the watch before the gap: {canceled:?}");
+        assert!(canceled.events.is_empty(), "{version}: nothing synthesized: {canceled:?}");
+
+        // The cache has the new state.
+        let read =
+            through.range(RangeRequest { key: b"/r/b".to_vec(), serializable: true, ..Default::default() }).await.unwrap().into_inner();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut read = read;
+        while read.kvs.first().map(|kv| kv.value.as_slice()) != Some(b"4") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{version}: the cache never showed the writes made while it was cut off: {read:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            read =
+                through.range(RangeRequest { key: b"/r/b".to_vec(), serializable: true, ..Default::default() }).await.unwrap().into_inner();
+        }
+
+        // The watch positioned after the gap is untouched and sees its revision come.
+        let mut reached = 0;
+        while reached < revision + 100 {
+            reached = put(&mut through, "/r/c", "x").await;
+        }
+        let event = next(&mut after_gap).await;
+        assert!(!event.canceled, "{version}: the watch after the gap: {event:?}");
+        assert_eq!(event.events[0].kv.as_ref().unwrap().mod_revision, revision + 100, "{version}");
+
+        let metrics = http_get(gateway.addr(), "/metrics");
+        assert!(metrics.contains("etcdgate_cache_loads_total 2"), "{version}: read at start and again after the gap:\n{metrics}");
+    }
+}
