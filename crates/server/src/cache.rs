@@ -228,8 +228,15 @@ async fn run_barrier(pool: Arc<Pool>, barrier: Arc<Barrier>, key: Vec<u8>) {
             .await
             .ok()
             .and_then(|response| response.into_inner().header.map(|h| h.revision));
+        crate::metrics::barrier_round();
         *lock(&barrier.last) = Some((revision.is_some(), Instant::now()));
         barrier.done.send_replace((round, revision));
+    }
+}
+
+fn report_held(hub: &Hub) {
+    if let Some((keys, events, bytes, span)) = hub.stats() {
+        crate::metrics::cache_held(&String::from_utf8_lossy(&hub.keys().start), keys, events, bytes, span);
     }
 }
 
@@ -253,6 +260,7 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>) {
                     tracing::info!(prefix = %String::from_utf8_lossy(&keys.start), keys = response.kvs.len(), revision = header.revision, "cached prefix loaded");
                     crate::metrics::cache_loaded();
                     hub.reset(response.kvs, header);
+                    report_held(&hub);
                     reload = false;
                 }
                 Err(status) => {
@@ -275,6 +283,7 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>) {
         let _ = requests.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
         match crate::watch::watch(pool.clone(), CallContext::default(), ReceiverStream::new(input).boxed()).await {
             Ok(mut responses) => {
+                crate::metrics::upstream_watches(1);
                 while let Some(response) = responses.next().await {
                     match response {
                         Ok(response) if response.canceled => {
@@ -289,6 +298,7 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>) {
                         Ok(response) => {
                             crate::metrics::cache_events_in(response.events.len());
                             hub.apply(response.events, response.header.unwrap_or_default());
+                            report_held(&hub);
                         }
                         Err(status) => {
                             tracing::warn!(error = %status.message(), "cached prefix's watch failed; resuming it");
@@ -296,6 +306,7 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>) {
                         }
                     }
                 }
+                crate::metrics::upstream_watches(-1);
             }
             Err(status) => tracing::warn!(error = %status.message(), "opening the cached prefix's watch failed"),
         }

@@ -175,6 +175,7 @@ impl Mux {
             loop {
                 let mut response = watcher.next().await;
                 let canceled = response.canceled;
+                crate::metrics::cache_events_out(response.events.len());
                 if canceled {
                     lock(&ids).live.remove(&id);
                 }

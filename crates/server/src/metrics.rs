@@ -31,7 +31,17 @@ struct ServerMetrics {
     cache_reads: Family<CacheReadLabels, Counter>,
     cache_loads: Counter,
     cache_events_in: Counter,
+    cache_events_out: Counter,
     hub_watchers: Gauge,
+    upstream_watches: Gauge,
+    barrier_rounds: Counter,
+    history: Family<PrefixLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PrefixLabels {
+    prefix: String,
+    what: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,6 +88,36 @@ pub fn cache_events_in(events: usize) {
     metrics().cache_events_in.inc_by(events as u64);
 }
 
+/// Events sent to clients by watches served from the cache.
+pub fn cache_events_out(events: usize) {
+    metrics().cache_events_out.inc_by(events as u64);
+}
+
+/// The cache's upstream watches open: `delta` more.
+pub fn upstream_watches(delta: i64) {
+    metrics().upstream_watches.inc_by(delta);
+}
+
+/// A round of the linearizable-read barrier (one read of etcd's revision) finished.
+pub fn barrier_round() {
+    metrics().barrier_rounds.inc();
+}
+
+/// What a cached prefix holds: keys, history events and bytes, oldest and newest revision
+/// of the history.
+pub fn cache_held(prefix: &str, keys: usize, events: usize, bytes: usize, span: Option<(i64, i64)>) {
+    let set = |what: &'static str, value: i64| {
+        metrics().history.get_or_create(&PrefixLabels { prefix: prefix.to_string(), what }).set(value);
+    };
+    set("keys", keys as i64);
+    set("history_events", events as i64);
+    set("history_bytes", bytes as i64);
+    if let Some((oldest, newest)) = span {
+        set("history_oldest_revision", oldest);
+        set("history_newest_revision", newest);
+    }
+}
+
 /// Client watches served from the cache: `delta` more.
 pub fn hub_watchers(delta: i64) {
     metrics().hub_watchers.inc_by(delta);
@@ -108,6 +148,10 @@ fn registry() -> &'static Registry {
         registry.register("etcdgate_cache_loads", "Full reads of a cached prefix from etcd (start, resync after compaction)", metrics.cache_loads.clone());
         registry.register("etcdgate_cache_events_in", "Events received by the cache's upstream watches", metrics.cache_events_in.clone());
         registry.register("etcdgate_cache_watchers", "Client watches served from the cache", metrics.hub_watchers.clone());
+        registry.register("etcdgate_cache_events_out", "Events sent to clients by watches served from the cache", metrics.cache_events_out.clone());
+        registry.register("etcdgate_cache_upstream_watches", "The cache's watches on etcd that are open (one per cached prefix)", metrics.upstream_watches.clone());
+        registry.register("etcdgate_cache_barrier_rounds", "Reads of etcd's revision for linearizable cached reads (each serves every read waiting)", metrics.barrier_rounds.clone());
+        registry.register("etcdgate_cache_held", "What each cached prefix holds (keys, history events and bytes, history's oldest and newest revision)", metrics.history.clone());
         etcdgate_upstream::metrics::register(&mut registry);
         registry
     })
