@@ -10,7 +10,8 @@
 //!   as a linearizable read of one key on a member tells it (one such read serves every
 //!   request that arrived before it was sent). A hub that does not get there within
 //!   [`CATCH_UP_WAIT`] (writes outside the prefix move the cluster's revision without
-//!   events the hub would see) lets the read go to etcd. Older revisions go to etcd.
+//!   events the hub would see) lets the read go to etcd, and linearizable reads then go
+//!   straight to etcd for [`MISSED_BACKOFF`]. Older revisions go to etcd.
 //! - The feed: a linearizable Range of the prefix, then one watch from the next revision
 //!   with prev_kv and progress notifications, relayed like a client's watch (it moves to
 //!   another member on failure and resumes where it stopped). Watch progress *requests* are
@@ -41,6 +42,10 @@ use crate::context::CallContext;
 const AUTH_OFF_PROOF_AGE: Duration = Duration::from_secs(1);
 /// JSON answers remembered (different requests at the current revision).
 const ENCODED_RESPONSES: usize = 8;
+/// After a linearizable read found its hub behind etcd (writes outside the cached prefixes
+/// move etcd's revision past any the hub sees), linearizable reads go straight to etcd for
+/// this long, so that such a cluster pays the wait once per period, not per read.
+const MISSED_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a cached read waits for the hub to reach the revision it needs.
 const CATCH_UP_WAIT: Duration = Duration::from_millis(100);
 /// Pause before the feed tries again after etcd failed it.
@@ -61,6 +66,8 @@ pub struct Caches {
     barrier: Arc<Barrier>,
     /// The last few JSON answers, newest first.
     encoded: Mutex<VecDeque<Encoded>>,
+    /// When a linearizable read last found its hub behind the cluster's revision.
+    linearizable_missed: Mutex<Option<Instant>>,
 }
 
 impl Caches {
@@ -73,7 +80,7 @@ impl Caches {
             tokio::spawn(feed(pool.clone(), hub.clone()));
         }
         tokio::spawn(run_barrier(pool, barrier.clone(), barrier_key));
-        Arc::new(Caches { hubs, barrier, encoded: Mutex::new(VecDeque::new()) })
+        Arc::new(Caches { hubs, barrier, encoded: Mutex::new(VecDeque::new()), linearizable_missed: Mutex::new(None) })
     }
 
     /// The hub holding every key of `[key, range_end)`, if any.
@@ -143,13 +150,16 @@ impl Caches {
             self.auth_off(ctx).await?;
             ctx.seen.get()
         } else {
-            if ctx.has_credentials() {
+            if ctx.has_credentials() || lock(&self.linearizable_missed).is_some_and(|at| at.elapsed() < MISSED_BACKOFF) {
                 return None;
             }
             self.barrier.cluster_revision().await?
         };
         if hub.revision()? < needed && !hub.wait_for(needed, CATCH_UP_WAIT).await {
             crate::metrics::cache_read(false);
+            if !request.serializable {
+                *lock(&self.linearizable_missed) = Some(Instant::now());
+            }
             return None;
         }
         Some(hub)
