@@ -3,8 +3,10 @@
 //! per watcher; one that falls behind the history's start is canceled with etcd's
 //! `compact_revision`. Responses look like etcd's: one per revision when live, catch-ups
 //! grouped, filters and prev_kv applied, progress notifications every ten minutes (etcd's
-//! default) when asked for.
+//! default) when asked for, and — for a watch created with `fragment` — a response larger
+//! than the request size limit split into fragments as etcd splits it.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +37,10 @@ pub struct Watcher {
     no_delete: bool,
     prev_kv: bool,
     progress_notify: bool,
+    /// For a watch created with `fragment`: the size above which a response is split.
+    fragment_above: Option<usize>,
+    /// Fragments of a split response not sent yet.
+    fragments: VecDeque<WatchResponse>,
     updates: watch::Receiver<i64>,
 }
 
@@ -43,7 +49,9 @@ impl Watcher {
     /// cannot serve it: keys outside the prefix, the prefix not loaded yet, or a start
     /// revision from which an event of its keys has left the history (etcd must answer that
     /// one: it may still have the events, or it says compacted).
-    pub fn create(hub: &Arc<Hub>, id: i64, create: &WatchCreateRequest) -> Option<(Watcher, WatchResponse)> {
+    /// `max_request_bytes` is the server's request size limit, which etcd also uses to split
+    /// the responses of watches created with `fragment`.
+    pub fn create(hub: &Arc<Hub>, id: i64, create: &WatchCreateRequest, max_request_bytes: usize) -> Option<(Watcher, WatchResponse)> {
         let keys = KeyRange::new(&create.key, &create.range_end);
         if create.key.is_empty() || !hub.keys().covers(&keys) {
             return None;
@@ -64,6 +72,8 @@ impl Watcher {
             no_delete: filters(FilterType::Nodelete),
             prev_kv: create.prev_kv,
             progress_notify: create.progress_notify,
+            fragment_above: create.fragment.then_some(max_request_bytes),
+            fragments: VecDeque::new(),
             updates,
         };
         Some((watcher, WatchResponse { header: Some(header), watch_id: id, created: true, ..Default::default() }))
@@ -88,6 +98,20 @@ impl Watcher {
     /// The next response for the client: events, a progress notification, or the cancel of
     /// a watcher that fell out of the history (after which the watcher is done).
     pub async fn next(&mut self) -> WatchResponse {
+        if let Some(fragment) = self.fragments.pop_front() {
+            return fragment;
+        }
+        let response = self.next_whole().await;
+        match self.fragment_above {
+            Some(limit) => {
+                self.fragments = fragment(response, limit);
+                self.fragments.pop_front().unwrap_or_default()
+            }
+            None => response,
+        }
+    }
+
+    async fn next_whole(&mut self) -> WatchResponse {
         let mut progress_due = Instant::now() + PROGRESS_NOTIFY_INTERVAL;
         loop {
             self.updates.borrow_and_update();
@@ -142,5 +166,50 @@ impl Watcher {
                 }
             }
         }
+    }
+}
+
+/// etcd's split of a watch response: unless it is under `limit` bytes or has one event, as
+/// many events per fragment as keep it under `limit` (at least one), every fragment but the
+/// last marked `fragment`.
+fn fragment(response: WatchResponse, limit: usize) -> VecDeque<WatchResponse> {
+    use prost::Message;
+    if response.encoded_len() < limit || response.events.len() < 2 {
+        return VecDeque::from([response]);
+    }
+    let mut fragments = VecDeque::new();
+    let empty = WatchResponse { events: Vec::new(), fragment: true, ..response.clone() };
+    let mut current = empty.clone();
+    for event in response.events {
+        current.events.push(event);
+        if current.events.len() > 1 && current.encoded_len() >= limit {
+            let last = current.events.pop();
+            fragments.push_back(std::mem::replace(&mut current, empty.clone()));
+            current.events.extend(last);
+        }
+    }
+    current.fragment = false;
+    fragments.push_back(current);
+    fragments
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcdgate_proto::mvccpb::{Event, KeyValue};
+
+    #[test]
+    fn large_responses_are_split_like_etcds() {
+        let event = |i: u8| Event { kv: Some(KeyValue { key: vec![i], value: vec![0; 100], ..Default::default() }), ..Default::default() };
+        let response = WatchResponse { watch_id: 3, events: (0..10).map(event).collect(), ..Default::default() };
+        let fragments = fragment(response.clone(), 350);
+        let sizes: Vec<usize> = fragments.iter().map(|f| f.events.len()).collect();
+        assert_eq!(sizes, [3, 3, 3, 1], "as many events as stay under the limit");
+        assert!(fragments.iter().all(|f| prost::Message::encoded_len(f) < 350));
+        assert!(fragments.iter().take(3).all(|f| f.fragment) && !fragments[3].fragment, "all but the last marked");
+        assert!(fragments.iter().all(|f| f.watch_id == 3));
+        assert_eq!(fragment(response.clone(), 1 << 20).len(), 1, "small enough: whole");
+        let one = WatchResponse { events: vec![event(1)], ..Default::default() };
+        assert_eq!(fragment(one, 10).len(), 1, "a single event is never split");
     }
 }

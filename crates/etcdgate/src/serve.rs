@@ -74,6 +74,7 @@ impl ServeArgs {
         (!self.no_cache).then(|| CacheConfig {
             prefixes: self.cache_prefixes.iter().map(|p| p.as_bytes().to_vec()).collect(),
             limits: HistoryLimits { max_events: self.cache_history_events.max(1), max_bytes: self.cache_history_bytes.max(1) },
+            max_request_bytes: self.max_request_bytes,
         })
     }
 

@@ -57,6 +57,9 @@ pub struct CacheConfig {
     /// Key prefixes to follow (`""` for the whole keyspace).
     pub prefixes: Vec<Vec<u8>>,
     pub limits: HistoryLimits,
+    /// The request size limit, above which responses of watches asking for `fragment` are
+    /// split (as etcd does with its `--max-request-bytes`).
+    pub max_request_bytes: usize,
 }
 
 /// The cached prefixes, shared by every worker.
@@ -68,6 +71,7 @@ pub struct Caches {
     encoded: Mutex<VecDeque<Encoded>>,
     /// When a linearizable read last found its hub behind the cluster's revision.
     linearizable_missed: Mutex<Option<Instant>>,
+    max_request_bytes: usize,
 }
 
 impl Caches {
@@ -80,7 +84,9 @@ impl Caches {
             tokio::spawn(feed(pool.clone(), hub.clone()));
         }
         tokio::spawn(run_barrier(pool, barrier.clone(), barrier_key));
-        Arc::new(Caches { hubs, barrier, encoded: Mutex::new(VecDeque::new()), linearizable_missed: Mutex::new(None) })
+        Arc::new(Caches { hubs, barrier, encoded: Mutex::new(VecDeque::new()), linearizable_missed: Mutex::new(None),
+            max_request_bytes: config.max_request_bytes,
+        })
     }
 
     /// The hub holding every key of `[key, range_end)`, if any.
@@ -94,6 +100,11 @@ impl Caches {
 
     pub fn hubs(&self) -> &[Arc<Hub>] {
         &self.hubs
+    }
+
+    /// See [`CacheConfig::max_request_bytes`].
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_request_bytes
     }
 
     /// `Some` when the cache may serve this client: it sends no credentials, and etcd has

@@ -154,7 +154,7 @@ impl Mux {
         }
         let id = create.watch_id;
         let served = match self.caches.hub_for(&create.key, &create.range_end) {
-            Some(hub) if self.caches.auth_off(&self.ctx).await.is_some() => Watcher::create(hub, id, &create),
+            Some(hub) if self.caches.auth_off(&self.ctx).await.is_some() => Watcher::create(hub, id, &create, self.caches.max_request_bytes()),
             _ => None,
         };
         let Some((mut watcher, created)) = served else {

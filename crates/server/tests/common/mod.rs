@@ -80,7 +80,11 @@ impl Pair {
     /// The gateway with `config`; in a `*_cached` test binary, serving the whole keyspace
     /// from its watch cache.
     pub async fn start_with(version: EtcdVersion, config: ServerConfig) -> Pair {
-        let cache = cache_everything().then(|| CacheConfig { prefixes: vec![Vec::new()], limits: HistoryLimits::default() });
+        let cache = cache_everything().then(|| CacheConfig {
+            prefixes: vec![Vec::new()],
+            limits: HistoryLimits::default(),
+            max_request_bytes: config.max_request_bytes,
+        });
         Pair::start_gateway(version, config, cache).await
     }
 
