@@ -47,9 +47,9 @@ pub struct ServeArgs {
     /// Raft applied-index lead over a member beyond which it counts as lagging.
     #[arg(long, default_value_t = 1000)]
     pub lag_threshold: u64,
-    /// Key prefix whose reads and watches are served from the watch cache (repeatable; `""`
-    /// for the whole keyspace).
-    #[arg(long = "cache-prefix", default_value = "/apisix")]
+    /// Key prefix whose reads and watches are served from the watch cache (repeatable or
+    /// comma-separated; `""` for the whole keyspace).
+    #[arg(long = "cache-prefix", env = "ETCDGATE_CACHE_PREFIX", value_delimiter = ',', default_value = "/apisix")]
     pub cache_prefixes: Vec<String>,
     /// Serve nothing from a cache: forward every read and watch.
     #[arg(long)]
