@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Raft applied-index lead over a member beyond which it counts as lagging.
     #[arg(long, default_value_t = 1000)]
     pub lag_threshold: u64,
+    /// Milliseconds after the start of a call beyond which a failed attempt is not tried on
+    /// another member (a client's grpc-timeout bounds the whole call as well).
+    #[arg(long, default_value_t = 10_000)]
+    pub retry_budget_ms: u64,
     /// Key prefix whose reads and watches are served from the watch cache (repeatable or
     /// comma-separated; `""` for the whole keyspace).
     #[arg(long = "cache-prefix", env = "ETCDGATE_CACHE_PREFIX", value_delimiter = ',', default_value = "/apisix")]
@@ -92,6 +96,7 @@ impl ServeArgs {
             probe_timeout: Duration::from_millis(self.probe_timeout_ms.max(1)),
             member_sync_interval: Duration::from_secs(self.member_sync_interval.max(1)),
             lag_threshold: self.lag_threshold,
+            retry_budget: Duration::from_millis(self.retry_budget_ms),
             ..PoolOptions::default()
         };
         Pool::new(&self.endpoints, options).map_err(anyhow::Error::msg)

@@ -60,6 +60,9 @@ pub struct PoolOptions {
     pub keepalive_interval: Duration,
     /// A keep-alive ping without an answer after this long closes the connection.
     pub keepalive_timeout: Duration,
+    /// A failed call is tried on another member only while less than this has passed since
+    /// it began (a client's own deadline, when it sends one, bounds the whole call as well).
+    pub retry_budget: Duration,
 }
 
 impl Default for PoolOptions {
@@ -72,6 +75,7 @@ impl Default for PoolOptions {
             lag_threshold: 1000,
             keepalive_interval: Duration::from_secs(5),
             keepalive_timeout: Duration::from_secs(1),
+            retry_budget: Duration::from_secs(10),
         }
     }
 }
@@ -657,7 +661,12 @@ impl Pool {
         let mut last_error = None;
         let mut overload = OverloadBackoff::default();
         let mut pause = None;
+        let give_up_at = Instant::now() + self.options().retry_budget;
         for member in &members {
+            if last_error.is_some() && Instant::now() + pause.unwrap_or_default() >= give_up_at {
+                tracing::debug!(budget = ?self.options().retry_budget, "retry budget spent");
+                break;
+            }
             if let Some(pause) = pause.take() {
                 tokio::time::sleep(pause).await;
             }
@@ -972,6 +981,27 @@ mod tests {
         assert_eq!(states[0].2, State::Healthy);
         assert_eq!((states[1].2, states[1].3.as_str()), (State::Removed, "same member (9) as http://127.0.0.1:1"));
         assert_eq!(pool.local().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn no_member_is_tried_after_the_retry_budget_is_spent() {
+        let options = PoolOptions { retry_budget: Duration::from_millis(20), ..PoolOptions::default() };
+        let endpoints: Vec<String> = (1..=2).map(|port| format!("127.0.0.1:{port}")).collect();
+        let pool = Pool::unprobed(&endpoints, options).unwrap();
+        make_healthy(&pool, 1);
+        make_healthy(&pool, 2);
+        let attempts = AtomicUsize::new(0);
+        let answer = pool
+            .call(&Target::Any, RetryPolicy::Read, Timing::Measured, |_| {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                async {
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    Err::<(), _>(Status::unavailable(format!("{}connect: Connection refused", crate::connection::NOT_SENT)))
+                }
+            })
+            .await;
+        assert!(answer.is_err());
+        assert_eq!(attempts.load(Ordering::Relaxed), 1, "the first attempt outlasted the budget: no second member");
     }
 
     #[tokio::test]
