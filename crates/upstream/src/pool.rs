@@ -36,7 +36,7 @@ use crate::connection::{ConnectOptions, MemberConnection};
 use crate::health::{
     plan_sync, Known, Limits, Listed, MemberHealth, ProbeFailure, Reference, State, StatusReport, SyncAction, Transition,
 };
-use crate::retry::{classify, Failure, OverloadBackoff, RetryPolicy};
+use crate::retry::{classify, during_election, Failure, OverloadBackoff, RetryPolicy};
 
 /// Connection, probe and member-state settings, shared by a pool family.
 #[derive(Clone, Debug)]
@@ -96,6 +96,11 @@ impl PoolOptions {
         ConnectOptions::plain(self.connect_timeout)
     }
 }
+
+/// Pause before trying every member again after all failed a call during an election.
+const FIRST_ROUND_PAUSE: Duration = Duration::from_millis(100);
+/// The longest such pause.
+const MAX_ROUND_PAUSE: Duration = Duration::from_secs(1);
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -653,46 +658,65 @@ impl Pool {
         F: FnMut(MemberConnection) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let members = match target {
-            Target::Any => self.balanced().await,
-            Target::Leader => vec![self.leader().await?],
-            Target::Named(name) => vec![self.named(name).await?],
-        };
+        let give_up_at = Instant::now() + self.options().retry_budget;
         let mut last_error = None;
         let mut overload = OverloadBackoff::default();
-        let mut pause = None;
-        let give_up_at = Instant::now() + self.options().retry_budget;
-        for member in &members {
-            if last_error.is_some() && Instant::now() + pause.unwrap_or_default() >= give_up_at {
-                tracing::debug!(budget = ?self.options().retry_budget, "retry budget spent");
+        let mut round_pause = FIRST_ROUND_PAUSE;
+        loop {
+            let members = match target {
+                Target::Any => Ok(self.balanced().await),
+                Target::Leader => self.leader().await.map(|leader| vec![leader]),
+                Target::Named(name) => self.named(name).await.map(|member| vec![member]),
+            };
+            let mut passing = true;
+            match members {
+                Ok(members) => {
+                    let mut pause = None;
+                    for member in &members {
+                        if last_error.is_some() && Instant::now() + pause.unwrap_or_default() >= give_up_at {
+                            tracing::debug!(budget = ?self.options().retry_budget, "retry budget spent");
+                            break;
+                        }
+                        if let Some(pause) = pause.take() {
+                            tokio::time::sleep(pause).await;
+                        }
+                        match member.run(policy, timing, &mut call).await {
+                            Ok(value) => {
+                                member.entry.call_succeeded();
+                                if *target == Target::Leader {
+                                    // Leader-routed calls are membership changes (and move-leader).
+                                    self.resync_members();
+                                }
+                                return Ok(value);
+                            }
+                            Err((status, abandoned)) => {
+                                let failure = if abandoned { Failure::Transport } else { classify(&status) };
+                                if !abandoned && failure.member_unhealthy() {
+                                    member.entry.call_failed(failure, status.message());
+                                }
+                                if !failure.may_retry(policy) {
+                                    return Err(status);
+                                }
+                                tracing::debug!(member = %member.url(), error = %status.message(), "failing over");
+                                crate::metrics::failed_over(member.url());
+                                pause = overload.pause_after(&status);
+                                passing &= during_election(&status);
+                                last_error = Some(status);
+                            }
+                        }
+                    }
+                }
+                // No leader to send a leader-only call to: an election, most likely.
+                Err(status) if *target == Target::Leader && during_election(&status) => last_error = Some(status),
+                Err(status) => return Err(status),
+            }
+            // Every member failed the call because of an election: try them again a little
+            // later, within the budget.
+            if !passing || last_error.is_none() || Instant::now() + round_pause >= give_up_at {
                 break;
             }
-            if let Some(pause) = pause.take() {
-                tokio::time::sleep(pause).await;
-            }
-            match member.run(policy, timing, &mut call).await {
-                Ok(value) => {
-                    member.entry.call_succeeded();
-                    if *target == Target::Leader {
-                        // Leader-routed calls are membership changes (and move-leader).
-                        self.resync_members();
-                    }
-                    return Ok(value);
-                }
-                Err((status, abandoned)) => {
-                    let failure = if abandoned { Failure::Transport } else { classify(&status) };
-                    if !abandoned && failure.member_unhealthy() {
-                        member.entry.call_failed(failure, status.message());
-                    }
-                    if !failure.may_retry(policy) {
-                        return Err(status);
-                    }
-                    tracing::debug!(member = %member.url(), error = %status.message(), "failing over");
-                    crate::metrics::failed_over(member.url());
-                    pause = overload.pause_after(&status);
-                    last_error = Some(status);
-                }
-            }
+            tokio::time::sleep(round_pause).await;
+            round_pause = (round_pause * 2).min(MAX_ROUND_PAUSE);
         }
         Err(last_error.unwrap_or_else(|| Status::unavailable("etcdgate: no etcd member available")))
     }
@@ -1005,6 +1029,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reads_wait_out_an_election_and_writes_get_its_answer() {
+        let pool = pool(2);
+        make_healthy(&pool, 1);
+        make_healthy(&pool, 2);
+        let attempts = AtomicUsize::new(0);
+        let electing = |attempts: &AtomicUsize| {
+            let n = attempts.fetch_add(1, Ordering::Relaxed);
+            async move { if n < 2 { Err(Status::unavailable("etcdserver: leader changed")) } else { Ok(n) } }
+        };
+        let read = pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, |_| electing(&attempts)).await;
+        assert_eq!(read.unwrap(), 2, "both members interrupted, then a second round");
+        attempts.store(0, Ordering::Relaxed);
+        let write = pool.call(&Target::Any, RetryPolicy::Write, Timing::Measured, |_| electing(&attempts)).await;
+        assert_eq!(write.unwrap_err().message(), "etcdserver: leader changed", "a write may have been applied");
+        assert_eq!(attempts.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
     async fn the_first_calls_wait_for_the_first_probes() {
         let pool = Arc::new(pool(2));
         let call = tokio::spawn({
@@ -1085,7 +1127,7 @@ mod tests {
         assert_eq!(member.load.estimate(), estimate, "an unmeasured call gives no sample");
         pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, slow_answer).await.unwrap();
         assert!(member.load.estimate() >= Some(Duration::from_millis(20)), "a measured one does (a peak replaces)");
-        let refused = |_| async { Err::<(), _>(Status::unavailable("etcdserver: no leader")) };
+        let refused = |_| async { Err::<(), _>(Status::unavailable("etcdserver: rpc not supported for learner")) };
         let estimate = member.load.estimate();
         pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, refused).await.unwrap_err();
         assert_eq!(member.load.estimate(), estimate, "a refusal is not an answer");

@@ -138,7 +138,7 @@ async fn probe_member(family: Arc<Family>, entry: Arc<Entry>) {
 
 fn probe_failure(status: &Status) -> ProbeFailure {
     match classify(status) {
-        Failure::Answer | Failure::Rejected => ProbeFailure::Error(status.message().to_string()),
+        Failure::Answer | Failure::Rejected | Failure::Interrupted => ProbeFailure::Error(status.message().to_string()),
         Failure::NotSent | Failure::Transport => {
             ProbeFailure::Unreachable(status.message().trim_start_matches(NOT_SENT).to_string())
         }

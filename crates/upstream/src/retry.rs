@@ -5,9 +5,13 @@
 //! | not sent: connect refused / timed out, connection closed before the request was written | another member | another member |
 //! | rejected by etcd before proposing: `no leader`, `rpc not supported for learner`, `not capable`, `too many requests` | another member | another member |
 //! | transport failure after sending (reset, keep-alive timeout, `Unavailable` without an etcd message) | another member | the client gets the error (it may have been applied) |
-//! | any other etcd answer (`request timed out`, `leader changed`, compacted, invalid argument, permission denied, ...) | the client gets it | the client gets it |
+//! | interrupted by the cluster: `leader changed`, `request timed out` (and its variants), `server stopped`, `timed out waiting for read index response` | another member | the client gets it (it may have been applied) |
+//! | any other etcd answer (compacted, future revision, invalid argument, permission denied, lease not found, no space, ...) | the client gets it | the client gets it |
 //!
-//! So a write is never applied twice, and deterministic answers come back at once. A call
+//! So a write is never applied twice, and deterministic answers come back at once. When every
+//! member has failed a call that may be retried because of an election (`no leader`, `leader
+//! changed`, timeouts, everywhere for a second or two: [`during_election`]), the members are
+//! tried again after a pause (100 ms, doubling up to 1 s), within the retry budget. A call
 //! refused with `too many requests` (etcd's apply loop is far behind its commits: the cluster
 //! is overloaded, not just the member) waits before it goes to the next member: 10 ms,
 //! doubling per refusal up to 200 ms ([`OverloadBackoff`]). A call is never sent to more
@@ -39,6 +43,9 @@ pub enum Failure {
     /// etcd refused the request before proposing it to raft (so it was not applied), for a
     /// reason another member may not have: no leader, learner, not capable, too many requests.
     Rejected,
+    /// etcd could not finish the request because of its raft state (leader changed, timed
+    /// out): a read may be asked again; a write may have been applied.
+    Interrupted,
     /// etcd answered with an error of its own: pass it to the client.
     Answer,
 }
@@ -49,6 +56,17 @@ const REJECTED_BEFORE_PROPOSING: &[&str] = &[
     "etcdserver: rpc not supported for learner",
     "etcdserver: not capable",
     TOO_MANY_REQUESTS,
+];
+
+/// etcd's answers when raft interrupted a request (see [`Failure::Interrupted`]).
+const INTERRUPTED: &[&str] = &[
+    "etcdserver: leader changed",
+    "etcdserver: request timed out",
+    "etcdserver: request timed out, possibly due to previous leader failure",
+    "etcdserver: request timed out, possibly due to connection lost",
+    "etcdserver: request timed out, waiting for the applied index took too long",
+    "etcdserver: server stopped",
+    "etcdserver: timed out waiting for read index response",
 ];
 
 /// etcd's refusal when it is overloaded.
@@ -63,9 +81,10 @@ impl Failure {
     pub fn may_retry(self, policy: RetryPolicy) -> bool {
         matches!(
             (self, policy),
-            (Failure::NotSent | Failure::Rejected, _) | (Failure::Transport, RetryPolicy::Read)
+            (Failure::NotSent | Failure::Rejected, _) | (Failure::Transport | Failure::Interrupted, RetryPolicy::Read)
         )
     }
+
 
     /// Whether the failure says the member's connection is unusable for now (a refusal says
     /// something about its raft state, which the probes judge).
@@ -94,6 +113,14 @@ impl OverloadBackoff {
     }
 }
 
+/// Whether etcd's answer says the cluster is electing a leader (`no leader`, or a request cut
+/// short by raft): worth trying every member again a little later, when all failed this way.
+/// (Overload, `too many requests`, is not waited out: retrying would add to it.)
+pub fn during_election(status: &Status) -> bool {
+    let msg = status.message();
+    msg == "etcdserver: no leader" || INTERRUPTED.contains(&msg)
+}
+
 /// Sorts a failed call's status into [`Failure`].
 pub fn classify(status: &Status) -> Failure {
     let msg = status.message();
@@ -102,6 +129,9 @@ pub fn classify(status: &Status) -> Failure {
     }
     if REJECTED_BEFORE_PROPOSING.contains(&msg) {
         return Failure::Rejected;
+    }
+    if INTERRUPTED.contains(&msg) {
+        return Failure::Interrupted;
     }
     if msg.starts_with("etcdserver: ") || msg.starts_with("mvcc: ") || msg.starts_with("auth: ") {
         return Failure::Answer;
@@ -129,6 +159,22 @@ mod tests {
     }
 
     #[test]
+    fn interrupted_requests_are_retried_for_reads_only() {
+        for msg in INTERRUPTED {
+            let failure = classify(&Status::unavailable(*msg));
+            assert_eq!(failure, Failure::Interrupted, "{msg}");
+            assert!(failure.may_retry(RetryPolicy::Read), "{msg}");
+            assert!(!failure.may_retry(RetryPolicy::Write), "{msg}: a write may have been applied");
+            assert!(during_election(&Status::unavailable(*msg)) && !failure.member_unhealthy());
+        }
+        for deterministic in ["etcdserver: mvcc: required revision has been compacted", "etcdserver: requested lease not found"] {
+            let failure = classify(&Status::out_of_range(deterministic));
+            assert_eq!(failure, Failure::Answer);
+            assert!(!failure.may_retry(RetryPolicy::Read) && !during_election(&Status::out_of_range(deterministic)));
+        }
+    }
+
+    #[test]
     fn too_many_requests_pauses_10_ms_doubling_up_to_200_ms() {
         let mut backoff = OverloadBackoff::default();
         let overloaded = Status::unavailable(TOO_MANY_REQUESTS);
@@ -146,14 +192,15 @@ mod tests {
     }
 
     #[test]
-    fn etcd_answers_are_never_retried() {
-        for msg in ["etcdserver: request timed out", "etcdserver: leader changed", "etcdserver: server stopped"] {
-            let status = Status::unavailable(msg);
-            assert_eq!(classify(&status), Failure::Answer);
-            assert!(!classify(&status).may_retry(RetryPolicy::Write));
+    fn deterministic_answers_are_never_retried() {
+        for msg in ["etcdserver: mvcc: required revision has been compacted", "etcdserver: mvcc: required revision is a future revision", "etcdserver: key is not provided", "etcdserver: permission denied"] {
+            let status = Status::invalid_argument(msg);
+            assert_eq!(classify(&status), Failure::Answer, "{msg}");
+            assert!(!classify(&status).may_retry(RetryPolicy::Read) && !classify(&status).may_retry(RetryPolicy::Write));
+            assert!(!during_election(&status));
         }
-        let compacted = Status::out_of_range("etcdserver: mvcc: required revision has been compacted");
-        assert!(!classify(&compacted).may_retry(RetryPolicy::Read));
+        assert!(during_election(&Status::unavailable("etcdserver: no leader")));
+        assert!(!during_election(&Status::unavailable(TOO_MANY_REQUESTS)), "overload is not waited out");
     }
 
     #[test]
