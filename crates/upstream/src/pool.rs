@@ -668,7 +668,9 @@ impl Pool {
                 Target::Leader => self.leader().await.map(|leader| vec![leader]),
                 Target::Named(name) => self.named(name).await.map(|member| vec![member]),
             };
-            let mut passing = true;
+            // Whether every failure of this round was the election's or a member's own (down,
+            // cut), and at least one was the election's.
+            let (mut passing, mut electing) = (true, false);
             match members {
                 Ok(members) => {
                     let mut pause = None;
@@ -700,19 +702,23 @@ impl Pool {
                                 tracing::debug!(member = %member.url(), error = %status.message(), "failing over");
                                 crate::metrics::failed_over(member.url());
                                 pause = overload.pause_after(&status);
-                                passing &= during_election(&status);
+                                passing &= during_election(&status) || failure.member_unhealthy();
+                                electing |= during_election(&status);
                                 last_error = Some(status);
                             }
                         }
                     }
                 }
                 // No leader to send a leader-only call to: an election, most likely.
-                Err(status) if *target == Target::Leader && during_election(&status) => last_error = Some(status),
+                Err(status) if *target == Target::Leader && during_election(&status) => {
+                    electing = true;
+                    last_error = Some(status);
+                }
                 Err(status) => return Err(status),
             }
             // Every member failed the call because of an election: try them again a little
             // later, within the budget.
-            if !passing || last_error.is_none() || Instant::now() + round_pause >= give_up_at {
+            if !(passing && electing) || Instant::now() + round_pause >= give_up_at {
                 break;
             }
             tokio::time::sleep(round_pause).await;
@@ -1036,10 +1042,18 @@ mod tests {
         let attempts = AtomicUsize::new(0);
         let electing = |attempts: &AtomicUsize| {
             let n = attempts.fetch_add(1, Ordering::Relaxed);
-            async move { if n < 2 { Err(Status::unavailable("etcdserver: leader changed")) } else { Ok(n) } }
+            async move {
+                match n {
+                    0 => Err(Status::unavailable("etcdserver: leader changed")),
+                    1 => Err(Status::unavailable(format!("{}connect: Connection refused", crate::connection::NOT_SENT))),
+                    _ => Ok(n),
+                }
+            }
         };
         let read = pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, |_| electing(&attempts)).await;
-        assert_eq!(read.unwrap(), 2, "both members interrupted, then a second round");
+        assert_eq!(read.unwrap(), 2, "one member interrupted, the other down: a second round");
+        make_healthy(&pool, 1);
+        make_healthy(&pool, 2);
         attempts.store(0, Ordering::Relaxed);
         let write = pool.call(&Target::Any, RetryPolicy::Write, Timing::Measured, |_| electing(&attempts)).await;
         assert_eq!(write.unwrap_err().message(), "etcdserver: leader changed", "a write may have been applied");
