@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use etcdgate_server::{Gateway, ServerConfig};
+use etcdgate_cache::HistoryLimits;
+use etcdgate_server::{CacheConfig, Caches, Gateway, ServerConfig};
 use etcdgate_upstream::{Pool, PoolOptions};
 use tokio::net::TcpListener;
 
@@ -36,7 +37,8 @@ pub struct ServeArgs {
     /// Milliseconds between Status probes of each member.
     #[arg(long, default_value_t = 500)]
     pub probe_interval_ms: u64,
-    /// Milliseconds a probe may take before its member counts as hung.
+    /// Milliseconds a probe may take before its member counts as hung (an answer after half
+    /// of it makes the member suspect).
     #[arg(long, default_value_t = 1000)]
     pub probe_timeout_ms: u64,
     /// Seconds between reads of the member list.
@@ -45,6 +47,19 @@ pub struct ServeArgs {
     /// Raft applied-index lead over a member beyond which it counts as lagging.
     #[arg(long, default_value_t = 1000)]
     pub lag_threshold: u64,
+    /// Key prefix whose reads and watches are served from the watch cache (repeatable; `""`
+    /// for the whole keyspace).
+    #[arg(long = "cache-prefix", default_value = "/apisix")]
+    pub cache_prefixes: Vec<String>,
+    /// Serve nothing from a cache: forward every read and watch.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Events each cached prefix's history keeps at most.
+    #[arg(long, default_value_t = HistoryLimits::default().max_events)]
+    pub cache_history_events: usize,
+    /// Bytes of events each cached prefix's history keeps at most.
+    #[arg(long, default_value_t = HistoryLimits::default().max_bytes)]
+    pub cache_history_bytes: usize,
 }
 
 impl ServeArgs {
@@ -53,6 +68,21 @@ impl ServeArgs {
             max_request_bytes: self.max_request_bytes,
             http_body_timeout: Duration::from_secs(self.http_body_timeout),
         }
+    }
+
+    fn cache_config(&self) -> Option<CacheConfig> {
+        (!self.no_cache).then(|| CacheConfig {
+            prefixes: self.cache_prefixes.iter().map(|p| p.as_bytes().to_vec()).collect(),
+            limits: HistoryLimits { max_events: self.cache_history_events.max(1), max_bytes: self.cache_history_bytes.max(1) },
+        })
+    }
+
+    /// The gateway of one worker.
+    fn gateway(&self, pool: Arc<Pool>, caches: &Option<Arc<Caches>>) -> Arc<Gateway> {
+        Arc::new(match caches {
+            Some(caches) => Gateway::with_caches(pool, caches.clone()),
+            None => Gateway::new(pool),
+        })
     }
 
     fn pool(&self) -> anyhow::Result<Pool> {
@@ -73,8 +103,9 @@ pub async fn serve_on(
     args: &ServeArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let gateway = Arc::new(Gateway::new(Arc::new(args.pool()?)));
-    etcdgate_server::serve(listener, gateway, args.server_config(), shutdown).await?;
+    let pool = Arc::new(args.pool()?);
+    let caches = args.cache_config().map(|config| Caches::start(pool.clone(), &config));
+    etcdgate_server::serve(listener, args.gateway(pool, &caches), args.server_config(), shutdown).await?;
     Ok(())
 }
 
@@ -107,14 +138,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let runtime = worker_runtime()?;
     let pool = Arc::new(runtime.block_on(async { args.pool() })?);
+    // The cache's feeds run on this (the first worker's) runtime.
+    let caches = runtime.block_on(async { args.cache_config().map(|config| Caches::start(pool.clone(), &config)) });
     let (stop, stopped) = tokio::sync::watch::channel(());
     let mut workers = Vec::new();
     for (index, listener) in listeners.drain(1..).enumerate() {
         let (pool, config, mut stopped) = (pool.clone(), args.server_config(), stopped.clone());
+        let (args, caches) = (args.clone(), caches.clone());
         let worker = std::thread::Builder::new().name(format!("etcdgate-worker-{}", index + 1)).spawn(
             move || -> anyhow::Result<()> {
                 worker_runtime()?.block_on(async move {
-                    let gateway = Arc::new(Gateway::new(Arc::new(pool.sibling())));
+                    let gateway = args.gateway(Arc::new(pool.sibling()), &caches);
                     let listener = TcpListener::from_std(listener)?;
                     etcdgate_server::serve(listener, gateway, config, async move {
                         let _ = stopped.changed().await;
@@ -131,7 +165,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(listen = %addr, endpoints = ?args.endpoints, threads, "etcdgate serving gRPC and HTTP/JSON");
     let served = runtime.block_on(async {
         let listener = TcpListener::from_std(listeners.remove(0))?;
-        etcdgate_server::serve(listener, Arc::new(Gateway::new(pool)), args.server_config(), async {
+        etcdgate_server::serve(listener, args.gateway(pool, &caches), args.server_config(), async {
             shutdown_signal().await;
             let _ = stop.send(());
         })

@@ -28,7 +28,7 @@ const WRITES: usize = 60;
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
-    /// SIGKILL the member under the watch, a follower or the leader as round-robin gave.
+    /// SIGKILL the member under the watch, a follower or the leader as balancing gave.
     Kill,
     /// SIGKILL the member under the watch, which is the leader: the cluster elects anew.
     KillLeader,
@@ -93,7 +93,7 @@ async fn survives(version: EtcdVersion, fault: Fault) {
     let mut cluster = Cluster::start(version, 3).await.unwrap();
     let gateway = Etcdgate::start(&cluster.endpoints());
     let leader = cluster.wait_leader(Duration::from_secs(30)).await.unwrap();
-    // Round-robin spreads new streams over the members: open until one is on the leader.
+    // Balancing spreads new streams over the members: open until one is on the leader.
     let (_keep_open, mut through_gateway, created, victim) = loop {
         let (keep_open, mut stream) = open_watch(gateway.url(), 0).await;
         let created = stream.next().await.unwrap().unwrap();

@@ -1,11 +1,17 @@
 //! What a client's call carries besides its message: auth token, `hasleader`, its deadline,
-//! and the member it asked for. Built from gRPC metadata or HTTP headers, applied to the
-//! request etcdgate sends upstream.
+//! the member it asked for, and the highest revision its connection has been shown. Built
+//! from gRPC metadata or HTTP headers (and the connection's [`SeenRevision`], which the
+//! accept loop puts in every request's extensions), applied to the request etcdgate sends
+//! upstream.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderMap;
-use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use etcdgate_proto::etcdserverpb::ResponseHeader;
+use http::{Extensions, HeaderMap};
+use tokio::time::Instant;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::Request;
 
 /// Metadata keys passed through to etcd unchanged.
@@ -13,29 +19,68 @@ const FORWARDED_KEYS: &[&str] = &["token", "authorization", "hasleader"];
 /// Names the member a maintenance call should reach (client URL or hex member ID).
 pub const MEMBER_KEY: &str = "etcdgate-member";
 
+/// The highest `header.revision` one client connection has been shown. Every revision a
+/// member reports is committed, so the cluster never really goes below it: answers from a
+/// member that has not applied that far yet are asked again elsewhere (reads) or carry this
+/// revision instead of the member's (stream messages), so that the client never sees its
+/// revisions go backwards when it is moved between members.
+#[derive(Clone, Debug, Default)]
+pub struct SeenRevision(Arc<AtomicI64>);
+
+impl SeenRevision {
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Records that the client has been shown `revision`.
+    pub fn saw(&self, revision: i64) {
+        self.0.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// For a stream message: lifts `header.revision` to what the client has already seen (the
+    /// cluster is at least there) and records it. A header without a revision (etcd 3.4's compacted
+    /// cancel) is left as etcd sent it.
+    pub fn lift(&self, header: &mut Option<ResponseHeader>) {
+        if let Some(header) = header.as_mut().filter(|header| header.revision > 0) {
+            let seen = self.0.fetch_max(header.revision, Ordering::AcqRel);
+            header.revision = header.revision.max(seen);
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct CallContext {
     forwarded: Vec<(&'static str, AsciiMetadataValue)>,
-    pub timeout: Option<Duration>,
+    /// From the client's `grpc-timeout`: bounds the call with all its retries.
+    pub deadline: Option<Instant>,
     pub member: Option<String>,
+    /// The client connection's; a call without one (internal calls) gets its own.
+    pub seen: SeenRevision,
+}
+
+fn seen_revision(extensions: &Extensions) -> SeenRevision {
+    extensions.get::<SeenRevision>().cloned().unwrap_or_default()
 }
 
 impl CallContext {
-    pub fn from_grpc(metadata: &MetadataMap) -> CallContext {
-        let forwarded = FORWARDED_KEYS
-            .iter()
-            .filter_map(|key| metadata.get(*key).map(|value| (*key, value.clone())))
-            .collect();
+    pub fn from_grpc<T>(request: &Request<T>) -> CallContext {
+        let metadata = request.metadata();
+        let forwarded = FORWARDED_KEYS.iter().filter_map(|key| metadata.get(*key).map(|value| (*key, value.clone()))).collect();
         CallContext {
             forwarded,
-            timeout: metadata.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout),
+            deadline: metadata
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_grpc_timeout)
+                .and_then(|timeout| Instant::now().checked_add(timeout)),
             member: metadata.get(MEMBER_KEY).and_then(|v| v.to_str().ok()).map(str::to_string),
+            seen: seen_revision(request.extensions()),
         }
     }
 
     /// etcd's gateway passes the HTTP `Authorization` header (the raw token) to etcd as
     /// `authorization` metadata; etcd accepts the token under that key.
-    pub fn from_http(headers: &HeaderMap) -> CallContext {
+    pub fn from_http(headers: &HeaderMap, extensions: &Extensions) -> CallContext {
         let mut forwarded = Vec::new();
         for key in FORWARDED_KEYS {
             if let Some(value) = headers.get(*key).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
@@ -44,20 +89,27 @@ impl CallContext {
         }
         CallContext {
             forwarded,
-            timeout: None,
+            deadline: None,
             member: headers.get(MEMBER_KEY).and_then(|v| v.to_str().ok()).map(str::to_string),
+            seen: seen_revision(extensions),
         }
     }
 
-    /// Builds the upstream request for `message` with this call's metadata and deadline.
+    /// Whether the client sent a token (it then gets etcd's own permission checks).
+    pub fn has_credentials(&self) -> bool {
+        self.forwarded.iter().any(|(key, _)| *key != "hasleader")
+    }
+
+    /// Builds the upstream request for `message` with this call's metadata and what is left
+    /// of its deadline.
     pub fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         let metadata = request.metadata_mut();
         for (key, value) in &self.forwarded {
             metadata.insert(*key, value.clone());
         }
-        if let Some(timeout) = self.timeout {
-            request.set_timeout(timeout);
+        if let Some(deadline) = self.deadline {
+            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         }
         request
     }
@@ -101,9 +153,29 @@ mod tests {
         headers.insert("authorization", "tok.123".parse().unwrap());
         headers.insert("hasleader", "true".parse().unwrap());
         headers.insert("cookie", "x".parse().unwrap());
-        let request = CallContext::from_http(&headers).request(());
+        let request = CallContext::from_http(&headers, &Extensions::new()).request(());
         assert_eq!(request.metadata().get("authorization").unwrap(), "tok.123");
         assert_eq!(request.metadata().get("hasleader").unwrap(), "true");
         assert!(request.metadata().get("cookie").is_none());
+    }
+
+    #[test]
+    fn stream_headers_never_go_below_what_the_connection_saw() {
+        let seen = SeenRevision::default();
+        let header = |revision| Some(ResponseHeader { revision, ..Default::default() });
+        let mut ahead = header(10);
+        seen.lift(&mut ahead);
+        assert_eq!(ahead.unwrap().revision, 10);
+        let mut behind = header(7);
+        seen.lift(&mut behind);
+        assert_eq!(behind.unwrap().revision, 10, "a member behind: the revision already shown");
+        seen.saw(12);
+        assert_eq!(seen.get(), 12);
+        let mut none = None;
+        seen.lift(&mut none);
+        assert!(none.is_none());
+        let mut empty = header(0);
+        seen.lift(&mut empty);
+        assert_eq!(empty.unwrap().revision, 0, "etcd 3.4's compacted cancel has an empty header: kept");
     }
 }

@@ -4,32 +4,51 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use etcdgate_proto::etcdserverpb::{
-    maintenance_client::MaintenanceClient,
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, SnapshotRequest, SnapshotResponse, WatchRequest, WatchResponse,
+    maintenance_client::MaintenanceClient, LeaseKeepAliveRequest, LeaseKeepAliveResponse, SnapshotRequest, SnapshotResponse, WatchRequest,
+    WatchResponse,
 };
 use etcdgate_proto::v3electionpb::{election_client::ElectionClient, LeaderRequest, LeaderResponse};
-use etcdgate_upstream::{Pool, RetryPolicy, Target};
+use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
 use futures::stream::BoxStream;
 use futures::Stream;
 use tonic::Status;
 
+use crate::cache::Caches;
 use crate::context::CallContext;
 use crate::rpc::{Route, UnaryRpc};
+
+/// Pauses before asking again for a read answered from behind the client (members apply a
+/// committed entry within milliseconds of each other).
+const CATCH_UP_PAUSES: [Duration; 5] = [
+    Duration::from_millis(5),
+    Duration::from_millis(20),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+];
 
 /// A stream of responses to one streaming call.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Forwards calls to the member pool.
+/// Answers calls from the watch cache or forwards them to the member pool.
 #[derive(Debug)]
 pub struct Gateway {
     pool: Arc<Pool>,
+    caches: Option<Arc<Caches>>,
 }
 
 impl Gateway {
+    /// A gateway that forwards everything.
     pub fn new(pool: Arc<Pool>) -> Gateway {
-        Gateway { pool }
+        Gateway { pool, caches: None }
+    }
+
+    /// A gateway that answers reads and watches inside cached prefixes from `caches`.
+    pub fn with_caches(pool: Arc<Pool>, caches: Arc<Caches>) -> Gateway {
+        Gateway { pool, caches: Some(caches) }
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
@@ -44,26 +63,71 @@ impl Gateway {
         }
     }
 
-    /// One unary RPC.
+    /// One unary RPC, within the client's deadline (retries included).
     pub async fn unary<R: UnaryRpc>(&self, ctx: &CallContext, message: R::Req) -> Result<R::Resp, Status> {
-        let target = Self::target(R::ROUTE, ctx);
-        let result = self
-            .pool
-            .call(&target, R::POLICY, |connection| R::call(connection, ctx.request(message.clone())))
-            .await
-            .map(tonic::Response::into_inner);
+        if let (Some(caches), Some(range)) = (&self.caches, R::as_range(&message)) {
+            if let Some(response) = caches.range(ctx, range).await.and_then(R::from_range) {
+                if let Some(revision) = R::header_revision(&response) {
+                    ctx.seen.saw(revision);
+                }
+                let result = Ok(response);
+                crate::metrics::request_done(R::NAME, &result);
+                return result;
+            }
+        }
+        let call = self.unary_not_behind::<R>(ctx, message);
+        let result = match ctx.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, call)
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("context deadline exceeded"))),
+            None => call.await,
+        };
+        if let Some(revision) = result.as_ref().ok().and_then(R::header_revision) {
+            ctx.seen.saw(revision);
+        }
         crate::metrics::request_done(R::NAME, &result);
         result
     }
 
+    /// Forwards a unary RPC. A balanced read answered by a member that has not applied the
+    /// revision the client's connection has already seen is asked again where it cannot be
+    /// behind: a serializable Range as a linearizable one, other reads after short pauses.
+    async fn unary_not_behind<R: UnaryRpc>(&self, ctx: &CallContext, message: R::Req) -> Result<R::Resp, Status> {
+        let target = Self::target(R::ROUTE, ctx);
+        let seen = ctx.seen.get();
+        let behind = |response: &R::Resp| R::header_revision(response).is_some_and(|revision| revision < seen);
+        let response = self.forward::<R>(&target, ctx, &message).await?;
+        if !behind(&response) || target != Target::Any || R::POLICY != RetryPolicy::Read {
+            return Ok(response);
+        }
+        crate::metrics::read_behind(R::NAME);
+        if let Some(current) = R::current_read(&message) {
+            return self.forward::<R>(&target, ctx, &current).await;
+        }
+        for pause in CATCH_UP_PAUSES {
+            tokio::time::sleep(pause).await;
+            let response = self.forward::<R>(&target, ctx, &message).await?;
+            if !behind(&response) {
+                return Ok(response);
+            }
+        }
+        Err(Status::unavailable(format!("etcdgate: no member has caught up with revision {seen} yet")))
+    }
+
+    async fn forward<R: UnaryRpc>(&self, target: &Target, ctx: &CallContext, message: &R::Req) -> Result<R::Resp, Status> {
+        self.pool
+            .call(target, R::POLICY, R::TIMING, |connection| R::call(connection, ctx.request(message.clone())))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// The Watch stream: client requests in, watch responses out; moves to another member
     /// when its member fails (see [`crate::watch`]).
-    pub async fn watch(
-        &self,
-        ctx: &CallContext,
-        input: BoxStream<'static, WatchRequest>,
-    ) -> Result<ResponseStream<WatchResponse>, Status> {
-        crate::watch::watch(self.pool.clone(), ctx.clone(), input).await
+    pub async fn watch(&self, ctx: &CallContext, input: BoxStream<'static, WatchRequest>) -> Result<ResponseStream<WatchResponse>, Status> {
+        match &self.caches {
+            Some(caches) => crate::hub_watch::watch(self.pool.clone(), caches.clone(), ctx.clone(), input).await,
+            None => crate::watch::watch(self.pool.clone(), ctx.clone(), input).await,
+        }
     }
 
     /// The LeaseKeepAlive stream; moves to another member when its member fails.
@@ -80,11 +144,8 @@ impl Gateway {
         let target = Self::target(Route::MemberOrBalanced, ctx);
         let response = self
             .pool
-            .call(&target, RetryPolicy::Read, |connection| async move {
-                MaintenanceClient::new(connection)
-                    .max_decoding_message_size(usize::MAX)
-                    .snapshot(ctx.request(SnapshotRequest {}))
-                    .await
+            .call(&target, RetryPolicy::Read, Timing::Unmeasured, |connection| async move {
+                MaintenanceClient::new(connection).max_decoding_message_size(usize::MAX).snapshot(ctx.request(SnapshotRequest {})).await
             })
             .await?;
         Ok(Box::pin(response.into_inner()))
@@ -94,7 +155,7 @@ impl Gateway {
     pub async fn observe(&self, ctx: &CallContext, message: LeaderRequest) -> Result<ResponseStream<LeaderResponse>, Status> {
         let response = self
             .pool
-            .call(&Target::Any, RetryPolicy::Read, |connection| {
+            .call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, |connection| {
                 let request = ctx.request(message.clone());
                 async move { ElectionClient::new(connection).observe(request).await }
             })

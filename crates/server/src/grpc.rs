@@ -35,7 +35,7 @@ pub struct Services {
 impl Services {
     async fn unary<R: UnaryRpc>(&self, request: Request<R::Req>) -> Result<Response<R::Resp>, Status> {
         check_size(request.get_ref(), self.max_recv_bytes)?;
-        let ctx = CallContext::from_grpc(request.metadata());
+        let ctx = CallContext::from_grpc(&request);
         self.gateway.unary::<R>(&ctx, request.into_inner()).await.map(Response::new)
     }
 }
@@ -73,7 +73,7 @@ unary_service!(Kv {
 unary_service!(Watch {}
     type WatchStream = ResponseStream<etcdgate_proto::etcdserverpb::WatchResponse>;
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
-        let ctx = CallContext::from_grpc(request.metadata());
+        let ctx = CallContext::from_grpc(&request);
         self.gateway.watch(&ctx, client_input(request.into_inner())).await.map(Response::new)
     }
 );
@@ -89,7 +89,7 @@ unary_service!(Lease {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        let ctx = CallContext::from_grpc(request.metadata());
+        let ctx = CallContext::from_grpc(&request);
         self.gateway.lease_keep_alive(&ctx, client_input(request.into_inner())).await.map(Response::new)
     }
 );
@@ -113,7 +113,7 @@ unary_service!(Maintenance {
 }
     type SnapshotStream = ResponseStream<etcdgate_proto::etcdserverpb::SnapshotResponse>;
     async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        let ctx = CallContext::from_grpc(request.metadata());
+        let ctx = CallContext::from_grpc(&request);
         self.gateway.snapshot(&ctx).await.map(Response::new)
     }
 );
@@ -151,7 +151,7 @@ unary_service!(Election {
 }
     type ObserveStream = ResponseStream<etcdgate_proto::v3electionpb::LeaderResponse>;
     async fn observe(&self, request: Request<LeaderRequest>) -> Result<Response<Self::ObserveStream>, Status> {
-        let ctx = CallContext::from_grpc(request.metadata());
+        let ctx = CallContext::from_grpc(&request);
         self.gateway.observe(&ctx, request.into_inner()).await.map(Response::new)
     }
 );

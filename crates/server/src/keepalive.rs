@@ -10,7 +10,7 @@ use etcdgate_upstream::{MemberConnection, Pool};
 use futures::stream::BoxStream;
 use tonic::{Request, Status};
 
-use crate::context::CallContext;
+use crate::context::{CallContext, SeenRevision};
 use crate::gateway::ResponseStream;
 use crate::resume::{self, Opening, Outgoing, Resumable};
 
@@ -18,6 +18,8 @@ use crate::resume::{self, Opening, Outgoing, Resumable};
 #[derive(Debug, Default)]
 struct KeepAlives {
     unanswered: VecDeque<i64>,
+    /// Highest header revision the client's connection has seen.
+    seen: SeenRevision,
 }
 
 impl Resumable for KeepAlives {
@@ -31,10 +33,11 @@ impl Resumable for KeepAlives {
         request
     }
 
-    fn incoming(&mut self, response: LeaseKeepAliveResponse) -> Option<LeaseKeepAliveResponse> {
+    fn incoming(&mut self, mut response: LeaseKeepAliveResponse) -> Option<LeaseKeepAliveResponse> {
         if let Some(at) = self.unanswered.iter().position(|id| *id == response.id) {
             self.unanswered.remove(at);
         }
+        self.seen.lift(&mut response.header);
         Some(response)
     }
 
@@ -53,7 +56,8 @@ pub async fn keep_alive(
     ctx: CallContext,
     input: BoxStream<'static, LeaseKeepAliveRequest>,
 ) -> Result<ResponseStream<LeaseKeepAliveResponse>, Status> {
-    resume::relay(pool, ctx, input, KeepAlives::default()).await
+    let keepalives = KeepAlives { seen: ctx.seen.clone(), ..KeepAlives::default() };
+    resume::relay(pool, ctx, input, keepalives).await
 }
 
 #[cfg(test)]

@@ -1,11 +1,14 @@
 //! etcdgate's serving side: the etcd v3 gRPC services and the HTTP/JSON gateway on one port
 //! (as etcd serves them on its client port), and the [`Gateway`] router both call into.
-//! It decides where a request goes, never how a member is chosen (that is `upstream`).
+//! It decides where a request goes — the watch cache or a member — never how a member is
+//! chosen (that is `upstream`).
 
+mod cache;
 mod context;
 mod gateway;
 mod grpc;
 mod http;
+mod hub_watch;
 mod keepalive;
 mod metrics;
 mod rpc;
@@ -13,6 +16,7 @@ mod resume;
 mod serve;
 mod watch;
 
+pub use cache::{CacheConfig, Caches};
 pub use context::{CallContext, MEMBER_KEY};
 pub use gateway::{Gateway, ResponseStream};
 pub use serve::{serve, ServerConfig};

@@ -1,5 +1,5 @@
 //! Prometheus metrics of the serving side (requests per RPC and outcome, client streams moved
-//! between members) and the `/metrics` endpoint, which also carries the member pool's.
+//! between members, reads asked again because they came from behind the client) and the `/metrics` endpoint, which also carries the member pool's.
 
 use std::sync::OnceLock;
 
@@ -8,6 +8,7 @@ use http::{header, HeaderValue};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tonic::Status;
 
@@ -26,6 +27,21 @@ struct StreamLabels {
 struct ServerMetrics {
     requests: Family<RequestLabels, Counter>,
     stream_moves: Family<StreamLabels, Counter>,
+    reads_behind: Family<RpcLabels, Counter>,
+    cache_reads: Family<CacheReadLabels, Counter>,
+    cache_loads: Counter,
+    cache_events_in: Counter,
+    hub_watchers: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheReadLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    rpc: &'static str,
 }
 
 fn metrics() -> &'static ServerMetrics {
@@ -40,6 +56,31 @@ pub fn request_done<T>(rpc: &'static str, result: &Result<T, Status>) {
         Err(status) => format!("{:?}", status.code()),
     };
     metrics().requests.get_or_create(&RequestLabels { rpc, code }).inc();
+}
+
+/// A read was answered from behind what its client had seen, and asked again.
+pub fn read_behind(rpc: &'static str) {
+    metrics().reads_behind.get_or_create(&RpcLabels { rpc }).inc();
+}
+
+/// A Range inside a cached prefix was answered from the cache (`hit`) or sent to etcd.
+pub fn cache_read(hit: bool) {
+    metrics().cache_reads.get_or_create(&CacheReadLabels { result: if hit { "hit" } else { "miss" } }).inc();
+}
+
+/// A cached prefix was read from etcd (at start, or again after its watch was compacted).
+pub fn cache_loaded() {
+    metrics().cache_loads.inc();
+}
+
+/// Events the cache's upstream watches brought in.
+pub fn cache_events_in(events: usize) {
+    metrics().cache_events_in.inc_by(events as u64);
+}
+
+/// Client watches served from the cache: `delta` more.
+pub fn hub_watchers(delta: i64) {
+    metrics().hub_watchers.inc_by(delta);
 }
 
 /// A client stream was moved to another member.
@@ -58,6 +99,15 @@ fn registry() -> &'static Registry {
             "Client streams (watch, keepalive) moved to another member",
             metrics.stream_moves.clone(),
         );
+        registry.register(
+            "etcdgate_reads_behind",
+            "Reads answered by a member behind a revision the client had already seen, asked again",
+            metrics.reads_behind.clone(),
+        );
+        registry.register("etcdgate_cache_reads", "Ranges inside a cached prefix, by whether the cache answered", metrics.cache_reads.clone());
+        registry.register("etcdgate_cache_loads", "Full reads of a cached prefix from etcd (start, resync after compaction)", metrics.cache_loads.clone());
+        registry.register("etcdgate_cache_events_in", "Events received by the cache's upstream watches", metrics.cache_events_in.clone());
+        registry.register("etcdgate_cache_watchers", "Client watches served from the cache", metrics.hub_watchers.clone());
         etcdgate_upstream::metrics::register(&mut registry);
         registry
     })
@@ -70,9 +120,8 @@ pub async fn endpoint() -> Response {
         return (http::StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed").into_response();
     }
     let mut response = body.into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
     response
 }

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcdgate_upstream::{classify, Failure, MemberConnection, Pool, RetryPolicy, State, Target};
+use etcdgate_upstream::{classify, Failure, MemberConnection, Pool, RetryPolicy, State, Target, Timing};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -55,9 +55,10 @@ pub trait Resumable: Send + 'static {
 }
 
 /// A member's stream: where requests go (`None` once the client's input is over and the
-/// stream must end with it), where answers come from, and — when the member was in rotation
-/// as the stream opened — its connection, to move the stream as soon as the member leaves
-/// rotation (a hung member is seen by the probes long before HTTP/2 keepalive gives up).
+/// stream must end with it), where answers come from, and — when the member kept open calls
+/// (healthy or suspect) as the stream opened — its connection, to move the stream as soon as
+/// the member leaves rotation for more than suspicion (a hung member is seen by the probes
+/// long before HTTP/2 keepalive gives up).
 struct Upstream<S: Resumable> {
     requests: Option<mpsc::Sender<S::Req>>,
     responses: Streaming<S::Resp>,
@@ -84,7 +85,7 @@ async fn open<S: Resumable>(pool: &Pool, ctx: &CallContext, first: Vec<S::Req>, 
 
 /// Opens a stream on a member, sending `first` on it, and waits for its first answer.
 async fn open_once<S: Resumable>(pool: &Pool, ctx: &CallContext, first: Vec<S::Req>, input_over: bool) -> Result<Upstream<S>, Status> {
-    pool.call(&Target::Any, RetryPolicy::Read, |connection: MemberConnection| {
+    pool.call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, |connection: MemberConnection| {
         let (requests, receiver) = mpsc::channel(STREAM_BUFFER.max(first.len()));
         for message in &first {
             let _ = requests.try_send(message.clone());
@@ -92,7 +93,7 @@ async fn open_once<S: Resumable>(pool: &Pool, ctx: &CallContext, first: Vec<S::R
         let requests = (!(S::ENDS_WITH_CLIENT_INPUT && input_over)).then_some(requests);
         let mut request = ctx.request(ReceiverStream::new(receiver));
         request.metadata_mut().insert("hasleader", MetadataValue::from_static("true"));
-        let member = (connection.state() == Some(State::Healthy)).then(|| connection.clone());
+        let member = connection.state().is_some_and(State::keeps_open_calls).then(|| connection.clone());
         let opening = S::open(connection, request);
         let replaying = !first.is_empty();
         async move {

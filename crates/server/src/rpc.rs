@@ -1,5 +1,6 @@
 //! The table of etcd's unary RPCs: for each, its request and response types, how to call it
-//! on a member, where it must go and whether it may be retried. Both front ends (gRPC and
+//! on a member, where it must go, whether it may be retried, and whether its latency says how
+//! busy its member is (not for Lock and Campaign, which wait for a lock or an election). Both front ends (gRPC and
 //! HTTP/JSON) serve every RPC through this one table, so the rules live in one place.
 
 use etcdgate_proto::etcdserverpb::{
@@ -8,9 +9,9 @@ use etcdgate_proto::etcdserverpb::{
 };
 use etcdgate_proto::v3electionpb::{election_client::ElectionClient, *};
 use etcdgate_proto::v3lockpb::{lock_client::LockClient, *};
-use etcdgate_upstream::RetryPolicy;
-use futures::future::BoxFuture;
 use etcdgate_upstream::MemberConnection;
+use etcdgate_upstream::{RetryPolicy, Timing};
+use futures::future::BoxFuture;
 use tonic::{Request, Response};
 
 /// Where an RPC must be sent.
@@ -33,11 +34,48 @@ pub trait UnaryRpc: Send + Sync + 'static {
     const NAME: &'static str;
     const POLICY: RetryPolicy;
     const ROUTE: Route;
+    const TIMING: Timing;
+    /// The answer's `header.revision`, if it has one (etcd 3.4 leaves it out of some answers,
+    /// e.g. MemberList's).
+    fn header_revision(response: &Self::Resp) -> Option<i64>;
+    /// The same read, served so that its revision cannot be behind any the client has seen
+    /// (a serializable Range made linearizable); `None` for RPCs without such a form.
+    fn current_read(_request: &Self::Req) -> Option<Self::Req> {
+        None
+    }
+    /// The request as a Range, for RPCs the watch cache may answer.
+    fn as_range(_request: &Self::Req) -> Option<&RangeRequest> {
+        None
+    }
+    /// The cache's answer as this RPC's response.
+    fn from_range(_response: RangeResponse) -> Option<Self::Resp> {
+        None
+    }
     fn call(connection: MemberConnection, request: Request<Self::Req>) -> BoxFuture<'static, Result<Response<Self::Resp>, tonic::Status>>;
 }
 
+/// A serializable Range as a linearizable one (which etcd answers at the cluster's current
+/// revision or later); `None` if it already is.
+fn linearizable_range(request: &RangeRequest) -> Option<RangeRequest> {
+    request.serializable.then(|| RangeRequest { serializable: false, ..request.clone() })
+}
+
+/// The two methods of an RPC the watch cache answers (Range).
+macro_rules! cached_range {
+    (cached) => {
+        fn as_range(request: &RangeRequest) -> Option<&RangeRequest> {
+            Some(request)
+        }
+        fn from_range(response: RangeResponse) -> Option<RangeResponse> {
+            Some(response)
+        }
+    };
+}
+
 macro_rules! unary_rpcs {
-    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident;)*) => {$(
+    (@timing) => { Timing::Measured };
+    (@timing $timing:ident) => { Timing::$timing };
+    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, current: $current:path)? $(, cache: $cached:ident)? $(, timing: $timing:ident)?;)*) => {$(
         #[doc = concat!("`", stringify!($name), "`")]
         pub struct $name;
         impl UnaryRpc for $name {
@@ -46,6 +84,14 @@ macro_rules! unary_rpcs {
             const NAME: &'static str = stringify!($name);
             const POLICY: RetryPolicy = RetryPolicy::$policy;
             const ROUTE: Route = Route::$route;
+            const TIMING: Timing = unary_rpcs!(@timing $($timing)?);
+            fn header_revision(response: &$resp) -> Option<i64> {
+                response.header.as_ref().map(|header| header.revision).filter(|revision| *revision > 0)
+            }
+            $(fn current_read(request: &$req) -> Option<$req> {
+                $current(request)
+            })?
+            $(cached_range!($cached);)?
             fn call(connection: MemberConnection, request: Request<$req>) -> BoxFuture<'static, Result<Response<$resp>, tonic::Status>> {
                 Box::pin(async move { $client::new(connection).max_decoding_message_size(usize::MAX).$method(request).await })
             }
@@ -54,7 +100,7 @@ macro_rules! unary_rpcs {
 }
 
 unary_rpcs! {
-    Range: KvClient.range(RangeRequest) -> RangeResponse, Read, Balanced;
+    Range: KvClient.range(RangeRequest) -> RangeResponse, Read, Balanced, current: linearizable_range, cache: cached;
     Put: KvClient.put(PutRequest) -> PutResponse, Write, Balanced;
     DeleteRange: KvClient.delete_range(DeleteRangeRequest) -> DeleteRangeResponse, Write, Balanced;
     Txn: KvClient.txn(TxnRequest) -> TxnResponse, Write, Balanced;
@@ -97,11 +143,25 @@ unary_rpcs! {
     RoleGrantPermission: AuthClient.role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse, Write, Balanced;
     RoleRevokePermission: AuthClient.role_revoke_permission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse, Write, Balanced;
 
-    Lock: LockClient.lock(LockRequest) -> LockResponse, Write, Balanced;
+    Lock: LockClient.lock(LockRequest) -> LockResponse, Write, Balanced, timing: Unmeasured;
     Unlock: LockClient.unlock(UnlockRequest) -> UnlockResponse, Write, Balanced;
 
-    Campaign: ElectionClient.campaign(CampaignRequest) -> CampaignResponse, Write, Balanced;
+    Campaign: ElectionClient.campaign(CampaignRequest) -> CampaignResponse, Write, Balanced, timing: Unmeasured;
     Proclaim: ElectionClient.proclaim(ProclaimRequest) -> ProclaimResponse, Write, Balanced;
     Leader: ElectionClient.leader(LeaderRequest) -> LeaderResponse, Read, Balanced;
     Resign: ElectionClient.resign(ResignRequest) -> ResignResponse, Write, Balanced;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_calls_that_wait_for_a_lock_or_an_election_go_untimed() {
+        assert_eq!(Lock::TIMING, Timing::Unmeasured);
+        assert_eq!(Campaign::TIMING, Timing::Unmeasured);
+        for timing in [Range::TIMING, Put::TIMING, Txn::TIMING, Unlock::TIMING, Leader::TIMING, Status::TIMING] {
+            assert_eq!(timing, Timing::Measured);
+        }
+    }
 }

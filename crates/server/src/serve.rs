@@ -14,7 +14,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-use crate::context::CallContext;
+use crate::context::{CallContext, SeenRevision};
 use crate::gateway::Gateway;
 use crate::http::{self, ErrorStyle, HttpLimits};
 use crate::rpc;
@@ -74,7 +74,11 @@ pub async fn serve(
             _ = &mut shutdown => return Ok(()),
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(service.clone());
+        let seen = SeenRevision::default();
+        let service = TowerToHyperService::new(service.clone().map_request(move |mut request: Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(seen.clone());
+            request
+        }));
         tokio::spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));

@@ -21,7 +21,7 @@ use etcdgate_upstream::{MemberConnection, Pool};
 use futures::stream::BoxStream;
 use tonic::{Request, Status};
 
-use crate::context::CallContext;
+use crate::context::{CallContext, SeenRevision};
 use crate::gateway::ResponseStream;
 use crate::resume::{self, Opening, Outgoing, Resumable};
 
@@ -41,8 +41,8 @@ struct Watches {
     /// IDs re-created on a new member whose `created` answer the client must not see again.
     recreating: HashSet<i64>,
     next_id: i64,
-    /// Highest header revision the client has seen.
-    max_revision: i64,
+    /// Highest header revision the client's connection has seen.
+    seen: SeenRevision,
 }
 
 impl Watches {
@@ -99,27 +99,22 @@ impl Resumable for Watches {
                 let event_revision = last.kv.as_ref().map_or(0, |kv| kv.mod_revision);
                 watch.next_revision = watch.next_revision.max(event_revision + 1);
             }
-        } else if revision < self.max_revision {
+        } else if revision < self.seen.get() {
             // A progress notification from a member behind the one before: it says nothing new.
             return None;
         }
-        self.max_revision = self.max_revision.max(revision);
+        let mut response = response;
+        self.seen.lift(&mut response.header);
         Some(response)
     }
 
     /// The creates that bring a new member's stream to where the client is.
     fn replay(&mut self) -> Vec<WatchRequest> {
         self.recreating = self.live.keys().copied().collect();
-        let mut creates: Vec<WatchCreateRequest> = self
-            .live
-            .values()
-            .map(|watch| WatchCreateRequest { start_revision: watch.next_revision, ..watch.create.clone() })
-            .collect();
+        let mut creates: Vec<WatchCreateRequest> =
+            self.live.values().map(|watch| WatchCreateRequest { start_revision: watch.next_revision, ..watch.create.clone() }).collect();
         creates.extend(self.pending.iter().cloned());
-        creates
-            .into_iter()
-            .map(|create| WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) })
-            .collect()
+        creates.into_iter().map(|create| WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).collect()
     }
 
     fn open(connection: MemberConnection, request: Request<Outgoing<WatchRequest>>) -> Opening<WatchResponse> {
@@ -133,7 +128,8 @@ pub async fn watch(
     ctx: CallContext,
     input: BoxStream<'static, WatchRequest>,
 ) -> Result<ResponseStream<WatchResponse>, Status> {
-    resume::relay(pool, ctx, input, Watches::default()).await
+    let watches = Watches { seen: ctx.seen.clone(), ..Watches::default() };
+    resume::relay(pool, ctx, input, watches).await
 }
 
 #[cfg(test)]
@@ -144,11 +140,7 @@ mod tests {
 
     fn create(key: &str, start_revision: i64) -> WatchRequest {
         WatchRequest {
-            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-                key: key.into(),
-                start_revision,
-                ..Default::default()
-            })),
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest { key: key.into(), start_revision, ..Default::default() })),
         }
     }
 
@@ -178,6 +170,7 @@ mod tests {
         assert!(watches.incoming(WatchResponse { created: true, ..answer(0, 10) }).is_some());
         assert!(watches.incoming(WatchResponse { created: true, ..answer(1, 10) }).is_some());
         assert!(watches.incoming(event_at(0, 12)).is_some());
+        assert!(watches.incoming(answer(1, 20)).is_some(), "progress: the old member was at 20");
 
         let replay = watches.replay();
         let starts: Vec<(i64, i64)> = replay
@@ -191,7 +184,8 @@ mod tests {
         assert!(watches.incoming(WatchResponse { created: true, ..answer(0, 9) }).is_none(), "no second created");
         assert!(watches.incoming(WatchResponse { created: true, ..answer(1, 9) }).is_none());
         assert!(watches.incoming(answer(0, 9)).is_none(), "progress from a member behind is dropped");
-        assert!(watches.incoming(event_at(0, 13)).is_some());
+        let event = watches.incoming(event_at(0, 13)).unwrap();
+        assert_eq!(event.header.unwrap().revision, 20, "header revisions never go back");
     }
 
     #[test]

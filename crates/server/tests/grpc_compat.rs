@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{GrpcStream, Pair, Side};
+use common::{GrpcStream, Pair, Side, Which};
 use etcdgate_proto::authpb::{Permission, UserAddOptions};
 use etcdgate_proto::etcdserverpb::{
     auth_client::AuthClient, cluster_client::ClusterClient, compare, kv_client::KvClient, lease_client::LeaseClient,
@@ -418,7 +418,19 @@ async fn watch_scenario(side: Side) -> Vec<Vec<String>> {
 
     write!(compact, CompactionRequest { revision: 7, physical: true });
     stream.send(create_watch(WatchCreateRequest { key: "a".into(), start_revision: 3, ..Default::default() })).await;
-    transcript.push(read_entries(&mut stream, 2).await);
+    let compacted_start = read_entries(&mut stream, 2).await;
+    if common::cache_everything() {
+        // etcd says compacted; the watch cache still holds those events and serves them.
+        let expected = if side.which == Which::Etcd { ["canceled", "compact_revision\":\"7"] } else { ["\"mod_revision\":\"3", "\"mod_revision\":\"5"] };
+        let all = compacted_start.join("\n");
+        let served = expected.iter().all(|part| all.contains(part));
+        if !served {
+            eprintln!("{:?} answered a compacted start with: {all}", side.which);
+        }
+        transcript.push(vec![format!("compacted start answered as expected: {served}")]);
+    } else {
+        transcript.push(compacted_start);
+    }
 
     let explicit = WatchCreateRequest { key: "e".into(), watch_id: 100, ..Default::default() };
     stream.send(create_watch(explicit.clone())).await;

@@ -102,6 +102,17 @@ async fn watch_events() {
 #[tokio::test]
 async fn watch_compaction_cancel() {
     Pair::each_version(|p| async move {
+        if common::cache_everything() {
+            // etcd has compacted revisions 2 and 3; the watch cache still holds them.
+            let [etcd, gateway] = p.both(compaction_scenario).await;
+            assert!(etcd[2].contains(r#""compact_revision":"4""#), "{etcd:?}");
+            let served = &gateway[2];
+            for revision in 2..=5 {
+                assert!(served.contains(&format!(r#""mod_revision":"{revision}""#)), "{gateway:?}");
+            }
+            assert_eq!(etcd[3..], gateway[3..], "a watch from a revision etcd still has");
+            return;
+        }
         let transcript = p.same("watch after compaction", compaction_scenario).await;
         assert!(transcript[2].contains(r#""compact_revision":"4""#), "{transcript:?}");
     })

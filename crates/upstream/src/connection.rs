@@ -121,8 +121,9 @@ impl MemberConnection {
         self.inner.member.as_ref().map(|member| member.state())
     }
 
-    /// Resolves once the member this connection goes to is out of rotation (hung, down,
-    /// leaderless, lagging, learner, removed) — at once if it already is. Never resolves for a
+    /// Resolves once the member this connection goes to is out of rotation for more than
+    /// suspicion (hung, down, leaderless, lagging, learner, removed; see
+    /// [`State::keeps_open_calls`]) — at once if it already is. Never resolves for a
     /// connection made outside a pool. For long-lived streams: move them when this fires.
     pub async fn left_rotation(&self) {
         match &self.inner.member {

@@ -9,19 +9,29 @@
 //! | Status answered, leader 0 or an `etcdserver: no leader` error | active probe | **leaderless** |
 //! | Status answered, raft term below the majority's term | active probe | **lagging** |
 //! | Status answered, applied index more than `lag_threshold` behind the best member | active probe | **lagging** |
-//! | Status answered, none of the above | active probe | **healthy** |
+//! | Status answered, none of the above, within half the probe deadline | active probe | **healthy** |
+//! | Status answered, none of the above, but slower than half the probe deadline (or after it: a probe left open on a hung member) | active probe | **suspect** |
 //! | no answer within the probe deadline | active probe | **hung** |
 //! | connect refused / reset, connection closed | active probe | **down** |
-//! | a call failed with `NotSent` or `Transport` (see [`crate::classify`]) | passive, `Pool::call` | **down**, or **hung** when the failure was a timeout (keep-alive ping, connect) |
+//! | a call failed with `NotSent` (see [`crate::classify`]) | passive, `Pool::call` | **down** |
+//! | a call failed with `Transport` (sent, then reset or closed: ambiguous) on a healthy or suspect member | passive, `Pool::call` | **suspect** |
+//! | a call failed because a timeout passed (keep-alive ping, connect) | passive, `Pool::call` | **hung** |
 //! | MemberList lists it as learner | member list sync | **learner** |
 //! | MemberList lists it as voter while it was a learner (promoted) | member list sync | **new** (the next probe decides) |
 //! | MemberList no longer lists it | member list sync | **removed** (final until it is listed again) |
 //!
 //! **new** is where every member starts (configured or discovered) until its first probe.
 //! Only **healthy** members are in rotation; calls fall back to the others, in the order
-//! lagging, leaderless, new, down, hung, only when no member is healthy. Learners and removed
-//! members never get client traffic. A learner stays a learner until a probe or the member
-//! list says otherwise; a removed member ignores probes.
+//! suspect, lagging, leaderless, new, down, hung, only when no member is healthy. Learners and
+//! removed members never get client traffic. A learner stays a learner until a probe or the
+//! member list says otherwise; a removed member ignores probes.
+//!
+//! **suspect** is the state of soft evidence: the member still answers, but slowly, or one
+//! call was cut after it was sent. It is re-probed at once (and back to back while it stays
+//! suspect): a prompt answer makes it healthy again, hard evidence (refused, no answer in time)
+//! down or hung as from any other state. Calls and streams already open on a suspect member
+//! stay there ([`State::keeps_open_calls`]); only new calls avoid it. Soft evidence moves only
+//! a healthy (or suspect) member: one that is already out of rotation has nothing to lose.
 //!
 //! Every change of state logs one line (`warn` when the member leaves rotation, `info`
 //! otherwise) with the evidence and how long the member was in its previous state. Evidence
@@ -54,18 +64,21 @@ pub enum State {
     New = 0,
     /// Answers Status, has a leader, keeps up with the others: in rotation.
     Healthy = 1,
+    /// Answers, but soft evidence counts against it (a slow probe answer, a call cut after
+    /// it was sent): a fallback only, re-probed at once.
+    Suspect = 2,
     /// Refuses or resets connections.
-    Down = 2,
+    Down = 3,
     /// Accepts connections but answers nothing in time (SIGSTOP, overload, black hole).
-    Hung = 3,
+    Hung = 4,
     /// Answers, but has no leader (partitioned from a quorum, or the cluster lost quorum).
-    Leaderless = 4,
+    Leaderless = 5,
     /// Answers, but its raft term or applied index trails the rest of the cluster.
-    Lagging = 5,
+    Lagging = 6,
     /// A raft learner: tracked, never given client traffic.
-    Learner = 6,
+    Learner = 7,
     /// No longer in MemberList.
-    Removed = 7,
+    Removed = 8,
 }
 
 impl State {
@@ -74,17 +87,26 @@ impl State {
         self == State::Healthy
     }
 
+    /// Whether calls and streams already open on the member stay there: healthy, or suspect
+    /// (soft evidence only). When a member stops keeping open calls, its open reads are
+    /// failed over and its streams moved.
+    pub fn keeps_open_calls(self) -> bool {
+        matches!(self, State::Healthy | State::Suspect)
+    }
+
     /// Order among the members a call may fall back to when none is healthy (lower first);
     /// `None` for members that never get client traffic (learners, removed members).
     pub fn fallback_rank(self) -> Option<u8> {
         match self {
             State::Healthy => Some(0),
-            State::Lagging => Some(1),
-            State::Leaderless => Some(2),
-            State::New => Some(3),
+            // Still answers, and serves everything a healthy member does.
+            State::Suspect => Some(1),
+            State::Lagging => Some(2),
+            State::Leaderless => Some(3),
+            State::New => Some(4),
             // A down member fails fast (and provably unsent); a hung one costs a deadline.
-            State::Down => Some(4),
-            State::Hung => Some(5),
+            State::Down => Some(5),
+            State::Hung => Some(6),
             State::Learner | State::Removed => None,
         }
     }
@@ -93,6 +115,7 @@ impl State {
         match self {
             State::New => "new",
             State::Healthy => "healthy",
+            State::Suspect => "suspect",
             State::Down => "down",
             State::Hung => "hung",
             State::Leaderless => "leaderless",
@@ -105,12 +128,13 @@ impl State {
     pub(crate) fn from_u8(value: u8) -> State {
         match value {
             1 => State::Healthy,
-            2 => State::Down,
-            3 => State::Hung,
-            4 => State::Leaderless,
-            5 => State::Lagging,
-            6 => State::Learner,
-            7 => State::Removed,
+            2 => State::Suspect,
+            3 => State::Down,
+            4 => State::Hung,
+            5 => State::Leaderless,
+            6 => State::Lagging,
+            7 => State::Learner,
+            8 => State::Removed,
             _ => State::New,
         }
     }
@@ -132,10 +156,12 @@ pub struct StatusReport {
     pub raft_applied_index: u64,
     pub is_learner: bool,
     pub errors: Vec<String>,
+    /// How long the member took to answer.
+    pub answered_in: Duration,
 }
 
 impl StatusReport {
-    pub fn from_response(response: &StatusResponse) -> StatusReport {
+    pub fn from_response(response: &StatusResponse, answered_in: Duration) -> StatusReport {
         StatusReport {
             member_id: response.header.as_ref().map(|h| h.member_id).unwrap_or_default(),
             leader: response.leader,
@@ -144,6 +170,7 @@ impl StatusReport {
             raft_applied_index: response.raft_applied_index,
             is_learner: response.is_learner,
             errors: response.errors.clone(),
+            answered_in,
         }
     }
 
@@ -189,6 +216,15 @@ impl Reference {
         terms.sort_unstable_by(|a, b| b.cmp(a));
         Reference { best_applied, majority_term: terms.get(quorum - 1).copied() }
     }
+}
+
+/// The limits a Status answer is judged by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// A member whose applied index trails the best member's by more than this is lagging.
+    pub lag_threshold: u64,
+    /// An answer slower than this (half the probe deadline) makes the member suspect.
+    pub slow_answer: Duration,
 }
 
 /// Why a probe got no Status answer.
@@ -259,9 +295,12 @@ impl MemberHealth {
         self.last_report.as_ref().filter(|(at, _)| at.elapsed() <= max_age).map(|(_, report)| report)
     }
 
-    /// How long to wait before the next probe: the probe interval while the member answers,
-    /// otherwise 250 ms doubling per failed probe up to 30 s.
+    /// How long to wait before the next probe: none for a suspect member, the probe interval
+    /// while the member answers, otherwise 250 ms doubling per failed probe up to 30 s.
     pub fn next_probe_in(&self, interval: Duration) -> Duration {
+        if self.state == State::Suspect {
+            return Duration::ZERO;
+        }
         if self.failures == 0 {
             return interval;
         }
@@ -269,13 +308,13 @@ impl MemberHealth {
     }
 
     /// A probe got a Status answer; `reference` describes the rest of the cluster.
-    pub fn probe_answered(&mut self, report: StatusReport, reference: &Reference, lag_threshold: u64) -> Option<Transition> {
+    pub fn probe_answered(&mut self, report: StatusReport, reference: &Reference, limits: Limits) -> Option<Transition> {
         self.failures = 0;
         self.last_report = Some((Instant::now(), report.clone()));
         if self.state == State::Removed {
             return None;
         }
-        let (state, evidence) = judge(&report, reference, lag_threshold);
+        let (state, evidence) = judge(&report, reference, limits);
         self.set(state, evidence)
     }
 
@@ -300,19 +339,23 @@ impl MemberHealth {
         self.set(state, evidence)
     }
 
-    /// A client call on the member failed this way (`Pool::call`'s passive signal). Only a
-    /// member that was in rotation, new, lagging or leaderless is moved.
+    /// A client call on the member failed this way (`Pool::call`'s passive signal). A timeout
+    /// (keep-alive ping, connect) makes the member hung and a call never sent (refused) down,
+    /// from healthy, suspect, lagging, leaderless or new; a call cut after it was sent is soft
+    /// evidence and makes only a healthy member suspect.
     pub fn call_failed(&mut self, failure: Failure, message: &str) -> Option<Transition> {
-        if !failure.member_unhealthy() || !matches!(self.state.fallback_rank(), Some(0..=3)) {
+        if !failure.member_unhealthy() || !matches!(self.state.fallback_rank(), Some(0..=4)) {
             return None;
         }
         let lower = message.to_ascii_lowercase();
-        let state = if lower.contains("timed out") || lower.contains("keep-alive") || lower.contains("keepalive") {
-            State::Hung
-        } else {
-            State::Down
-        };
-        self.set(state, format!("call failed: {message}"))
+        if lower.contains("timed out") || lower.contains("keep-alive") || lower.contains("keepalive") {
+            return self.set(State::Hung, format!("call failed: {message}"));
+        }
+        match (failure, self.state) {
+            (Failure::NotSent, _) => self.set(State::Down, format!("call failed: {message}")),
+            (_, State::Healthy | State::Suspect) => self.set(State::Suspect, format!("call failed after it was sent: {message}")),
+            _ => None,
+        }
     }
 
     /// The member list names the member (as learner or voter).
@@ -352,7 +395,7 @@ impl MemberHealth {
 }
 
 /// The state a Status answer puts a member in, with its evidence.
-pub fn judge(report: &StatusReport, reference: &Reference, lag_threshold: u64) -> (State, String) {
+pub fn judge(report: &StatusReport, reference: &Reference, limits: Limits) -> (State, String) {
     if report.is_learner {
         return (State::Learner, "Status reports isLearner".into());
     }
@@ -363,6 +406,7 @@ pub fn judge(report: &StatusReport, reference: &Reference, lag_threshold: u64) -
         return (State::Lagging, format!("raft term {} below the majority's term {term}", report.raft_term));
     }
     let behind = reference.best_applied.saturating_sub(report.applied());
+    let lag_threshold = limits.lag_threshold;
     if behind > lag_threshold {
         return (
             State::Lagging,
@@ -370,6 +414,16 @@ pub fn judge(report: &StatusReport, reference: &Reference, lag_threshold: u64) -
                 "applied index {} trails the best member's {} by {behind} (> {lag_threshold})",
                 report.applied(),
                 reference.best_applied
+            ),
+        );
+    }
+    if report.answered_in > limits.slow_answer {
+        return (
+            State::Suspect,
+            format!(
+                "Status answered in {} ms (> {} ms, half the probe deadline)",
+                report.answered_in.as_millis(),
+                limits.slow_answer.as_millis()
             ),
         );
     }
@@ -457,7 +511,7 @@ pub fn plan_sync(known: &[Known], listed: &[Listed]) -> Vec<SyncAction> {
 mod tests {
     use super::*;
 
-    const LAG: u64 = 1000;
+    const LIMITS: Limits = Limits { lag_threshold: 1000, slow_answer: Duration::from_millis(500) };
 
     fn report(id: u64, leader: u64, term: u64, applied: u64) -> StatusReport {
         StatusReport { member_id: id, leader, raft_term: term, raft_applied_index: applied, ..Default::default() }
@@ -465,7 +519,7 @@ mod tests {
 
     fn healthy(url: &str) -> MemberHealth {
         let mut member = MemberHealth::new(url, "test");
-        member.probe_answered(report(1, 1, 2, 10), &Reference::default(), LAG);
+        member.probe_answered(report(1, 1, 2, 10), &Reference::default(), LIMITS);
         assert_eq!(member.state(), State::Healthy);
         member
     }
@@ -475,11 +529,11 @@ mod tests {
         let mut member = MemberHealth::new("http://m0", "from --endpoints");
         assert_eq!(member.state(), State::New);
         assert!(!member.state().in_rotation());
-        let t = member.probe_answered(report(1, 1, 2, 10), &Reference::default(), LAG).unwrap();
+        let t = member.probe_answered(report(1, 1, 2, 10), &Reference::default(), LIMITS).unwrap();
         assert_eq!((t.from, t.to), (State::New, State::Healthy));
         assert!(t.evidence.contains("leader 1, term 2, applied index 10"), "{}", t.evidence);
         assert!(member.state().in_rotation());
-        assert_eq!(member.probe_answered(report(1, 1, 2, 11), &Reference::default(), LAG), None, "no change, no transition");
+        assert_eq!(member.probe_answered(report(1, 1, 2, 11), &Reference::default(), LIMITS), None, "no change, no transition");
         assert!(member.evidence().contains("applied index 11"), "evidence is still updated");
     }
 
@@ -517,20 +571,79 @@ mod tests {
         assert_eq!(learner.state(), State::Learner);
     }
 
+    fn answered_in(millis: u64) -> StatusReport {
+        StatusReport { answered_in: Duration::from_millis(millis), ..report(1, 1, 2, 10) }
+    }
+
+    #[test]
+    fn a_slow_probe_answer_makes_a_member_suspect_until_a_prompt_one() {
+        let interval = Duration::from_millis(500);
+        let mut member = healthy("http://m0");
+        assert_eq!(member.probe_answered(answered_in(500), &Reference::default(), LIMITS), None, "exactly half is prompt");
+        let t = member.probe_answered(answered_in(600), &Reference::default(), LIMITS).unwrap();
+        assert_eq!((t.from, t.to), (State::Healthy, State::Suspect));
+        assert_eq!(t.evidence, "Status answered in 600 ms (> 500 ms, half the probe deadline)");
+        assert!(!member.state().in_rotation() && member.state().keeps_open_calls());
+        assert_eq!(member.next_probe_in(interval), Duration::ZERO, "re-probed at once");
+        assert_eq!(member.probe_answered(answered_in(700), &Reference::default(), LIMITS), None, "still suspect");
+        let t = member.probe_answered(answered_in(3), &Reference::default(), LIMITS).unwrap();
+        assert_eq!((t.from, t.to), (State::Suspect, State::Healthy));
+        assert_eq!(member.next_probe_in(interval), interval);
+
+        // A probe left open on a hung member answers late: suspect, not healthy at once.
+        member.probe_failed(ProbeFailure::TimedOut(Duration::from_secs(1)));
+        let t = member.probe_answered(answered_in(5000), &Reference::default(), LIMITS).unwrap();
+        assert_eq!((t.from, t.to), (State::Hung, State::Suspect));
+        // Hard evidence wins as from any state.
+        assert_eq!(member.probe_failed(ProbeFailure::TimedOut(Duration::from_secs(1))).unwrap().to, State::Hung);
+        member.probe_answered(answered_in(600), &Reference::default(), LIMITS);
+        assert_eq!(member.probe_failed(ProbeFailure::Unreachable("refused".into())).unwrap().to, State::Down);
+        // A harder verdict of the same answer comes first.
+        let slow_leaderless = StatusReport { answered_in: Duration::from_millis(900), ..report(1, 0, 3, 10) };
+        assert_eq!(member.probe_answered(slow_leaderless, &Reference::default(), LIMITS).unwrap().to, State::Leaderless);
+    }
+
+    #[test]
+    fn a_call_cut_after_it_was_sent_makes_only_a_healthy_member_suspect() {
+        let reset = "etcdgate: member connection failed: connection reset";
+        let mut member = healthy("http://m0");
+        let t = member.call_failed(Failure::Transport, reset).unwrap();
+        assert_eq!((t.from, t.to), (State::Healthy, State::Suspect));
+        assert_eq!(t.evidence, format!("call failed after it was sent: {reset}"));
+        assert_eq!(member.call_failed(Failure::Transport, reset), None, "stays suspect");
+        assert_eq!(member.probe_answered(report(1, 1, 2, 10), &Reference::default(), LIMITS).unwrap().to, State::Healthy);
+
+        // Hard evidence from a suspect member: refused, or a timeout.
+        member.call_failed(Failure::Transport, reset);
+        let t = member.call_failed(Failure::NotSent, "etcdgate: not sent to member: connect: refused").unwrap();
+        assert_eq!((t.from, t.to), (State::Suspect, State::Down));
+        let mut member = healthy("http://m0");
+        member.call_failed(Failure::Transport, reset);
+        let t = member.call_failed(Failure::Transport, "etcdgate: member connection failed: keep-alive timed out").unwrap();
+        assert_eq!((t.from, t.to), (State::Suspect, State::Hung));
+
+        // A member already out of rotation learns nothing from a cut call: the probes judge it.
+        let mut member = healthy("http://m0");
+        member.probe_answered(report(1, 0, 3, 10), &Reference::default(), LIMITS);
+        assert_eq!(member.call_failed(Failure::Transport, reset), None);
+        assert_eq!(member.state(), State::Leaderless);
+        assert_eq!(member.call_failed(Failure::NotSent, "connect: refused").unwrap().to, State::Down);
+    }
+
     #[test]
     fn no_leader_makes_a_member_leaderless() {
         let mut member = healthy("http://m0");
-        let t = member.probe_answered(report(1, 0, 3, 10), &Reference::default(), LAG).unwrap();
+        let t = member.probe_answered(report(1, 0, 3, 10), &Reference::default(), LIMITS).unwrap();
         assert_eq!((t.to, t.evidence.as_str()), (State::Leaderless, "Status reports no leader (term 3)"));
         let mut member = healthy("http://m0");
         let mut r = report(1, 2, 3, 10);
         r.errors.push("etcdserver: no leader".into());
-        assert_eq!(member.probe_answered(r, &Reference::default(), LAG).unwrap().to, State::Leaderless);
+        assert_eq!(member.probe_answered(r, &Reference::default(), LIMITS).unwrap().to, State::Leaderless);
         let mut member = healthy("http://m0");
         let t = member.probe_failed(ProbeFailure::Error("etcdserver: no leader".into())).unwrap();
         assert_eq!(t.to, State::Leaderless);
         assert_eq!(member.failures(), 0, "a leaderless member answers: probed at the normal interval");
-        assert_eq!(member.probe_answered(report(1, 2, 3, 10), &Reference::default(), LAG).unwrap().to, State::Healthy);
+        assert_eq!(member.probe_answered(report(1, 2, 3, 10), &Reference::default(), LIMITS).unwrap().to, State::Healthy);
     }
 
     #[test]
@@ -540,12 +653,12 @@ mod tests {
         assert_eq!(reference, Reference { best_applied: 5000, majority_term: Some(5) });
 
         let mut member = healthy("http://m2");
-        let t = member.probe_answered(report(3, 1, 5, 3999), &reference, LAG).unwrap();
+        let t = member.probe_answered(report(3, 1, 5, 3999), &reference, LIMITS).unwrap();
         assert_eq!(t.to, State::Lagging);
         assert_eq!(t.evidence, "applied index 3999 trails the best member's 5000 by 1001 (> 1000)");
-        assert_eq!(member.probe_answered(report(3, 1, 5, 4000), &reference, LAG).unwrap().to, State::Healthy, "exactly the threshold is fine");
+        assert_eq!(member.probe_answered(report(3, 1, 5, 4000), &reference, LIMITS).unwrap().to, State::Healthy, "exactly the threshold is fine");
 
-        let t = member.probe_answered(report(3, 1, 4, 5000), &reference, LAG).unwrap();
+        let t = member.probe_answered(report(3, 1, 4, 5000), &reference, LIMITS).unwrap();
         assert_eq!((t.to, t.evidence.as_str()), (State::Lagging, "raft term 4 below the majority's term 5"));
     }
 
@@ -567,18 +680,18 @@ mod tests {
         let mut member = healthy("http://m3");
         let mut r = report(4, 1, 2, 10);
         r.is_learner = true;
-        let t = member.probe_answered(r.clone(), &Reference::default(), LAG).unwrap();
+        let t = member.probe_answered(r.clone(), &Reference::default(), LIMITS).unwrap();
         assert_eq!((t.to, t.evidence.as_str()), (State::Learner, "Status reports isLearner"));
         assert_eq!(member.listed(true), None);
-        assert_eq!(member.probe_answered(r, &Reference::default(), LAG), None);
+        assert_eq!(member.probe_answered(r, &Reference::default(), LIMITS), None);
         // Promoted: the member list says voter, the next probe decides.
         assert_eq!(member.listed(false).unwrap().to, State::New);
-        assert_eq!(member.probe_answered(report(4, 1, 2, 10), &Reference::default(), LAG).unwrap().to, State::Healthy);
+        assert_eq!(member.probe_answered(report(4, 1, 2, 10), &Reference::default(), LIMITS).unwrap().to, State::Healthy);
 
         let mut member = MemberHealth::new("http://m4", "discovered");
         assert_eq!(member.listed(true).unwrap().evidence, "MemberList lists it as learner");
         // A probe that says it is no longer a learner is fresher than the member list.
-        assert_eq!(member.probe_answered(report(5, 1, 2, 10), &Reference::default(), LAG).unwrap().to, State::Healthy);
+        assert_eq!(member.probe_answered(report(5, 1, 2, 10), &Reference::default(), LIMITS).unwrap().to, State::Healthy);
     }
 
     #[test]
@@ -586,7 +699,7 @@ mod tests {
         let mut member = healthy("http://m0");
         let t = member.unlisted("member 1 no longer in MemberList".into()).unwrap();
         assert_eq!((t.from, t.to), (State::Healthy, State::Removed));
-        assert_eq!(member.probe_answered(report(1, 1, 2, 10), &Reference::default(), LAG), None);
+        assert_eq!(member.probe_answered(report(1, 1, 2, 10), &Reference::default(), LIMITS), None);
         assert_eq!(member.probe_failed(ProbeFailure::Unreachable("x".into())), None);
         assert_eq!(member.call_failed(Failure::NotSent, "x"), None);
         assert_eq!(member.state(), State::Removed);
@@ -608,19 +721,25 @@ mod tests {
             member.probe_failed(ProbeFailure::TimedOut(Duration::from_secs(1)));
         }
         assert_eq!(member.next_probe_in(interval), MAX_BACKOFF);
-        member.probe_answered(report(1, 1, 2, 10), &Reference::default(), LAG);
+        member.probe_answered(report(1, 1, 2, 10), &Reference::default(), LIMITS);
         assert_eq!(member.next_probe_in(interval), interval, "one answer resets the backoff");
         assert_eq!(member.state(), State::Healthy);
     }
 
     #[test]
     fn fallback_order_and_rotation() {
-        let mut states = [State::Hung, State::Down, State::New, State::Leaderless, State::Lagging, State::Healthy];
+        let mut states = [State::Hung, State::Down, State::New, State::Leaderless, State::Lagging, State::Suspect, State::Healthy];
         states.sort_by_key(|s| s.fallback_rank());
-        assert_eq!(states, [State::Healthy, State::Lagging, State::Leaderless, State::New, State::Down, State::Hung]);
+        assert_eq!(
+            states,
+            [State::Healthy, State::Suspect, State::Lagging, State::Leaderless, State::New, State::Down, State::Hung]
+        );
         assert_eq!(State::Learner.fallback_rank(), None);
         assert_eq!(State::Removed.fallback_rank(), None);
-        for value in 0..8u8 {
+        assert!(State::Healthy.in_rotation() && !State::Suspect.in_rotation());
+        let keeping: Vec<State> = (0..=8).map(State::from_u8).filter(|s| s.keeps_open_calls()).collect();
+        assert_eq!(keeping, [State::Healthy, State::Suspect]);
+        for value in 0..9u8 {
             assert_eq!(State::from_u8(value) as u8, value);
         }
     }

@@ -6,14 +6,17 @@
 //! or the cache. `Pool::call` runs one RPC with failover, `Pool::leader` and
 //! `Pool::named` pin a request to a particular member.
 //!
-//! - `health`: the per-member state machine (healthy, down, hung, leaderless, lagging,
-//!   learner, removed) and member list matching, pure logic;
+//! - `health`: the per-member state machine (healthy, suspect, down, hung, leaderless,
+//!   lagging, learner, removed) and member list matching, pure logic;
 //! - `probe`: the background prober of a pool family (Status probes, MemberList sync);
-//! - `pool`: the pools, balancing over healthy members, passive failure signals;
+//! - `pool`: the pools, the order a call tries members in, passive failure signals;
+//! - `balance`: per-member load (open calls, peak-EWMA latency) and the power-of-two-choices
+//!   pick among healthy members;
 //! - `connection`: one HTTP/2 connection to one member;
-//! - `retry`: which failures may go to another member;
-//! - `metrics`: member states, state changes and failovers for Prometheus.
+//! - `retry`: which failures may go to another member, and the pause before it;
+//! - `metrics`: member states, state changes, requests and failovers for Prometheus.
 
+mod balance;
 mod connection;
 pub mod health;
 pub mod metrics;
@@ -21,6 +24,7 @@ mod pool;
 mod probe;
 mod retry;
 
+pub use balance::Timing;
 pub use connection::{ConnectOptions, MemberConnection};
 pub use health::State;
 pub use pool::{Member, Pool, PoolOptions, Target};

@@ -1,5 +1,5 @@
-//! Prometheus metrics of the member pool: each member's state, its state changes and the
-//! requests that failed over from it. One set per process, shared by every worker's pool;
+//! Prometheus metrics of the member pool: each member's state, its state changes, the client
+//! calls sent to it and the requests that failed over from it. One set per process, shared by every worker's pool;
 //! the server exposes them on `/metrics`.
 
 use std::sync::OnceLock;
@@ -27,6 +27,7 @@ struct MemberLabel {
 struct PoolMetrics {
     state: Family<MemberState, Gauge>,
     state_changes: Family<MemberState, Counter>,
+    requests: Family<MemberLabel, Counter>,
     failovers: Family<MemberLabel, Counter>,
 }
 
@@ -44,6 +45,12 @@ pub(crate) fn state_changed(member: &str, from: State, to: State) {
     metrics.state_changes.get_or_create(&labels(to)).inc();
 }
 
+/// The counter of client calls sent to `member`; the member keeps it, so that counting a call
+/// is one atomic add.
+pub(crate) fn member_requests(member: &str) -> Counter {
+    metrics().requests.get_or_create(&MemberLabel { member: member.to_string() }).clone()
+}
+
 /// A request that failed on `member` was sent to another member.
 pub(crate) fn failed_over(member: &str) {
     metrics().failovers.get_or_create(&MemberLabel { member: member.to_string() }).inc();
@@ -57,6 +64,11 @@ pub fn register(registry: &mut Registry) {
         "etcdgate_member_state_changes",
         "Times a member entered a state",
         metrics.state_changes.clone(),
+    );
+    registry.register(
+        "etcdgate_member_requests",
+        "Client calls sent to each member (stream opens and each attempt of a failed-over call included)",
+        metrics.requests.clone(),
     );
     registry.register(
         "etcdgate_failovers",

@@ -7,28 +7,36 @@
 //! pool has its own HTTP/2 connection to each member, made on first use, on the pool's own
 //! thread; members that join the family later (member list sync) get theirs the same way.
 //!
-//! Balancing: calls to [`Target::Any`] go round-robin over the healthy voters; only when none
-//! is healthy do they fall back to the others (lagging, leaderless, not yet probed, down, hung,
-//! in that order), so a call always has somewhere to go. Learners and removed members never
-//! get client traffic. A call that fails with `NotSent` or `Transport` takes its member out of
-//! rotation at once (and has it re-probed); a read still open on a member when the member
-//! leaves rotation (a probe found it hung, leaderless, ...) is abandoned and failed over.
-//! A write is never abandoned: it may have reached the member, so it waits for its answer.
+//! Balancing: a call to [`Target::Any`] goes to the cheaper of two healthy voters picked at
+//! random, by peak-EWMA latency × open calls (see [`crate::balance`]), then to the other
+//! healthy ones; only when none is healthy does it fall back to the others (suspect, lagging,
+//! leaderless, not yet probed, down, hung, in that order), so a call always has somewhere to
+//! go. Learners and removed members never get client traffic. A call that fails with
+//! `NotSent` or `Transport` takes its member out of rotation at once (down, or suspect when the
+//! call was cut after it was sent) and has it re-probed; a read still open on a member when
+//! the member stops keeping open calls (a probe found it hung, leaderless, ...; not merely
+//! suspect) is abandoned and failed over. A write is never abandoned: it may have reached the
+//! member, so it waits for its answer. After etcd's `too many requests` the next member is
+//! tried after a short pause (see [`crate::retry`]).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use etcdgate_proto::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tonic::Status;
 
+use crate::balance::{p2c_order, Load, Timing};
 use crate::connection::{ConnectOptions, MemberConnection};
-use crate::health::{plan_sync, Known, Listed, MemberHealth, ProbeFailure, Reference, State, StatusReport, SyncAction, Transition};
-use crate::retry::{classify, Failure, RetryPolicy};
+use crate::health::{
+    plan_sync, Known, Limits, Listed, MemberHealth, ProbeFailure, Reference, State, StatusReport, SyncAction, Transition,
+};
+use crate::retry::{classify, Failure, OverloadBackoff, RetryPolicy};
 
 /// Connection, probe and member-state settings, shared by a pool family.
 #[derive(Clone, Debug)]
@@ -37,7 +45,8 @@ pub struct PoolOptions {
     pub connect_timeout: Duration,
     /// How often each member gets a Maintenance.Status probe while it answers.
     pub probe_interval: Duration,
-    /// A probe without an answer after this long makes the member hung.
+    /// A probe without an answer after this long makes the member hung; one answered after
+    /// half of it makes the member suspect.
     pub probe_timeout: Duration,
     /// How often MemberList is read to find members that joined or left.
     pub member_sync_interval: Duration,
@@ -88,13 +97,14 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Waits until `state()` is out of rotation; `left` is notified whenever it leaves it.
-async fn until_out_of_rotation(left: &Notify, state: impl Fn() -> State) {
+/// Waits until `state()` no longer keeps open calls (out of rotation, and not merely
+/// suspect); `left` is notified whenever that happens.
+async fn until_left(left: &Notify, state: impl Fn() -> State) {
     loop {
         let notified = left.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if !state().in_rotation() {
+        if !state().keeps_open_calls() {
             return;
         }
         notified.await;
@@ -112,7 +122,11 @@ pub(crate) struct Entry {
     /// `health.state()`, readable without the lock.
     state: AtomicU8,
     health: Mutex<MemberHealth>,
-    /// Woken when the member leaves rotation.
+    /// Calls open on the member and its latency estimate, for balancing.
+    pub(crate) load: Load,
+    /// `etcdgate_member_requests_total` of the member.
+    requests: Counter,
+    /// Woken when the member stops keeping open calls (see [`State::keeps_open_calls`]).
     left: Notify,
     /// The same, one per pool (so that a call's wait is registered on its own thread's).
     left_listeners: Mutex<Vec<Weak<Notify>>>,
@@ -126,6 +140,8 @@ impl Entry {
     fn new(url: String, configured: bool, id: u64, evidence: &str, changed: Arc<Notify>) -> Entry {
         Entry {
             health: Mutex::new(MemberHealth::new(url.clone(), evidence)),
+            load: Load::default(),
+            requests: crate::metrics::member_requests(&url),
             url,
             configured,
             id: AtomicU64::new(id),
@@ -137,7 +153,7 @@ impl Entry {
         }
     }
 
-    /// A `Notify` woken whenever the member leaves rotation.
+    /// A `Notify` woken whenever the member stops keeping open calls.
     fn left_listener(&self) -> Arc<Notify> {
         let notify = Arc::new(Notify::new());
         let mut listeners = lock(&self.left_listeners);
@@ -162,14 +178,18 @@ impl Entry {
         lock(&self.health).next_probe_in(interval)
     }
 
-    /// Runs one observation through the member's state machine.
+    /// Runs one observation through the member's state machine. When the member starts or
+    /// stops keeping open calls, its latency estimate starts over.
     fn update(&self, observe: impl FnOnce(&mut MemberHealth) -> Option<Transition>) -> Option<Transition> {
         let mut health = lock(&self.health);
         let transition = observe(&mut health);
         if let Some(t) = &transition {
             self.state.store(t.to as u8, Ordering::Release);
             drop(health);
-            if t.from.in_rotation() {
+            if t.from.keeps_open_calls() != t.to.keeps_open_calls() {
+                self.load.start_over();
+            }
+            if t.from.keeps_open_calls() && !t.to.keeps_open_calls() {
                 self.left.notify_waiters();
                 for listener in lock(&self.left_listeners).iter().filter_map(Weak::upgrade) {
                     listener.notify_waiters();
@@ -180,9 +200,9 @@ impl Entry {
         transition
     }
 
-    /// Resolves once the member is out of rotation (at once if it is).
+    /// Resolves once the member no longer keeps open calls (at once if it does not).
     pub(crate) async fn left_rotation(&self) {
-        until_out_of_rotation(&self.left, || self.state()).await
+        until_left(&self.left, || self.state()).await
     }
 
     /// Passive signal: a client call failed this way.
@@ -246,7 +266,8 @@ impl Family {
         self.options.probe_interval * 3 + self.options.probe_timeout
     }
 
-    /// A probe of `entry` got a Status answer.
+    /// A probe of `entry` got a Status answer; one within the probe deadline is also a
+    /// latency sample.
     pub(crate) fn probe_answered(&self, entry: &Arc<Entry>, report: StatusReport) {
         let entries = self.entries();
         if report.member_id != 0 && entry.id() != report.member_id {
@@ -261,8 +282,12 @@ impl Family {
             .collect();
         let voters = entries.iter().filter(|e| !matches!(e.state(), State::Learner | State::Removed)).count();
         let reference = Reference::from_reports(others.iter().chain([&report]), voters);
-        let lag_threshold = self.options.lag_threshold;
-        entry.update(|h| h.probe_answered(report, &reference, lag_threshold));
+        let limits = Limits { lag_threshold: self.options.lag_threshold, slow_answer: self.options.probe_timeout / 2 };
+        let answered_in = report.answered_in;
+        entry.update(|h| h.probe_answered(report, &reference, limits));
+        if answered_in <= self.options.probe_timeout {
+            entry.load.observe(answered_in);
+        }
     }
 
     /// A probe of `entry` got no Status answer.
@@ -379,30 +404,43 @@ impl Member {
         self.entry.id()
     }
 
-    /// Resolves once the member is out of rotation (at once if it is).
+    /// Resolves once the member no longer keeps open calls (at once if it does not).
     async fn left_rotation(&self) {
-        until_out_of_rotation(&self.left, || self.state()).await
+        until_left(&self.left, || self.state()).await
     }
 
-    /// Runs `call` on this member; a read still open when the member leaves rotation is
-    /// abandoned (the `bool` of the error then says so).
-    async fn run<T, F, Fut>(&self, policy: RetryPolicy, call: &mut F) -> Result<T, (Status, bool)>
+    /// Runs `call` on this member; a read still open when the member stops keeping open calls
+    /// is abandoned (the `bool` of the error then says so). A measured call counts as open on
+    /// the member while it runs, and its latency is a sample once the member answers (etcd's
+    /// own errors included; failures and abandoned calls are not answers).
+    async fn run<T, F, Fut>(&self, policy: RetryPolicy, timing: Timing, call: &mut F) -> Result<T, (Status, bool)>
     where
         F: FnMut(MemberConnection) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        self.entry.requests.inc();
+        let in_flight = (timing == Timing::Measured).then(|| self.entry.load.start());
         let future = call(self.connection.clone());
-        if policy != RetryPolicy::Read || !self.state().in_rotation() {
-            return future.await.map_err(|status| (status, false));
+        let result = if policy != RetryPolicy::Read || !self.state().keeps_open_calls() {
+            future.await.map_err(|status| (status, false))
+        } else {
+            tokio::select! {
+                biased;
+                result = future => result.map_err(|status| (status, false)),
+                () = self.left_rotation() => Err((
+                    Status::unavailable(format!("etcdgate: member {} left rotation: {}", self.url(), self.entry.evidence())),
+                    true,
+                )),
+            }
+        };
+        let answered = match &result {
+            Ok(_) => true,
+            Err((status, abandoned)) => !abandoned && classify(status) == Failure::Answer,
+        };
+        if let (Some(in_flight), true) = (in_flight, answered) {
+            in_flight.answered();
         }
-        tokio::select! {
-            biased;
-            result = future => result.map_err(|status| (status, false)),
-            () = self.left_rotation() => Err((
-                Status::unavailable(format!("etcdgate: member {} left rotation: {}", self.url(), self.entry.evidence())),
-                true,
-            )),
-        }
+        result
     }
 }
 
@@ -430,7 +468,6 @@ struct Local {
 pub struct Pool {
     shared: Arc<Shared>,
     local: RwLock<Local>,
-    next: AtomicUsize,
 }
 
 /// Accepts `host:port` as well as `http://host:port`.
@@ -481,7 +518,7 @@ impl Pool {
     }
 
     fn with_shared(shared: Arc<Shared>) -> Pool {
-        Pool { shared, local: RwLock::new(Local { version: 0, members: Arc::new([]) }), next: AtomicUsize::new(0) }
+        Pool { shared, local: RwLock::new(Local { version: 0, members: Arc::new([]) }) }
     }
 
     /// A pool of the same family with its own connections (one pool per worker thread): it
@@ -558,17 +595,13 @@ impl Pool {
         self.family().resync.notify_one();
     }
 
-    /// Members in the order a call to [`Target::Any`] should try them: healthy ones
-    /// round-robin, then the others in fallback order; never learners or removed members.
+    /// Members in the order a call to [`Target::Any`] should try them: healthy ones by power
+    /// of two choices (see [`p2c_order`]), then the others in fallback order; never learners
+    /// or removed members.
     fn candidates(&self) -> Vec<Arc<Member>> {
         let members = self.local();
-        let healthy = |m: &&Arc<Member>| m.state().in_rotation();
-        let count = members.iter().filter(healthy).count();
-        let mut order = Vec::with_capacity(members.len());
-        if count > 0 {
-            let skip = self.next.fetch_add(1, Ordering::Relaxed) % count;
-            order.extend(members.iter().filter(healthy).cycle().skip(skip).take(count).cloned());
-        }
+        let healthy: Vec<Arc<Member>> = members.iter().filter(|m| m.state().in_rotation()).cloned().collect();
+        let mut order = p2c_order(healthy, |m| m.entry.load.cost());
         if order.len() < members.len() {
             let mut rest: Vec<(u8, Arc<Member>)> = members
                 .iter()
@@ -609,8 +642,9 @@ impl Pool {
         self.candidates()
     }
 
-    /// Runs `call` on a member chosen for `target`, failing over as `policy` allows.
-    pub async fn call<T, F, Fut>(&self, target: &Target, policy: RetryPolicy, mut call: F) -> Result<T, Status>
+    /// Runs `call` on a member chosen for `target`, failing over as `policy` allows; `timing`
+    /// says whether the call's latency measures its member (see [`Timing`]).
+    pub async fn call<T, F, Fut>(&self, target: &Target, policy: RetryPolicy, timing: Timing, mut call: F) -> Result<T, Status>
     where
         F: FnMut(MemberConnection) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -621,8 +655,13 @@ impl Pool {
             Target::Named(name) => vec![self.named(name).await?],
         };
         let mut last_error = None;
+        let mut overload = OverloadBackoff::default();
+        let mut pause = None;
         for member in &members {
-            match member.run(policy, &mut call).await {
+            if let Some(pause) = pause.take() {
+                tokio::time::sleep(pause).await;
+            }
+            match member.run(policy, timing, &mut call).await {
                 Ok(value) => {
                     member.entry.call_succeeded();
                     if *target == Target::Leader {
@@ -641,6 +680,7 @@ impl Pool {
                     }
                     tracing::debug!(member = %member.url(), error = %status.message(), "failing over");
                     crate::metrics::failed_over(member.url());
+                    pause = overload.pause_after(&status);
                     last_error = Some(status);
                 }
             }
@@ -654,8 +694,9 @@ impl Pool {
         let members: Vec<Arc<Member>> = self.local().iter().filter(|m| ask(m.state())).cloned().collect();
         let probes = members.into_iter().map(|member| async move {
             let mut client = MaintenanceClient::new(member.connection());
+            let asked = Instant::now();
             let response = tokio::time::timeout(timeout, client.status(StatusRequest {})).await.ok()?.ok()?;
-            Some((member, StatusReport::from_response(response.get_ref())))
+            Some((member, StatusReport::from_response(response.get_ref(), asked.elapsed())))
         });
         futures::future::join_all(probes).await.into_iter().flatten().collect()
     }
@@ -703,7 +744,11 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicUsize;
+
     use etcdgate_proto::etcdserverpb::Member as ListedMember;
+    use futures::FutureExt;
 
     use super::*;
 
@@ -712,7 +757,13 @@ mod tests {
     }
 
     fn pool(n: u16) -> Pool {
-        let endpoints: Vec<String> = (1..=n).map(|port| format!("127.0.0.1:{port}")).collect();
+        pool_at(&(1..=n).collect::<Vec<u16>>())
+    }
+
+    /// A pool of members on these (unused) ports; tests that read the process-wide metrics
+    /// use ports of their own.
+    fn pool_at(ports: &[u16]) -> Pool {
+        let endpoints: Vec<String> = ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
         Pool::unprobed(&endpoints, PoolOptions::default()).unwrap()
     }
 
@@ -729,6 +780,24 @@ mod tests {
         (0..calls).map(|_| pool.candidates()[0].url().to_string()).collect()
     }
 
+    /// How often each member (by port) comes first in `picks` calls' orders.
+    fn first_counts(pool: &Pool, picks: usize) -> BTreeMap<u16, usize> {
+        let mut counts: BTreeMap<u16, usize> = pool.local().iter().map(|m| (port(m.url()), 0)).collect();
+        for url in first_urls(pool, picks) {
+            *counts.entry(port(&url)).or_default() += 1;
+        }
+        counts
+    }
+
+    fn port(url: &str) -> u16 {
+        url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0)
+    }
+
+    /// Latency samples that make the member at `port` look that slow to balancing.
+    fn answers_in(pool: &Pool, port: u16, latency: Duration) {
+        entry(pool, port).load.observe(latency);
+    }
+
     #[test]
     fn urls_are_normalized_and_empty_lists_refused() {
         assert_eq!(normalize_url("127.0.0.1:2379"), "http://127.0.0.1:2379");
@@ -740,33 +809,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn healthy_members_are_balanced_round_robin_and_the_rest_only_as_fallback() {
+    async fn healthy_members_share_the_calls_and_the_rest_are_only_a_fallback() {
         let pool = pool(3);
         for port in 1..=3 {
             make_healthy(&pool, port);
         }
-        let mut firsts = first_urls(&pool, 6);
-        firsts.sort();
-        firsts.dedup();
-        assert_eq!(firsts.len(), 3, "round-robin over every healthy member");
+        let firsts = first_counts(&pool, 300);
+        assert!(firsts.values().all(|&n| n > 50), "equal members share the calls: {firsts:?}");
 
         pool.family().probe_failed(&entry(&pool, 2), ProbeFailure::TimedOut(Duration::from_secs(1)));
-        let firsts = first_urls(&pool, 6);
-        assert!(!firsts.contains(&"http://127.0.0.1:2".to_string()), "{firsts:?}");
-        assert_eq!(firsts.iter().filter(|u| *u == "http://127.0.0.1:1").count(), 3, "even split over the healthy ones");
+        let firsts = first_counts(&pool, 300);
+        assert_eq!(firsts[&2], 0, "{firsts:?}");
+        assert!(firsts[&1] > 50 && firsts[&3] > 50, "split over the healthy ones: {firsts:?}");
         let order: Vec<String> = pool.candidates().iter().map(|m| m.url().to_string()).collect();
         assert_eq!(order.len(), 3);
         assert_eq!(order[2], "http://127.0.0.1:2", "out of rotation, still there as the last resort");
 
-        // Nothing healthy: fallback order is lagging, leaderless, new, down, hung.
+        // Nothing healthy: fallback order is suspect, lagging, leaderless, new, down, hung.
         pool.family().probe_failed(&entry(&pool, 1), ProbeFailure::Unreachable("refused".into()));
         pool.family().probe_answered(&entry(&pool, 3), report(3, 0, false));
         let order: Vec<State> = pool.candidates().iter().map(|m| m.state()).collect();
         assert_eq!(order, [State::Leaderless, State::Down, State::Hung]);
+        let slow = StatusReport { answered_in: Duration::from_millis(600), ..report(1, 1, false) };
+        pool.family().probe_answered(&entry(&pool, 1), slow);
+        let order: Vec<State> = pool.candidates().iter().map(|m| m.state()).collect();
+        assert_eq!(order, [State::Suspect, State::Leaderless, State::Hung]);
 
         // A sibling shares the states, with its own connections.
         let sibling = pool.sibling();
-        assert_eq!(sibling.candidates()[0].url(), "http://127.0.0.1:3");
+        assert_eq!(sibling.candidates()[0].url(), "http://127.0.0.1:1");
         make_healthy(&pool, 2);
         assert_eq!(sibling.candidates()[0].url(), "http://127.0.0.1:2");
         assert!(!Arc::ptr_eq(&sibling.local()[0], &pool.local()[0]));
@@ -779,7 +850,7 @@ mod tests {
         make_healthy(&pool, 2);
         pool.family().probe_answered(&entry(&pool, 3), report(3, 1, true));
         assert_eq!(entry(&pool, 3).state(), State::Learner);
-        for _ in 0..6 {
+        for _ in 0..100 {
             assert!(pool.candidates().iter().all(|m| m.url() != "http://127.0.0.1:3"));
         }
         assert_eq!(pool.members().len(), 2, "members() leaves learners out");
@@ -826,9 +897,8 @@ mod tests {
         assert_eq!(entry(&pool, 4).state(), State::New);
         assert!(first_urls(&sibling, 4).iter().all(|u| u == "http://127.0.0.1:1"), "not before its first probe");
         make_healthy(&pool, 4);
-        let mut firsts = first_urls(&sibling, 4);
-        firsts.dedup();
-        assert_eq!(firsts.len(), 4, "then in rotation: {firsts:?}");
+        let firsts = first_counts(&sibling, 100);
+        assert!(firsts[&4] > 0, "then in rotation: {firsts:?}");
     }
 
     #[tokio::test]
@@ -836,10 +906,11 @@ mod tests {
         let pool = pool(2);
         make_healthy(&pool, 1);
         make_healthy(&pool, 2);
+        answers_in(&pool, 2, Duration::from_secs(1));
         let (port1_calls, port2_calls) = (AtomicUsize::new(0), AtomicUsize::new(0));
         for _ in 0..4 {
             let answer = pool
-                .call(&Target::Any, RetryPolicy::Read, |connection| {
+                .call(&Target::Any, RetryPolicy::Read, Timing::Measured, |connection| {
                     let first = connection.url() == "http://127.0.0.1:1";
                     if first { &port1_calls } else { &port2_calls }.fetch_add(1, Ordering::Relaxed);
                     async move {
@@ -863,8 +934,8 @@ mod tests {
         let pool = Arc::new(pool(2));
         make_healthy(&pool, 1);
         make_healthy(&pool, 2);
-        // Pin the round-robin so that member 1 is tried first.
-        while pool.candidates()[0].url() != "http://127.0.0.1:2" {}
+        // Member 2 looks slow, so that member 1 is tried first.
+        answers_in(&pool, 2, Duration::from_secs(1));
         let hang_on_1 = |connection: MemberConnection| async move {
             if connection.url() == "http://127.0.0.1:1" {
                 std::future::pending::<Result<&'static str, Status>>().await
@@ -874,13 +945,12 @@ mod tests {
         };
         let read = tokio::spawn({
             let pool = pool.clone();
-            async move { pool.call(&Target::Any, RetryPolicy::Read, hang_on_1).await }
+            async move { pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, hang_on_1).await }
         });
         tokio::task::yield_now().await;
-        while pool.candidates()[0].url() != "http://127.0.0.1:2" {}
         let write = tokio::spawn({
             let pool = pool.clone();
-            async move { pool.call(&Target::Any, RetryPolicy::Write, hang_on_1).await }
+            async move { pool.call(&Target::Any, RetryPolicy::Write, Timing::Measured, hang_on_1).await }
         });
         tokio::task::yield_now().await;
         assert!(!read.is_finished() && !write.is_finished());
@@ -910,12 +980,137 @@ mod tests {
         let call = tokio::spawn({
             let pool = pool.clone();
             async move {
-                pool.call(&Target::Any, RetryPolicy::Read, |c| async move { Ok::<_, Status>(c.url()) }).await.unwrap()
+                pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, |c| async move { Ok::<_, Status>(c.url()) })
+                    .await
+                    .unwrap()
             }
         });
         tokio::task::yield_now().await;
         assert!(!call.is_finished(), "no member probed yet");
         pool.family().probe_answered(&entry(&pool, 2), report(2, 2, false));
         assert_eq!(call.await.unwrap(), "http://127.0.0.1:2");
+    }
+
+    #[tokio::test]
+    async fn a_slow_member_and_a_busy_member_get_less_traffic() {
+        let pool = pool(3);
+        for port in 1..=3 {
+            make_healthy(&pool, port);
+            answers_in(&pool, port, Duration::from_millis(1));
+        }
+        // One slow answer: member 1 loses every pair it is in.
+        answers_in(&pool, 1, Duration::from_millis(50));
+        let firsts = first_counts(&pool, 600);
+        assert_eq!(firsts[&1], 0, "{firsts:?}");
+        assert!(firsts[&2] > 100 && firsts[&3] > 100, "{firsts:?}");
+        assert_eq!(first_counts(&pool.sibling(), 600)[&1], 0, "every worker's pool sees the same load");
+        // Slow, but less so than member 3 is now: member 1 beats it, member 2 beats both.
+        answers_in(&pool, 3, Duration::from_millis(200));
+        let firsts = first_counts(&pool, 600);
+        assert!(firsts[&2] > firsts[&1] && firsts[&1] > 0 && firsts[&3] == 0, "{firsts:?}");
+
+        // Equally fast, but five calls open on member 2.
+        let pool = pool_at(&[11, 12, 13]);
+        for port in 11..=13 {
+            make_healthy(&pool, port);
+            answers_in(&pool, port, Duration::from_millis(1));
+        }
+        let busy = entry(&pool, 12);
+        let open: Vec<_> = (0..5).map(|_| busy.load.start()).collect();
+        let firsts = first_counts(&pool, 600);
+        assert_eq!(firsts[&12], 0, "{firsts:?}");
+        drop(open);
+        let firsts = first_counts(&pool, 600);
+        assert!(firsts[&12] > 100, "its calls answered, it gets its share again: {firsts:?}");
+    }
+
+    #[tokio::test]
+    async fn measured_calls_count_as_open_and_give_samples_streams_do_not() {
+        let pool = Arc::new(pool_at(&[21]));
+        make_healthy(&pool, 21);
+        let member = entry(&pool, 21);
+        let requests_before = member.requests.get();
+        let pending = |timing: Timing| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.call(&Target::Any, RetryPolicy::Read, timing, |_| std::future::pending::<Result<(), Status>>()).await
+            })
+        };
+        let unary = pending(Timing::Measured);
+        let stream = pending(Timing::Unmeasured);
+        tokio::task::yield_now().await;
+        assert_eq!(member.load.outstanding(), 1, "the stream's open is not counted");
+        unary.abort();
+        stream.abort();
+        let _ = (unary.await, stream.await);
+        assert_eq!(member.load.outstanding(), 0, "a call dropped by its client is no longer open");
+        assert_eq!(member.requests.get() - requests_before, 2, "both were sent to the member");
+
+        let estimate = member.load.estimate();
+        let slow_answer = |_| async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<_, Status>(())
+        };
+        pool.call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, slow_answer).await.unwrap();
+        assert_eq!(member.load.estimate(), estimate, "an unmeasured call gives no sample");
+        pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, slow_answer).await.unwrap();
+        assert!(member.load.estimate() >= Some(Duration::from_millis(20)), "a measured one does (a peak replaces)");
+        let refused = |_| async { Err::<(), _>(Status::unavailable("etcdserver: no leader")) };
+        let estimate = member.load.estimate();
+        pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, refused).await.unwrap_err();
+        assert_eq!(member.load.estimate(), estimate, "a refusal is not an answer");
+    }
+
+    #[tokio::test]
+    async fn a_suspect_member_is_only_a_fallback_and_keeps_its_open_reads() {
+        let pool = Arc::new(pool(2));
+        make_healthy(&pool, 1);
+        make_healthy(&pool, 2);
+        answers_in(&pool, 2, Duration::from_secs(1));
+        let read = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, |connection: MemberConnection| async move {
+                    if connection.url() == "http://127.0.0.1:1" {
+                        std::future::pending::<Result<&'static str, Status>>().await
+                    } else {
+                        Ok("from 2")
+                    }
+                })
+                .await
+            }
+        });
+        tokio::task::yield_now().await;
+        let suspect = entry(&pool, 1);
+        suspect.call_failed(Failure::Transport, "etcdgate: member connection failed: connection reset");
+        assert_eq!(suspect.state(), State::Suspect);
+        assert!(suspect.wake.notified().now_or_never().is_some(), "re-probed at once");
+        let order: Vec<String> = pool.candidates().iter().map(|m| m.url().to_string()).collect();
+        assert_eq!(order, ["http://127.0.0.1:2", "http://127.0.0.1:1"], "a fallback, though member 2 looks slower");
+        tokio::task::yield_now().await;
+        assert!(!read.is_finished(), "a read open on a suspect member stays there");
+        pool.family().probe_failed(&suspect, ProbeFailure::TimedOut(Duration::from_secs(1)));
+        assert_eq!(read.await.unwrap().unwrap(), "from 2", "hard evidence moves it");
+    }
+
+    #[tokio::test]
+    async fn too_many_requests_goes_to_each_member_once() {
+        let pool = pool(3);
+        for port in 1..=3 {
+            make_healthy(&pool, port);
+        }
+        let attempts = Mutex::new(Vec::new());
+        let overloaded = pool
+            .call(&Target::Any, RetryPolicy::Write, Timing::Measured, |connection| {
+                lock(&attempts).push(connection.url());
+                async { Err::<(), _>(Status::unavailable("etcdserver: too many requests")) }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(overloaded.message(), "etcdserver: too many requests");
+        let mut attempts = lock(&attempts).clone();
+        attempts.sort();
+        assert_eq!(attempts, ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"]);
+        assert!(pool.candidates().iter().all(|m| m.state() == State::Healthy), "a refusal says nothing about health");
     }
 }

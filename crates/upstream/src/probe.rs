@@ -7,7 +7,9 @@
 //!   failing is re-probed after 250 ms, doubling up to 30 s. A probe past its deadline marks
 //!   the member hung but is left open (up to 30 s, or until a call on the member succeeds
 //!   elsewhere): a member that was only paused answers it the moment it runs again, so it is
-//!   back in rotation within one round trip of resuming, however long it was stopped.
+//!   suspect within one round trip of resuming, however long it was stopped, and back in
+//!   rotation at the next probe, sent at once, if that one is answered promptly. Every answer
+//!   within the deadline is also a latency sample for balancing (see [`crate::balance`]).
 //! - **Member list sync.** MemberList (asked of the healthiest member that answers) once the
 //!   first probes are in, then every member sync interval (30 s), and at once after a
 //!   leader-routed call (membership changes): new voters join (and get client traffic once a
@@ -102,6 +104,7 @@ async fn probe_member(family: Arc<Family>, entry: Arc<Entry>) {
     };
     loop {
         let mut client = MaintenanceClient::new(connection.clone());
+        let asked = Instant::now();
         let status = client.status(StatusRequest {});
         tokio::pin!(status);
         let answer = match tokio::time::timeout(options.probe_timeout, &mut status).await {
@@ -117,7 +120,7 @@ async fn probe_member(family: Arc<Family>, entry: Arc<Entry>) {
             }
         };
         match answer {
-            Some(Ok(response)) => family.probe_answered(&entry, StatusReport::from_response(response.get_ref())),
+            Some(Ok(response)) => family.probe_answered(&entry, StatusReport::from_response(response.get_ref(), asked.elapsed())),
             Some(Err(status)) => family.probe_failed(&entry, probe_failure(&status)),
             None => {
                 // Given up on this connection (black hole?): the next probe makes a new one.

@@ -7,10 +7,14 @@
 //! | transport failure after sending (reset, keep-alive timeout, `Unavailable` without an etcd message) | another member | the client gets the error (it may have been applied) |
 //! | any other etcd answer (`request timed out`, `leader changed`, compacted, invalid argument, permission denied, ...) | the client gets it | the client gets it |
 //!
-//! So a write is never applied twice, and deterministic answers come back at once. The
-//! client's deadline bounds all attempts.
+//! So a write is never applied twice, and deterministic answers come back at once. A call
+//! refused with `too many requests` (etcd's apply loop is far behind its commits: the cluster
+//! is overloaded, not just the member) waits before it goes to the next member: 10 ms,
+//! doubling per refusal up to 200 ms ([`OverloadBackoff`]). A call is never sent to more
+//! members than there are, and the client's deadline bounds all attempts and pauses.
 
 use std::error::Error as StdError;
+use std::time::Duration;
 
 use tonic::{Code, Status};
 
@@ -44,8 +48,15 @@ const REJECTED_BEFORE_PROPOSING: &[&str] = &[
     "etcdserver: no leader",
     "etcdserver: rpc not supported for learner",
     "etcdserver: not capable",
-    "etcdserver: too many requests",
+    TOO_MANY_REQUESTS,
 ];
+
+/// etcd's refusal when it is overloaded.
+const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
+/// The pause after a call's first `too many requests`.
+const FIRST_OVERLOAD_PAUSE: Duration = Duration::from_millis(10);
+/// The longest pause between two members refusing with `too many requests`.
+const MAX_OVERLOAD_PAUSE: Duration = Duration::from_millis(200);
 
 impl Failure {
     /// Whether a request under `policy` that failed this way may go to another member.
@@ -60,6 +71,26 @@ impl Failure {
     /// something about its raft state, which the probes judge).
     pub fn member_unhealthy(self) -> bool {
         matches!(self, Failure::NotSent | Failure::Transport)
+    }
+}
+
+/// The pauses of one call between members that refuse it as overloaded.
+#[derive(Debug, Default)]
+pub(crate) struct OverloadBackoff {
+    refusals: u32,
+}
+
+impl OverloadBackoff {
+    /// How long to wait before sending the call to the next member after it failed with
+    /// `status`: nothing unless etcd said `too many requests`, then 10 ms, doubling with each
+    /// such refusal of the call, up to 200 ms.
+    pub(crate) fn pause_after(&mut self, status: &Status) -> Option<Duration> {
+        if status.message() != TOO_MANY_REQUESTS {
+            return None;
+        }
+        let pause = FIRST_OVERLOAD_PAUSE.saturating_mul(1 << self.refusals.min(16)).min(MAX_OVERLOAD_PAUSE);
+        self.refusals = self.refusals.saturating_add(1);
+        Some(pause)
     }
 }
 
@@ -95,6 +126,23 @@ mod tests {
             assert!(failure.may_retry(RetryPolicy::Write) && failure.may_retry(RetryPolicy::Read));
             assert!(!failure.member_unhealthy(), "the probes judge raft state, not one refusal");
         }
+    }
+
+    #[test]
+    fn too_many_requests_pauses_10_ms_doubling_up_to_200_ms() {
+        let mut backoff = OverloadBackoff::default();
+        let overloaded = Status::unavailable(TOO_MANY_REQUESTS);
+        let pauses: Vec<u128> = (0..7).map(|_| backoff.pause_after(&overloaded).unwrap().as_millis()).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 200, 200]);
+        for _ in 0..100 {
+            backoff.pause_after(&overloaded);
+        }
+        assert_eq!(backoff.pause_after(&overloaded), Some(MAX_OVERLOAD_PAUSE));
+        let mut backoff = OverloadBackoff::default();
+        for other in ["etcdserver: no leader", "etcdserver: rpc not supported for learner", "etcdserver: request timed out"] {
+            assert_eq!(backoff.pause_after(&Status::unavailable(other)), None, "{other}: the next member at once");
+        }
+        assert_eq!(backoff.pause_after(&overloaded), Some(FIRST_OVERLOAD_PAUSE), "other failures do not count");
     }
 
     #[test]

@@ -20,6 +20,13 @@ impl Etcdgate {
         })
     }
 
+    /// Like [`Etcdgate::start`], with extra `serve` flags.
+    pub fn start_with_args(endpoints: &str, args: &[&str]) -> Etcdgate {
+        Etcdgate::spawn(endpoints, |command| {
+            command.args(args).stderr(Stdio::null());
+        })
+    }
+
     /// Like [`Etcdgate::start`], with etcdgate's log (stderr, `etcdgate=info`, no colours)
     /// appended to `log`, for tests that read its member state changes.
     pub fn start_logged(endpoints: &str, log: &std::path::Path) -> Etcdgate {
@@ -69,4 +76,16 @@ pub fn http_get(addr: &str, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+/// The value of one series in etcdgate's `/metrics`, e.g.
+/// `etcdgate_member_requests_total{member="http://127.0.0.1:2379"}`; `None` if it is not there.
+pub fn metric(addr: &str, series: &str) -> Option<u64> {
+    let prefix = format!("{series} ");
+    http_get(addr, "/metrics").lines().find_map(|line| line.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
+/// How many client calls etcdgate has sent to the member at `member_url` (0 before the first).
+pub fn member_requests(addr: &str, member_url: &str) -> u64 {
+    metric(addr, &format!("etcdgate_member_requests_total{{member=\"{member_url}\"}}")).unwrap_or(0)
 }

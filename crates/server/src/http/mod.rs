@@ -19,7 +19,7 @@ use axum::Router;
 use etcdgate_proto::etcdserverpb::{LeaseKeepAliveRequest, SnapshotRequest, WatchRequest};
 use etcdgate_proto::v3electionpb::LeaderRequest;
 use futures::StreamExt;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
 use tonic::{Code, Status};
 
@@ -110,11 +110,7 @@ pub fn router(gateway: Arc<Gateway>, errors: Arc<ErrorStyle>, limits: HttpLimits
 /// etcd serves every HTTP response with permissive CORS headers (its `--cors` default `*`)
 /// and answers `OPTIONS` preflights with an empty 200; so does etcdgate.
 async fn cors(request: Request, next: axum::middleware::Next) -> Response {
-    let mut response = if request.method() == http::Method::OPTIONS {
-        Response::new(Body::empty())
-    } else {
-        next.run(request).await
-    };
+    let mut response = if request.method() == http::Method::OPTIONS { Response::new(Body::empty()) } else { next.run(request).await };
     let headers = response.headers_mut();
     headers.insert("access-control-allow-headers", HeaderValue::from_static("accept, content-type, authorization"));
     headers.insert("access-control-allow-methods", HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"));
@@ -151,11 +147,12 @@ async fn method_not_allowed() -> Response {
     )
 }
 
-async fn unary<R: UnaryRpc>(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
+async fn unary<R: UnaryRpc>(State(state): State<Arc<HttpState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
     let result = async {
         let bytes = body::read_all(body, state.limits.max_body_bytes, state.limits.body_timeout).await?;
         let message: R::Req = body::decode_one(&bytes)?;
-        state.gateway.unary::<R>(&CallContext::from_http(&headers), message).await
+        state.gateway.unary::<R>(&CallContext::from_http(&parts.headers, &parts.extensions), message).await
     }
     .await;
     match result {
@@ -170,33 +167,33 @@ async fn single_message<T: DeserializeOwned + Default>(state: &HttpState, body: 
     body::decode_one(&bytes)
 }
 
-async fn snapshot(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
+async fn snapshot(State(state): State<Arc<HttpState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
     if let Err(status) = single_message::<SnapshotRequest>(&state, body).await {
         return state.errors.response(&status);
     }
-    stream_or_error(&state, state.gateway.snapshot(&CallContext::from_http(&headers)).await)
+    stream_or_error(&state, state.gateway.snapshot(&CallContext::from_http(&parts.headers, &parts.extensions)).await)
 }
 
-async fn observe(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
+async fn observe(State(state): State<Arc<HttpState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
     let message = match single_message::<LeaderRequest>(&state, body).await {
         Ok(message) => message,
         Err(status) => return state.errors.response(&status),
     };
-    stream_or_error(&state, state.gateway.observe(&CallContext::from_http(&headers), message).await)
+    stream_or_error(&state, state.gateway.observe(&CallContext::from_http(&parts.headers, &parts.extensions), message).await)
 }
 
 async fn watch(State(state): State<Arc<HttpState>>, request: Request) -> Response {
-    let ctx = CallContext::from_http(request.headers());
+    let ctx = CallContext::from_http(request.headers(), request.extensions());
     // A watch stream without a request would never answer (etcd's gateway hangs on it).
     let if_empty = Some("etcdgate: no watch request in the body");
-    bidi::<WatchRequest, _, _>(state.clone(), request.into_body(), if_empty, |input| async move {
-        state.gateway.watch(&ctx, input).await
-    })
-    .await
+    bidi::<WatchRequest, _, _>(state.clone(), request.into_body(), if_empty, |input| async move { state.gateway.watch(&ctx, input).await })
+        .await
 }
 
 async fn lease_keep_alive(State(state): State<Arc<HttpState>>, request: Request) -> Response {
-    let ctx = CallContext::from_http(request.headers());
+    let ctx = CallContext::from_http(request.headers(), request.extensions());
     bidi::<LeaseKeepAliveRequest, _, _>(state.clone(), request.into_body(), None, |input| async move {
         state.gateway.lease_keep_alive(&ctx, input).await
     })

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcdgate_proto::etcdserverpb::{kv_client::KvClient, RangeRequest};
-use etcdgate_server::{Gateway, ServerConfig};
+use etcdgate_cache::HistoryLimits;
+use etcdgate_server::{CacheConfig, Caches, Gateway, ServerConfig};
 use etcdgate_testkit::{Cluster, EtcdVersion};
 use etcdgate_upstream::{Pool, PoolOptions};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -39,6 +40,15 @@ const HEADER_IDS: [&str; 3] = ["cluster_id", "member_id", "raft_term"];
 
 // ---------------------------------------------------------------------------------------------
 // The pair of clusters and the gateway.
+
+/// Whether this test binary is a `*_cached` one, whose gateway serves the whole keyspace from
+/// its watch cache (each includes the scenarios of its namesake).
+pub fn cache_everything() -> bool {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.file_name().map(|name| name.to_string_lossy().contains("_cached")))
+        .unwrap_or(false)
+}
 
 /// Two identical clusters of one etcd version, the second behind an in-process etcdgate.
 pub struct Pair {
@@ -67,12 +77,21 @@ impl Pair {
         Pair::start_with(version, ServerConfig::default()).await
     }
 
-    /// The gateway with `config`.
+    /// The gateway with `config`; in a `*_cached` test binary, serving the whole keyspace
+    /// from its watch cache.
     pub async fn start_with(version: EtcdVersion, config: ServerConfig) -> Pair {
+        let cache = cache_everything().then(|| CacheConfig { prefixes: vec![Vec::new()], limits: HistoryLimits::default() });
+        Pair::start_gateway(version, config, cache).await
+    }
+
+    async fn start_gateway(version: EtcdVersion, config: ServerConfig, cache: Option<CacheConfig>) -> Pair {
         let start = || async { Cluster::start(version, 1).await.unwrap_or_else(|e| panic!("start {version}: {e:#}")) };
         let (etcd, upstream) = tokio::join!(start(), start());
-        let pool = Pool::new(&upstream.client_urls(), PoolOptions::default()).expect("pool");
-        let gateway = Arc::new(Gateway::new(Arc::new(pool)));
+        let pool = Arc::new(Pool::new(&upstream.client_urls(), PoolOptions::default()).expect("pool"));
+        let gateway = Arc::new(match cache {
+            Some(cache) => Gateway::with_caches(pool.clone(), Caches::start(pool, &cache)),
+            None => Gateway::new(pool),
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
         let gateway_addr = listener.local_addr().expect("gateway addr");
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();

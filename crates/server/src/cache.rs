@@ -1,0 +1,256 @@
+//! The router's side of the watch cache: which reads a hub answers, the barrier that makes a
+//! cached read linearizable, and the feed that follows each cached prefix from etcd.
+//!
+//! - The cache serves clients only while etcd's auth is off (it cannot check permissions):
+//!   a client sending credentials, or any client while etcd refuses reads without them, is
+//!   forwarded.
+//! - A Range wholly inside a cached prefix, at the current revision, is answered from the
+//!   hub: a serializable one once the hub has reached what the client's connection has seen
+//!   (read-your-writes), a linearizable one once the hub has reached the cluster's revision
+//!   as a linearizable read of one key on a member tells it (one such read serves every
+//!   request that arrived before it was sent). A hub that does not get there within
+//!   [`CATCH_UP_WAIT`] (writes outside the prefix move the cluster's revision without
+//!   events the hub would see) lets the read go to etcd. Older revisions go to etcd.
+//! - The feed: a linearizable Range of the prefix, then one watch from the next revision
+//!   with prev_kv and progress notifications, relayed like a client's watch (it moves to
+//!   another member on failure and resumes where it stopped). Watch progress *requests* are
+//!   never used to move the hub: etcd 3.4/3.5 may answer them before events of the
+//!   revision they name. If the watch is compacted (the gateway was cut off too long), the
+//!   prefix is read again and the history starts over.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcdgate_cache::{HistoryLimits, Hub, KeyRange};
+use etcdgate_proto::etcdserverpb::{
+    kv_client::KvClient, watch_request::RequestUnion, RangeRequest, RangeResponse, WatchCreateRequest, WatchRequest,
+};
+use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::context::CallContext;
+
+/// How long a read of etcd without credentials proves that auth is off (the cache serves
+/// nothing while auth is on: it cannot check permissions).
+const AUTH_OFF_PROOF_AGE: Duration = Duration::from_secs(1);
+/// How long a cached read waits for the hub to reach the revision it needs.
+const CATCH_UP_WAIT: Duration = Duration::from_millis(100);
+/// Pause before the feed tries again after etcd failed it.
+const FEED_RETRY: Duration = Duration::from_millis(200);
+
+/// What to cache.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Key prefixes to follow (`""` for the whole keyspace).
+    pub prefixes: Vec<Vec<u8>>,
+    pub limits: HistoryLimits,
+}
+
+/// The cached prefixes, shared by every worker.
+#[derive(Debug)]
+pub struct Caches {
+    hubs: Vec<Arc<Hub>>,
+    barrier: Arc<Barrier>,
+}
+
+impl Caches {
+    /// Starts following every prefix of `config` (on the current runtime, with `pool`).
+    pub fn start(pool: Arc<Pool>, config: &CacheConfig) -> Arc<Caches> {
+        let hubs: Vec<Arc<Hub>> = config.prefixes.iter().map(|p| Arc::new(Hub::new(KeyRange::prefix(p), config.limits))).collect();
+        let barrier_key = hubs.first().map(|h| h.keys().request_key()).unwrap_or_else(|| vec![0]);
+        let barrier = Arc::new(Barrier::default());
+        for hub in &hubs {
+            tokio::spawn(feed(pool.clone(), hub.clone()));
+        }
+        tokio::spawn(run_barrier(pool, barrier.clone(), barrier_key));
+        Arc::new(Caches { hubs, barrier })
+    }
+
+    /// The hub holding every key of `[key, range_end)`, if any.
+    pub fn hub_for(&self, key: &[u8], range_end: &[u8]) -> Option<&Arc<Hub>> {
+        if key.is_empty() {
+            return None;
+        }
+        let keys = KeyRange::new(key, range_end);
+        self.hubs.iter().find(|hub| hub.keys().covers(&keys))
+    }
+
+    pub fn hubs(&self) -> &[Arc<Hub>] {
+        &self.hubs
+    }
+
+    /// `Some` when the cache may serve this client: it sends no credentials, and etcd has
+    /// answered a read without credentials lately (auth is off). Asks etcd if it has not.
+    pub async fn auth_off(&self, ctx: &CallContext) -> Option<()> {
+        if ctx.has_credentials() {
+            return None;
+        }
+        match self.barrier.last_answer() {
+            Some((true, age)) if age < AUTH_OFF_PROOF_AGE => Some(()),
+            Some((false, age)) if age < AUTH_OFF_PROOF_AGE => None,
+            _ => self.barrier.cluster_revision().await.map(|_| ()),
+        }
+    }
+
+    /// Answers `request` from a hub if one holds its keys at the revision it must read (see
+    /// the module doc); `None`: ask etcd.
+    pub async fn range(&self, ctx: &CallContext, request: &RangeRequest) -> Option<RangeResponse> {
+        let hub = self.hub_for(&request.key, &request.range_end)?;
+        hub.revision()?;
+        let needed = if request.serializable {
+            self.auth_off(ctx).await?;
+            ctx.seen.get()
+        } else {
+            if ctx.has_credentials() {
+                return None;
+            }
+            self.barrier.cluster_revision().await?
+        };
+        if hub.revision()? < needed && !hub.wait_for(needed, CATCH_UP_WAIT).await {
+            crate::metrics::cache_read(false);
+            return None;
+        }
+        let response = hub.range(request);
+        crate::metrics::cache_read(response.is_some());
+        response
+    }
+}
+
+/// Learns the cluster's current revision for linearizable cached reads: one read of one key
+/// on a member per round; a caller waits for a round that started after it asked.
+#[derive(Debug)]
+struct Barrier {
+    /// Rounds started so far.
+    started: AtomicU64,
+    /// Highest round a caller waits for.
+    wanted: AtomicU64,
+    wake: Notify,
+    /// The last finished round and the revision it learned (`None`: the read failed).
+    done: watch::Sender<(u64, Option<i64>)>,
+    /// When the last round finished, and whether etcd answered it.
+    last: std::sync::Mutex<Option<(bool, Instant)>>,
+}
+
+impl Default for Barrier {
+    fn default() -> Self {
+        Barrier {
+            started: AtomicU64::new(0),
+            wanted: AtomicU64::new(0),
+            wake: Notify::new(),
+            done: watch::Sender::new((0, None)),
+            last: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Barrier {
+    /// Whether the last round got an answer, and how long ago it finished.
+    fn last_answer(&self) -> Option<(bool, Duration)> {
+        let last = *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.map(|(answered, at)| (answered, at.elapsed()))
+    }
+
+    async fn cluster_revision(&self) -> Option<i64> {
+        let round = self.started.load(Ordering::Acquire) + 1;
+        self.wanted.fetch_max(round, Ordering::AcqRel);
+        let mut done = self.done.subscribe();
+        self.wake.notify_one();
+        let finished = done.wait_for(|(finished, _)| *finished >= round).await.ok()?;
+        finished.1
+    }
+}
+
+async fn run_barrier(pool: Arc<Pool>, barrier: Arc<Barrier>, key: Vec<u8>) {
+    loop {
+        if barrier.wanted.load(Ordering::Acquire) <= barrier.started.load(Ordering::Acquire) {
+            barrier.wake.notified().await;
+            continue;
+        }
+        let round = barrier.started.fetch_add(1, Ordering::AcqRel) + 1;
+        let request = RangeRequest { key: key.clone(), count_only: true, ..Default::default() };
+        let revision = pool
+            .call(&Target::Any, RetryPolicy::Read, Timing::Measured, |connection| {
+                let request = tonic::Request::new(request.clone());
+                async move { KvClient::new(connection).range(request).await }
+            })
+            .await
+            .ok()
+            .and_then(|response| response.into_inner().header.map(|h| h.revision));
+        *barrier.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((revision.is_some(), Instant::now()));
+        barrier.done.send_replace((round, revision));
+    }
+}
+
+/// Follows one prefix from etcd into its hub, for as long as the process runs.
+async fn feed(pool: Arc<Pool>, hub: Arc<Hub>) {
+    let keys = hub.keys().clone();
+    let mut reload = true;
+    loop {
+        if reload {
+            let request = RangeRequest { key: keys.request_key(), range_end: keys.end.clone(), ..Default::default() };
+            let loaded = pool
+                .call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, |connection| {
+                    let request = tonic::Request::new(request.clone());
+                    async move { KvClient::new(connection).max_decoding_message_size(usize::MAX).range(request).await }
+                })
+                .await;
+            match loaded {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    let header = response.header.unwrap_or_default();
+                    tracing::info!(prefix = %String::from_utf8_lossy(&keys.start), keys = response.kvs.len(), revision = header.revision, "cached prefix loaded");
+                    crate::metrics::cache_loaded();
+                    hub.reset(response.kvs, header);
+                    reload = false;
+                }
+                Err(status) => {
+                    tracing::warn!(error = %status.message(), "reading a cached prefix failed; trying again");
+                    tokio::time::sleep(FEED_RETRY).await;
+                    continue;
+                }
+            }
+        }
+        let Some(revision) = hub.revision() else { continue };
+        let create = WatchCreateRequest {
+            key: keys.request_key(),
+            range_end: keys.end.clone(),
+            start_revision: revision + 1,
+            prev_kv: true,
+            progress_notify: true,
+            ..Default::default()
+        };
+        let (requests, input) = mpsc::channel(1);
+        let _ = requests.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
+        match crate::watch::watch(pool.clone(), CallContext::default(), ReceiverStream::new(input).boxed()).await {
+            Ok(mut responses) => {
+                while let Some(response) = responses.next().await {
+                    match response {
+                        Ok(response) if response.canceled => {
+                            if response.compact_revision > 0 {
+                                tracing::warn!(compact_revision = response.compact_revision, "cached prefix's watch compacted; reading it again");
+                                reload = true;
+                            }
+                            break;
+                        }
+                        Ok(response) if response.created => {}
+                        Ok(response) if response.events.is_empty() => hub.progress(response.header.unwrap_or_default()),
+                        Ok(response) => {
+                            crate::metrics::cache_events_in(response.events.len());
+                            hub.apply(response.events, response.header.unwrap_or_default());
+                        }
+                        Err(status) => {
+                            tracing::warn!(error = %status.message(), "cached prefix's watch failed; resuming it");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) => tracing::warn!(error = %status.message(), "opening the cached prefix's watch failed"),
+        }
+        drop(requests);
+        tokio::time::sleep(FEED_RETRY).await;
+    }
+}
