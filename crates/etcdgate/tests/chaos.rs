@@ -16,16 +16,13 @@
 //! Each case prints its figures, when the fault and the recovery happened, and etcdgate's
 //! member state changes.
 //!
-//! Cases marked `#[ignore]` fail on etcdgate bugs, named in the reason (run them with
-//! `--run-ignored all`):
+//! Every case runs twice: with etcdgate's defaults, where reads and watches of `/apisix`
+//! (everything the workload touches) are served from its watch cache, and `_forwarded`,
+//! with `--no-cache`, where every read and watch goes to a member (as for keys outside the
+//! cache prefixes, or with auth on).
 //!
-//! - during a leader election etcd answers in-flight linearizable reads with `leader
-//!   changed`, which etcdgate passes to the client instead of retrying the read elsewhere;
-//! - serializable reads go round-robin to members that have applied different revisions (a
-//!   follower a few milliseconds behind, a member cut off and not yet found leaderless), so a
-//!   client's header revision goes back now and then, fault or not. The matrix's readers
-//!   therefore read linearizable only (every other client still has its revisions checked),
-//!   and `serializable_reads_keep_header_revisions_monotonic` runs the full mix, no fault.
+//! Cases marked `#[ignore]` fail on an etcdgate bug named in the reason (run them with
+//! `--run-ignored all`).
 
 mod common;
 
@@ -67,8 +64,6 @@ enum Fault {
     RemoveFollower,
     /// Every member stopped (SIGTERM), then started again with the same data.
     StopCluster,
-    /// Nothing happens: the workload alone.
-    Nothing,
 }
 
 impl Fault {
@@ -77,14 +72,16 @@ impl Fault {
     }
 }
 
-/// Readers of the matrix: linearizable only (see the module docs); `Mix` adds serializable.
+/// How etcdgate answers the workload's reads and watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Reads {
-    Linearizable,
-    Mix,
+enum Serving {
+    /// From its watch cache (the default for `/apisix`).
+    Cached,
+    /// Forwarded to a member (`--no-cache`).
+    Forwarded,
 }
 
-async fn chaos(version: EtcdVersion, fault: Fault, reads: Reads) {
+async fn chaos(version: EtcdVersion, fault: Fault, serving: Serving) {
     let case_started = Instant::now();
     let mut cluster = Cluster::start(version, 3).await.unwrap();
     let learner = match fault {
@@ -97,9 +94,12 @@ async fn chaos(version: EtcdVersion, fault: Fault, reads: Reads) {
     }
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("etcdgate.log");
-    let gateway = Etcdgate::start_logged(&cluster.endpoints(), &log);
-    let config = WorkloadConfig { serializable_reads: reads == Reads::Mix, ..WorkloadConfig::new(Target::Gateway(gateway.url())) };
-    let workload = Workload::start(config).await.unwrap();
+    let flags: &[&str] = match serving {
+        Serving::Cached => &[],
+        Serving::Forwarded => &["--no-cache"],
+    };
+    let gateway = Etcdgate::start_logged_with_args(&cluster.endpoints(), &log, flags);
+    let workload = Workload::start(WorkloadConfig::new(Target::Gateway(gateway.url()))).await.unwrap();
     let workload_started = workload.started();
     let since_start = |at: Instant| at.saturating_duration_since(workload_started);
     tokio::time::sleep(BEFORE_FAULT).await;
@@ -113,7 +113,6 @@ async fn chaos(version: EtcdVersion, fault: Fault, reads: Reads) {
         Fault::PartitionFollower | Fault::PartitionLeader => cluster.partition(victim).unwrap(),
         Fault::RemoveFollower => cluster.remove_member(victim).await.unwrap(),
         Fault::StopCluster => cluster.stop_all(),
-        Fault::Nothing => {}
     }
     let fault_done = Instant::now();
     tokio::time::sleep(if fault == Fault::StopCluster { CLUSTER_DOWN } else { DURING_FAULT }).await;
@@ -129,7 +128,7 @@ async fn chaos(version: EtcdVersion, fault: Fault, reads: Reads) {
             cluster.heal(victim).unwrap();
             cluster.wait_member_ready(victim, WAIT).await.unwrap();
         }
-        Fault::RemoveFollower | Fault::Nothing => {}
+        Fault::RemoveFollower => {}
         Fault::StopCluster => cluster.start_all().await.unwrap(),
     }
     let recovered = Instant::now();
@@ -143,11 +142,10 @@ async fn chaos(version: EtcdVersion, fault: Fault, reads: Reads) {
     };
     let what = match fault {
         Fault::StopCluster => "all members".to_string(),
-        Fault::Nothing => "no member".to_string(),
         _ => format!("m{victim} ({})", if victim == leader { "leader" } else { "follower" }),
     };
     eprintln!(
-        "chaos {version} {fault:?}: {what}: fault at +{:.1?} (took {:.1?}), recovery at +{:.1?} (took {:.1?}); {errors_between}; case took {:.1?}\n  members {}\n  {}",
+        "chaos {version} {fault:?} {serving:?}: {what}: fault at +{:.1?} (took {:.1?}), recovery at +{:.1?} (took {:.1?}); {errors_between}; case took {:.1?}\n  members {}\n  {}",
         since_start(fault_began),
         fault_done - fault_began,
         since_start(recovery_began),
@@ -205,77 +203,136 @@ fn print_member_log(log: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn v35_kill_follower() {
-    chaos(EtcdVersion::V3_5, Fault::KillFollower, Reads::Linearizable).await;
+    chaos(EtcdVersion::V3_5, Fault::KillFollower, Serving::Cached).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "etcdgate bug: linearizable reads get etcd's `leader changed` during the election instead of a retry (crates/upstream/src/retry.rs passes every `etcdserver:` answer to the client, reads too)"]
+async fn v35_kill_follower_forwarded() {
+    chaos(EtcdVersion::V3_5, Fault::KillFollower, Serving::Forwarded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn v35_kill_leader() {
-    chaos(EtcdVersion::V3_5, Fault::KillLeader, Reads::Linearizable).await;
+    chaos(EtcdVersion::V3_5, Fault::KillLeader, Serving::Cached).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "etcdgate bug: forwarded linearizable reads get etcd's `leader changed` during the election instead of a retry (crates/upstream/src/retry.rs passes every `etcdserver:` answer to the client, reads too)"]
+async fn v35_kill_leader_forwarded() {
+    chaos(EtcdVersion::V3_5, Fault::KillLeader, Serving::Forwarded).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn v35_pause_follower() {
-    chaos(EtcdVersion::V3_5, Fault::PauseFollower, Reads::Linearizable).await;
+    chaos(EtcdVersion::V3_5, Fault::PauseFollower, Serving::Cached).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "etcdgate bug: linearizable reads get etcd's `leader changed` during the election instead of a retry (crates/upstream/src/retry.rs passes every `etcdserver:` answer to the client, reads too)"]
+async fn v35_pause_follower_forwarded() {
+    chaos(EtcdVersion::V3_5, Fault::PauseFollower, Serving::Forwarded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn v35_pause_leader() {
-    chaos(EtcdVersion::V3_5, Fault::PauseLeader, Reads::Linearizable).await;
+    chaos(EtcdVersion::V3_5, Fault::PauseLeader, Serving::Cached).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "etcdgate bug: forwarded linearizable reads get etcd's `leader changed` during the election instead of a retry (crates/upstream/src/retry.rs passes every `etcdserver:` answer to the client, reads too)"]
+async fn v35_pause_leader_forwarded() {
+    chaos(EtcdVersion::V3_5, Fault::PauseLeader, Serving::Forwarded).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn v35_partition_follower() {
-    chaos(EtcdVersion::V3_5, Fault::PartitionFollower, Reads::Linearizable).await;
+    chaos(EtcdVersion::V3_5, Fault::PartitionFollower, Serving::Cached).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "etcdgate bug: linearizable reads get etcd's `leader changed` during the election instead of a retry (crates/upstream/src/retry.rs passes every `etcdserver:` answer to the client, reads too)"]
+async fn v35_partition_follower_forwarded() {
+    chaos(EtcdVersion::V3_5, Fault::PartitionFollower, Serving::Forwarded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn v35_partition_leader() {
-    chaos(EtcdVersion::V3_5, Fault::PartitionLeader, Reads::Linearizable).await;
+    chaos(EtcdVersion::V3_5, Fault::PartitionLeader, Serving::Cached).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "etcdgate bug: forwarded linearizable reads get etcd's `leader changed` during the election instead of a retry (crates/upstream/src/retry.rs passes every `etcdserver:` answer to the client, reads too)"]
+async fn v35_partition_leader_forwarded() {
+    chaos(EtcdVersion::V3_5, Fault::PartitionLeader, Serving::Forwarded).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn v35_learner_never_promoted() {
-    chaos(EtcdVersion::V3_5, Fault::Learner, Reads::Linearizable).await;
+    chaos(EtcdVersion::V3_5, Fault::Learner, Serving::Cached).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v35_learner_never_promoted_forwarded() {
+    chaos(EtcdVersion::V3_5, Fault::Learner, Serving::Forwarded).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn v35_remove_follower() {
-    chaos(EtcdVersion::V3_5, Fault::RemoveFollower, Reads::Linearizable).await;
+    chaos(EtcdVersion::V3_5, Fault::RemoveFollower, Serving::Cached).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v35_remove_follower_forwarded() {
+    chaos(EtcdVersion::V3_5, Fault::RemoveFollower, Serving::Forwarded).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn v35_stop_and_start_cluster() {
-    chaos(EtcdVersion::V3_5, Fault::StopCluster, Reads::Linearizable).await;
+    chaos(EtcdVersion::V3_5, Fault::StopCluster, Serving::Cached).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "etcdgate bug: linearizable reads get etcd's `leader changed` during the election instead of a retry (crates/upstream/src/retry.rs passes every `etcdserver:` answer to the client, reads too)"]
-async fn v34_kill_leader() {
-    chaos(EtcdVersion::V3_4, Fault::KillLeader, Reads::Linearizable).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "etcdgate bug: linearizable reads get etcd's `leader changed` during the election instead of a retry (crates/upstream/src/retry.rs passes every `etcdserver:` answer to the client, reads too)"]
-async fn v34_partition_leader() {
-    chaos(EtcdVersion::V3_4, Fault::PartitionLeader, Reads::Linearizable).await;
+async fn v35_stop_and_start_cluster_forwarded() {
+    chaos(EtcdVersion::V3_5, Fault::StopCluster, Serving::Forwarded).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn v34_kill_follower() {
-    chaos(EtcdVersion::V3_4, Fault::KillFollower, Reads::Linearizable).await;
+    chaos(EtcdVersion::V3_4, Fault::KillFollower, Serving::Cached).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "etcdgate bug: after heal the member's higher term (3.4 has no pre-vote) forces an election, and linearizable reads get etcd's `leader changed` instead of a retry"]
+async fn v34_kill_follower_forwarded() {
+    chaos(EtcdVersion::V3_4, Fault::KillFollower, Serving::Forwarded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v34_kill_leader() {
+    chaos(EtcdVersion::V3_4, Fault::KillLeader, Serving::Cached).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "etcdgate bug: forwarded linearizable reads get etcd's `leader changed` during the election instead of a retry (crates/upstream/src/retry.rs passes every `etcdserver:` answer to the client, reads too)"]
+async fn v34_kill_leader_forwarded() {
+    chaos(EtcdVersion::V3_4, Fault::KillLeader, Serving::Forwarded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn v34_partition_follower() {
-    chaos(EtcdVersion::V3_4, Fault::PartitionFollower, Reads::Linearizable).await;
+    chaos(EtcdVersion::V3_4, Fault::PartitionFollower, Serving::Cached).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "etcdgate bug: serializable reads go round-robin to members that applied different revisions, so a client's header revision goes back now and then (no fault needed)"]
-async fn serializable_reads_keep_header_revisions_monotonic() {
-    chaos(EtcdVersion::V3_5, Fault::Nothing, Reads::Mix).await;
+#[ignore = "etcdgate bug: after heal the member's higher term (3.4 has no pre-vote) forces an election, and forwarded linearizable reads get etcd's `leader changed` instead of a retry (crates/upstream/src/retry.rs)"]
+async fn v34_partition_follower_forwarded() {
+    chaos(EtcdVersion::V3_4, Fault::PartitionFollower, Serving::Forwarded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v34_partition_leader() {
+    chaos(EtcdVersion::V3_4, Fault::PartitionLeader, Serving::Cached).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "etcdgate bug: forwarded linearizable reads get etcd's `leader changed` during the election instead of a retry (crates/upstream/src/retry.rs passes every `etcdserver:` answer to the client, reads too)"]
+async fn v34_partition_leader_forwarded() {
+    chaos(EtcdVersion::V3_4, Fault::PartitionLeader, Serving::Forwarded).await;
 }
