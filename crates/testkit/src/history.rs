@@ -57,6 +57,26 @@ impl Event {
     }
 }
 
+/// The header of one response a client got: its revision, and the member that answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub revision: i64,
+    pub member_id: u64,
+}
+
+impl Header {
+    /// From etcd's wire form (a missing header reads as zeros).
+    pub fn from_proto(header: Option<&etcdgate_proto::etcdserverpb::ResponseHeader>) -> Header {
+        header.map_or(Header { revision: 0, member_id: 0 }, |h| Header { revision: h.revision, member_id: h.member_id })
+    }
+}
+
+impl fmt::Display for Header {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (member {:x})", self.revision, self.member_id)
+    }
+}
+
 /// Whether `key` is in etcd's range `[start, end)` (`end` empty: just `start`; `end` = `\0`:
 /// everything from `start` on).
 pub fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
@@ -137,8 +157,9 @@ pub enum Problem {
     /// A watch got an event etcd did not record for its range from its start revision (or
     /// recorded differently).
     UnknownEvent { client: String, revision: i64, key: String },
-    /// A client saw a header revision lower than one it had seen before.
-    RevisionWentBack { client: String, from: i64, to: i64 },
+    /// A client saw a header revision lower than one it had seen before (`from` is the
+    /// highest before, `to` the lower one; each with the member that answered).
+    RevisionWentBack { client: String, from: Header, to: Header },
     /// One write shows up more than once in etcd's history.
     AppliedTwice { seq: u64, revisions: Vec<i64> },
     /// A write was acknowledged but etcd has no record of it.
@@ -162,7 +183,9 @@ impl fmt::Display for Problem {
             Problem::UnknownEvent { client, revision, key } => {
                 write!(f, "{client}: event at revision {revision} ({key}) is not in etcd's history of its range")
             }
-            Problem::RevisionWentBack { client, from, to } => write!(f, "{client}: header revision went back from {from} to {to}"),
+            Problem::RevisionWentBack { client, from, to } => {
+                write!(f, "{client}: header revision went back from {from} to {to}")
+            }
             Problem::AppliedTwice { seq, revisions } => write!(f, "write {seq} applied more than once, at revisions {revisions:?}"),
             Problem::AcknowledgedButMissing { seq, revision } => {
                 write!(f, "write {seq} acknowledged at revision {revision} but not in etcd's history")
@@ -229,15 +252,17 @@ pub fn check_watch(history: &History, client: &str, watch: &WatchSegment) -> (Ve
     (problems, matched)
 }
 
-/// Checks that `revisions` (one client's header revisions, in the order it saw them) never
-/// go backwards; reports the first time they do.
-pub fn check_revisions(client: &str, revisions: &[i64]) -> Option<Problem> {
-    let mut highest = i64::MIN;
-    for &revision in revisions {
-        if revision < highest {
-            return Some(Problem::RevisionWentBack { client: client.to_string(), from: highest, to: revision });
+/// Checks that `headers` (one client's response headers, in the order it got them) never
+/// go back in revision; reports the first time they do.
+pub fn check_revisions(client: &str, headers: &[Header]) -> Option<Problem> {
+    let mut highest: Option<Header> = None;
+    for &header in headers {
+        match highest {
+            Some(before) if header.revision < before.revision => {
+                return Some(Problem::RevisionWentBack { client: client.to_string(), from: before, to: header });
+            }
+            _ => highest = Some(header),
         }
-        highest = revision;
     }
     None
 }
@@ -433,8 +458,18 @@ mod tests {
 
     #[test]
     fn revisions_going_back_are_reported() {
-        assert_eq!(check_revisions("c", &[1, 2, 2, 5, 9]), None);
-        assert_eq!(check_revisions("c", &[1, 5, 4, 6]), Some(Problem::RevisionWentBack { client: "c".into(), from: 5, to: 4 }));
+        let headers = |revisions: &[i64]| -> Vec<Header> {
+            revisions.iter().enumerate().map(|(i, &revision)| Header { revision, member_id: i as u64 }).collect()
+        };
+        assert_eq!(check_revisions("c", &headers(&[1, 2, 2, 5, 9])), None);
+        assert_eq!(
+            check_revisions("c", &headers(&[1, 5, 4, 6])),
+            Some(Problem::RevisionWentBack {
+                client: "c".into(),
+                from: Header { revision: 5, member_id: 1 },
+                to: Header { revision: 4, member_id: 2 }
+            })
+        );
     }
 
     fn put_op(key: &str, seq: u64) -> WriteOp {

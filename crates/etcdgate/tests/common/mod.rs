@@ -30,9 +30,14 @@ impl Etcdgate {
     /// Like [`Etcdgate::start`], with etcdgate's log (stderr, `etcdgate=info`, no colours)
     /// appended to `log`, for tests that read its member state changes.
     pub fn start_logged(endpoints: &str, log: &std::path::Path) -> Etcdgate {
+        Etcdgate::start_logged_with_args(endpoints, log, &[])
+    }
+
+    /// Like [`Etcdgate::start_logged`], with extra `serve` flags.
+    pub fn start_logged_with_args(endpoints: &str, log: &std::path::Path, args: &[&str]) -> Etcdgate {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open etcdgate log");
         Etcdgate::spawn(endpoints, |command| {
-            command.env("RUST_LOG", "etcdgate=info,warn").env("NO_COLOR", "1").stderr(file);
+            command.args(args).env("RUST_LOG", "etcdgate=info,warn").env("NO_COLOR", "1").stderr(file);
         })
     }
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::history::{Event, EventKind};
-use crate::workload::http::{b64, header_revision, int, unb64, JsonClient, JsonLines};
+use crate::workload::http::{b64, header, int, unb64, JsonClient, JsonLines};
 use crate::workload::record::{Call, Recorder};
 use crate::workload::schema::{resource_range, PREFIX, PREFIX_END, RESOURCES};
 
@@ -84,10 +84,10 @@ impl ApisixWorker {
             let body = json!({ "key": b64(&key), "range_end": b64(&range_end) });
             let started = Instant::now();
             let answer = http.post(self.endpoint(*endpoint), "/v3/kv/range", &body, self.call_timeout).await;
-            match answer.and_then(|answer| header_revision(&answer)) {
-                Ok(revision) => {
-                    self.recorder.read(revision);
-                    first_revision.get_or_insert(revision);
+            match answer.and_then(|answer| header(&answer)) {
+                Ok(header) => {
+                    self.recorder.read(header);
+                    first_revision.get_or_insert(header.revision);
                 }
                 Err(message) => {
                     self.recorder.error(Call::HttpRange, started, format!("range {resource}: {message}"));
@@ -134,11 +134,13 @@ impl ApisixWorker {
                     return failed(&self.recorder, next_revision, message);
                 }
             };
-            let revision = match header_revision(&result) {
-                Ok(revision) => revision,
+            let revision = match header(&result) {
+                Ok(header) => {
+                    self.recorder.header(header);
+                    header.revision
+                }
                 Err(message) => return failed(&self.recorder, next_revision, format!("{message} in {result}")),
             };
-            self.recorder.revision(revision);
             if result["canceled"] == Value::Bool(true) {
                 self.recorder.close_watch(watch);
                 if int(&result["compact_revision"]).unwrap_or(0) > 0 {

@@ -13,6 +13,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use crate::history::Header;
+
 /// Bytes as etcd's gateway takes and gives them: standard base64.
 pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -36,9 +38,20 @@ pub fn int(field: &Value) -> Result<i64, String> {
     }
 }
 
-/// `header.revision` of a response object.
-pub fn header_revision(response: &Value) -> Result<i64, String> {
-    int(&response["header"]["revision"])
+/// An unsigned 64-bit integer field (member IDs), written as a string (absent: 0).
+pub fn uint(field: &Value) -> Result<u64, String> {
+    match field {
+        Value::Null => Ok(0),
+        Value::String(text) => text.parse().map_err(|e| format!("bad integer {text:?}: {e}")),
+        Value::Number(n) => n.as_u64().ok_or_else(|| format!("bad integer {n}")),
+        other => Err(format!("bad integer {other}")),
+    }
+}
+
+/// The `header` of a response object.
+pub fn header(response: &Value) -> Result<Header, String> {
+    let header = &response["header"];
+    Ok(Header { revision: int(&header["revision"])?, member_id: uint(&header["member_id"])? })
 }
 
 /// An HTTP/1.1 client with a keep-alive pool, as lua-resty-http keeps one per worker.
@@ -131,8 +144,11 @@ mod tests {
 
     #[test]
     fn fields_decode_as_the_gateway_writes_them() {
-        let response: Value = serde_json::from_str(r#"{"header":{"revision":"42"},"kvs":[{"key":"L2FwaXNpeC8=","version":"1"}]}"#).unwrap();
-        assert_eq!(header_revision(&response), Ok(42));
+        let response: Value = serde_json::from_str(
+            r#"{"header":{"member_id":"12345678901234567890","revision":"42"},"kvs":[{"key":"L2FwaXNpeC8=","version":"1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(header(&response), Ok(Header { revision: 42, member_id: 12345678901234567890 }));
         assert_eq!(unb64(&response["kvs"][0]["key"]), Ok(b"/apisix/".to_vec()));
         assert_eq!(int(&response["kvs"][0]["lease"]), Ok(0));
         assert_eq!(unb64(&response["kvs"][0]["value"]), Ok(Vec::new()));

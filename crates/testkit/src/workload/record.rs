@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::history::{Event, WatchSegment};
+use crate::history::{Event, Header, WatchSegment};
 
 /// The kind of call a client error came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,8 +72,8 @@ pub struct WatchLog {
 #[derive(Clone, Debug, Default)]
 pub struct ClientLog {
     pub errors: Vec<ClientError>,
-    /// Header revisions of every response, in the order they came.
-    pub revisions: Vec<i64>,
+    /// The header of every response, in the order they came.
+    pub headers: Vec<Header>,
     /// Unary reads that succeeded.
     pub reads: u64,
     /// Full re-reads after the first (APISIX: after a compaction, or revisions going back).
@@ -115,15 +115,15 @@ impl Recorder {
         self.log().errors.push(error);
     }
 
-    pub fn revision(&self, revision: i64) {
-        self.log().revisions.push(revision);
+    pub fn header(&self, header: Header) {
+        self.log().headers.push(header);
     }
 
-    /// A successful unary read answered at `revision`.
-    pub fn read(&self, revision: i64) {
+    /// A successful unary read answered with `header`.
+    pub fn read(&self, header: Header) {
         let mut log = self.log();
         log.reads += 1;
-        log.revisions.push(revision);
+        log.headers.push(header);
     }
 
     pub fn reread(&self) {

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::history::{Event, MAX_MESSAGE_BYTES};
+use crate::history::{Event, Header, MAX_MESSAGE_BYTES};
 use crate::workload::record::{Call, Recorder};
 
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -72,9 +72,7 @@ impl GrpcWatcher {
                     Err(status) => return Err(status.to_string()),
                 },
             };
-            if let Some(header) = &message.header {
-                self.recorder.revision(header.revision);
-            }
+            self.recorder.header(Header::from_proto(message.header.as_ref()));
             if message.canceled {
                 return Err(format!("cancelled: {:?} (compact revision {})", message.cancel_reason, message.compact_revision));
             }

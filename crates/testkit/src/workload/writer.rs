@@ -15,7 +15,7 @@ use etcdgate_proto::etcdserverpb::{kv_client::KvClient, DeleteRangeRequest, PutR
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::history::{Write, WriteOp, WriteOutcome};
+use crate::history::{Header, Write, WriteOp, WriteOutcome};
 use crate::workload::record::{Call, Recorder};
 use crate::workload::schema::{key, value, Rng, RESOURCES};
 
@@ -80,42 +80,47 @@ impl Writer {
             seq += 1;
             let op = plan.next(seq);
             let started = Instant::now();
-            let (call, outcome) = self.apply(&mut kv, &op).await;
-            match &outcome {
-                WriteOutcome::Ok { revision, .. } => {
-                    self.recorder.revision(*revision);
-                    self.latest_revision.fetch_max(*revision, Ordering::Relaxed);
+            let (call, answer) = self.apply(&mut kv, &op).await;
+            let outcome = match answer {
+                Ok((header, deleted)) => {
+                    self.recorder.header(header);
+                    self.latest_revision.fetch_max(header.revision, Ordering::Relaxed);
+                    WriteOutcome::Ok { revision: header.revision, deleted }
                 }
-                WriteOutcome::Failed(message) => self.recorder.error(call, started, format!("write {seq}: {message}")),
-            }
+                Err(message) => {
+                    self.recorder.error(call, started, format!("write {seq}: {message}"));
+                    WriteOutcome::Failed(message)
+                }
+            };
             let write = TimedWrite { write: Write { seq, op, outcome }, finished: Instant::now() };
             self.writes.lock().unwrap_or_else(|e| e.into_inner()).push(write);
             let _ = tokio::time::timeout(self.pause, self.stop.wait_for(|stop| *stop)).await;
         }
     }
 
-    async fn apply(&self, kv: &mut KvClient<Channel>, op: &WriteOp) -> (Call, WriteOutcome) {
+    /// Sends one write: its answer's header and deleted count, or the error.
+    async fn apply(&self, kv: &mut KvClient<Channel>, op: &WriteOp) -> (Call, Result<(Header, i64), String>) {
         let deadline = self.call_timeout + Duration::from_secs(1);
         let (call, answer) = match op {
             WriteOp::Put { key, value } => {
                 let mut request = tonic::Request::new(PutRequest { key: key.clone(), value: value.clone(), ..Default::default() });
                 request.set_timeout(self.call_timeout);
                 let answer = tokio::time::timeout(deadline, kv.put(request)).await;
-                (Call::Put, answer.map(|r| r.map(|a| (a.into_inner().header, 0))))
+                (Call::Put, answer.map(|r| r.map(|a| (Header::from_proto(a.get_ref().header.as_ref()), 0))))
             }
             WriteOp::Delete { key } => {
                 let mut request = tonic::Request::new(DeleteRangeRequest { key: key.clone(), ..Default::default() });
                 request.set_timeout(self.call_timeout);
                 let answer = tokio::time::timeout(deadline, kv.delete_range(request)).await;
-                (Call::Delete, answer.map(|r| r.map(|a| { let a = a.into_inner(); (a.header, a.deleted) })))
+                (Call::Delete, answer.map(|r| r.map(|a| (Header::from_proto(a.get_ref().header.as_ref()), a.get_ref().deleted))))
             }
         };
-        let outcome = match answer {
-            Ok(Ok((header, deleted))) => WriteOutcome::Ok { revision: header.map_or(0, |h| h.revision), deleted },
-            Ok(Err(status)) => WriteOutcome::Failed(status.to_string()),
-            Err(_) => WriteOutcome::Failed(format!("no answer within {:?}", self.call_timeout)),
+        let answer = match answer {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(status)) => Err(status.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.call_timeout)),
         };
-        (call, outcome)
+        (call, answer)
     }
 }
 
