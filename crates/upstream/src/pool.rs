@@ -36,7 +36,7 @@ use crate::connection::{ConnectOptions, MemberConnection};
 use crate::health::{
     plan_sync, Known, Limits, Listed, MemberHealth, ProbeFailure, Reference, State, StatusReport, SyncAction, Transition,
 };
-use crate::retry::{classify, during_election, Failure, OverloadBackoff, RetryPolicy};
+use crate::retry::{classify, during_election, is_overload, Failure, OverloadBackoff, RetryPolicy};
 
 /// Connection, probe and member-state settings, shared by a pool family.
 #[derive(Clone, Debug)]
@@ -97,7 +97,7 @@ impl PoolOptions {
     }
 }
 
-/// Pause before trying every member again after all failed a call during an election.
+/// Pause before trying every member again after all failed a call that may be retried.
 const FIRST_ROUND_PAUSE: Duration = Duration::from_millis(100);
 /// The longest such pause.
 const MAX_ROUND_PAUSE: Duration = Duration::from_secs(1);
@@ -668,9 +668,9 @@ impl Pool {
                 Target::Leader => self.leader().await.map(|leader| vec![leader]),
                 Target::Named(name) => self.named(name).await.map(|member| vec![member]),
             };
-            // Whether every failure of this round was the election's or a member's own (down,
-            // cut), and at least one was the election's.
-            let (mut passing, mut electing) = (true, false);
+            // Whether some member refused the call as overloaded (not waited out: retrying
+            // would add to the load).
+            let mut overloaded = false;
             match members {
                 Ok(members) => {
                     let mut pause = None;
@@ -702,23 +702,19 @@ impl Pool {
                                 tracing::debug!(member = %member.url(), error = %status.message(), "failing over");
                                 crate::metrics::failed_over(member.url());
                                 pause = overload.pause_after(&status);
-                                passing &= during_election(&status) || failure.member_unhealthy();
-                                electing |= during_election(&status);
+                                overloaded |= is_overload(&status);
                                 last_error = Some(status);
                             }
                         }
                     }
                 }
                 // No leader to send a leader-only call to: an election, most likely.
-                Err(status) if *target == Target::Leader && during_election(&status) => {
-                    electing = true;
-                    last_error = Some(status);
-                }
+                Err(status) if *target == Target::Leader && during_election(&status) => last_error = Some(status),
                 Err(status) => return Err(status),
             }
-            // Every member failed the call because of an election: try them again a little
-            // later, within the budget.
-            if !(passing && electing) || Instant::now() + round_pause >= give_up_at {
+            // Every member failed the call in a way that allows another try (down, cut, an
+            // election, ...): try them again a little later, within the budget.
+            if overloaded || Instant::now() + round_pause >= give_up_at {
                 break;
             }
             tokio::time::sleep(round_pause).await;

@@ -9,9 +9,10 @@
 //! | any other etcd answer (compacted, future revision, invalid argument, permission denied, lease not found, no space, ...) | the client gets it | the client gets it |
 //!
 //! So a write is never applied twice, and deterministic answers come back at once. When every
-//! member has failed a call that may be retried because of an election (`no leader`, `leader
-//! changed`, timeouts, everywhere for a second or two: [`during_election`]), the members are
-//! tried again after a pause (100 ms, doubling up to 1 s), within the retry budget. A call
+//! member has failed a call in a way that allows another try (down, cut, an election: `no
+//! leader`, `leader changed` everywhere for a second or two), the members are tried again
+//! after a pause (100 ms, doubling up to 1 s), within the retry budget — unless one refused
+//! it as overloaded ([`is_overload`]): retrying would only add to the load. A call
 //! refused with `too many requests` (etcd's apply loop is far behind its commits: the cluster
 //! is overloaded, not just the member) waits before it goes to the next member: 10 ms,
 //! doubling per refusal up to 200 ms ([`OverloadBackoff`]). A call is never sent to more
@@ -114,11 +115,15 @@ impl OverloadBackoff {
 }
 
 /// Whether etcd's answer says the cluster is electing a leader (`no leader`, or a request cut
-/// short by raft): worth trying every member again a little later, when all failed this way.
-/// (Overload, `too many requests`, is not waited out: retrying would add to it.)
+/// short by raft).
 pub fn during_election(status: &Status) -> bool {
     let msg = status.message();
     msg == "etcdserver: no leader" || INTERRUPTED.contains(&msg)
+}
+
+/// Whether etcd refused the call as overloaded (`too many requests`).
+pub fn is_overload(status: &Status) -> bool {
+    status.message() == TOO_MANY_REQUESTS
 }
 
 /// Sorts a failed call's status into [`Failure`].
@@ -200,7 +205,7 @@ mod tests {
             assert!(!during_election(&status));
         }
         assert!(during_election(&Status::unavailable("etcdserver: no leader")));
-        assert!(!during_election(&Status::unavailable(TOO_MANY_REQUESTS)), "overload is not waited out");
+        assert!(!during_election(&Status::unavailable(TOO_MANY_REQUESTS)) && is_overload(&Status::unavailable(TOO_MANY_REQUESTS)));
     }
 
     #[test]
