@@ -193,7 +193,7 @@ pub fn markdown(cells: &[Result<BehindCell, (TargetKind, String)>]) -> String {
         let cell = match cell {
             Ok(cell) => cell,
             Err((target, e)) => {
-                let _ = writeln!(out, "| {} | failed: {e} | | | | | | | |", target.name());
+                let _ = writeln!(out, "| {} | {e} | | | | | | | |", target.name());
                 continue;
             }
         };

@@ -35,8 +35,11 @@ const MAX_P99_TO_LAST_MS: f64 = 50.0;
 const MAX_RSS_PER_WATCHER: f64 = 4096.0;
 /// Pause before memory and gauges are read, so that the last opens and sends have settled.
 const SETTLE: Duration = Duration::from_secs(1);
-/// How long after the last put the watchers may take to receive everything.
-const DELIVERY_GRACE: Duration = Duration::from_secs(15);
+/// After the last put, the watchers are waited for until all have everything, or nothing has
+/// arrived for this long (what is still missing then counts as missed) ...
+const DELIVERY_STALL: Duration = Duration::from_secs(5);
+/// ... or this long at most.
+const DELIVERY_CAP: Duration = Duration::from_secs(300);
 /// Digits of the put's number at the start of each value.
 const NUMBER_DIGITS: usize = 8;
 /// A delivery not (yet) received.
@@ -152,6 +155,15 @@ impl PutClock {
     }
 }
 
+/// What the watchers received so far, all together.
+#[derive(Default)]
+struct Progress {
+    /// Watchers that have every put.
+    complete: AtomicUsize,
+    /// Puts received, summed over the watchers.
+    deliveries: AtomicU64,
+}
+
 /// What one watcher received.
 struct Delivery {
     /// µs from send to arrival, per put; [`MISSING`] when it did not come.
@@ -202,11 +214,11 @@ pub async fn run(
     let rss_before = (target.pid.and_then(observe::rss_bytes), etcd_pid.and_then(observe::rss_bytes));
 
     let clock = Arc::new(PutClock::new(config.puts));
-    let complete = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::new(Progress::default());
     let (stop, stopped) = watch::channel(false);
     let started = Instant::now();
     let opened = open_all(addr, &channels, http_count, grpc_count, config.open_concurrency, |conn| {
-        tokio::spawn(consume(conn, clock.clone(), complete.clone(), stopped.clone()))
+        tokio::spawn(consume(conn, clock.clone(), progress.clone(), stopped.clone()))
     })
     .await;
     let open_secs = started.elapsed().as_secs_f64();
@@ -246,9 +258,17 @@ pub async fn run(
             first_error.get_or_insert_with(|| format!("put: {:?}: {}", status.code(), status.message()));
         }
     }
-    let deadline = Instant::now() + DELIVERY_GRACE;
-    while complete.load(Ordering::Acquire) < opened.consumers.len() && Instant::now() < deadline {
+    let cap = Instant::now() + DELIVERY_CAP;
+    let (mut delivered, mut last_arrival) = (progress.deliveries.load(Ordering::Acquire), Instant::now());
+    while progress.complete.load(Ordering::Acquire) < opened.consumers.len()
+        && last_arrival.elapsed() < DELIVERY_STALL
+        && Instant::now() < cap
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
+        let now_delivered = progress.deliveries.load(Ordering::Acquire);
+        if now_delivered != delivered {
+            (delivered, last_arrival) = (now_delivered, Instant::now());
+        }
     }
     let cpu_after = [cpu(target.pid), cpu(etcd_pid), cpu_ticks("self")];
     let rss_after = (target.pid.and_then(observe::rss_bytes), etcd_pid.and_then(observe::rss_bytes));
@@ -364,14 +384,15 @@ async fn open_all(
     out
 }
 
-/// Reads one watch until `stop`, noting when each put arrives; counts into `complete` once it
-/// has every put.
+/// Reads one watch until `stop`, noting when each put arrives (and counting into `progress`).
 async fn consume(
     mut conn: WatchConn,
     clock: Arc<PutClock>,
-    complete: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
     mut stop: watch::Receiver<bool>,
 ) -> Delivery {
+    let stopped = stop.wait_for(|stop| *stop);
+    tokio::pin!(stopped);
     let puts = clock.sent.len();
     let mut delivery = Delivery {
         delays_us: vec![MISSING; puts],
@@ -385,7 +406,7 @@ async fn consume(
     loop {
         let message = tokio::select! {
             biased;
-            _ = stop.changed() => break,
+            _ = &mut stopped => break,
             message = conn.next() => message,
         };
         let response = match message {
@@ -409,8 +430,9 @@ async fn consume(
                 Some((put, delay_us)) if delivery.delays_us[put] == MISSING => {
                     delivery.delays_us[put] = delay_us.min(u64::from(MISSING - 1)) as u32;
                     delivery.received += 1;
+                    progress.deliveries.fetch_add(1, Ordering::AcqRel);
                     if delivery.received == puts {
-                        complete.fetch_add(1, Ordering::AcqRel);
+                        progress.complete.fetch_add(1, Ordering::AcqRel);
                     }
                 }
                 Some(_) => delivery.duplicates += 1,
@@ -471,7 +493,7 @@ pub fn markdown(cells: &[Result<FanoutCell, (TargetKind, String)>]) -> String {
         let cell = match cell {
             Ok(cell) => cell,
             Err((target, e)) => {
-                let _ = writeln!(out, "| {} | failed: {e} | | | | | | | | | | |", target.name());
+                let _ = writeln!(out, "| {} | {e} | | | | | | | | | | |", target.name());
                 continue;
             }
         };
@@ -624,7 +646,7 @@ mod tests {
         assert_eq!(to_last.max_us / 10, 300, "3000 µs within the histogram's precision");
         assert_eq!(cell.per_event.expect("four deliveries").p50_us, 1000);
         assert_eq!((cell.missed, cell.duplicates), (0, 1));
-        let text = markdown(&[Ok(cell), Err((TargetKind::GrpcProxy, "boom".into()))]);
+        let text = markdown(&[Ok(cell), Err((TargetKind::GrpcProxy, "failed: boom".into()))]);
         assert!(text.contains("| etcdgate | 1+1 | 0.0 | 2.0 | 3.0 | 3.0 | 1.0 |"), "{text}");
         assert!(text.contains("| grpc-proxy | failed: boom |"), "{text}");
         assert!(text.contains("| etcdgate | 1 | 1 | 2 | 10.0 → 10.0 | 1000 | 2000 | - | 0.50 | - | - |"), "{text}");

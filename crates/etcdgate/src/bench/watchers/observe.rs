@@ -21,22 +21,29 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Raises this process's soft RLIMIT_NOFILE to its hard limit (children inherit it) and
-/// returns the new soft limit.
-pub fn raise_open_files_limit() -> std::io::Result<u64> {
+/// Raises this process's RLIMIT_NOFILE (children inherit it) to `wanted` open files, the hard
+/// limit too when allowed (root), else the soft limit up to the hard one; returns the new
+/// soft limit.
+pub fn raise_open_files_limit(wanted: u64) -> std::io::Result<u64> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `limit` is a valid rlimit to write to.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    if limit.rlim_cur < limit.rlim_max {
-        limit.rlim_cur = limit.rlim_max;
-        // SAFETY: `limit` is a valid rlimit; a soft limit up to the hard one needs no privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    if limit.rlim_cur >= wanted {
+        return Ok(limit.rlim_cur);
     }
-    Ok(limit.rlim_cur)
+    let raised = libc::rlimit { rlim_cur: wanted, rlim_max: limit.rlim_max.max(wanted) };
+    // SAFETY: `raised` is a valid rlimit; the kernel refuses (EPERM) what is not allowed.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        return Ok(wanted);
+    }
+    let within_hard = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+    // SAFETY: as above; a soft limit up to the hard one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &within_hard) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(limit.rlim_max)
 }
 
 /// The sum of every sample of metric `name` (any labels) in a Prometheus text page, if any.

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use base64::Engine;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use etcdgate_proto::etcdserverpb::{
     watch_client::WatchClient, watch_request::RequestUnion, WatchCreateRequest, WatchRequest, WatchResponse,
 };
@@ -46,7 +46,7 @@ pub enum WatchConn {
     Http {
         body: Incoming,
         /// Bytes received after the last complete line.
-        pending: BytesMut,
+        pending: Bytes,
         /// Drives the HTTP/1.1 connection; aborted with the watch.
         _connection: AbortOnDrop,
     },
@@ -101,7 +101,7 @@ impl WatchConn {
                 let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                 return Err(format!("POST /v3/watch: HTTP {status}: {}", shown(&body)));
             }
-            let mut conn = WatchConn::Http { body: response.into_body(), pending: BytesMut::new(), _connection: connection };
+            let mut conn = WatchConn::Http { body: response.into_body(), pending: Bytes::new(), _connection: connection };
             let first = conn.first().await?;
             Ok((conn, first))
         };
@@ -148,18 +148,20 @@ impl WatchConn {
                 }
                 match body.frame().await {
                     Some(Ok(frame)) => {
-                        if let Ok(mut data) = frame.into_data() {
-                            while data.has_remaining() {
-                                let chunk = data.chunk();
-                                pending.extend_from_slice(chunk);
-                                let n = chunk.len();
-                                data.advance(n);
-                            }
+                        if let Ok(data) = frame.into_data() {
+                            *pending = if pending.is_empty() {
+                                data
+                            } else {
+                                let mut joined = BytesMut::with_capacity(pending.len() + data.len());
+                                joined.extend_from_slice(pending);
+                                joined.extend_from_slice(&data);
+                                joined.freeze()
+                            };
                         }
                     }
                     Some(Err(e)) => return Err(format!("reading the watch body: {e}")),
                     None if pending.iter().all(u8::is_ascii_whitespace) => return Ok(None),
-                    None => return parse_line(&pending.split()).map(Some),
+                    None => return parse_line(&std::mem::take(pending)).map(Some),
                 }
             },
         }
