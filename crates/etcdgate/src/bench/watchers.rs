@@ -18,7 +18,7 @@ mod watch_conn;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use etcdgate_proto::etcdserverpb::{kv_client::KvClient, PutRequest};
 use etcdgate_testkit::{Cluster, EtcdVersion, ProxyProcess};
 
@@ -67,6 +67,15 @@ impl Scenario {
     }
 }
 
+/// Which watchers fan-out opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// Half HTTP/JSON, half gRPC.
+    Both,
+    Http,
+    Grpc,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct WatchersArgs {
     /// Scenarios to run, comma-separated: fan-out (B4), behind-compaction (B6). Default: both.
@@ -77,9 +86,12 @@ pub struct WatchersArgs {
     /// behind-compaction cell.
     #[arg(long, value_delimiter = ',', value_parser = TargetKind::parse)]
     pub targets: Vec<TargetKind>,
-    /// Fan-out: watchers of `/apisix/`, half HTTP/JSON (one connection each), half gRPC.
+    /// Fan-out: watchers of `/apisix/`.
     #[arg(long, default_value_t = 10_000)]
     pub watchers: usize,
+    /// Fan-out: HTTP/JSON watchers (one connection each), gRPC watchers, or half of each.
+    #[arg(long, value_enum, default_value_t = Transport::Both)]
+    pub transport: Transport,
     /// Fan-out: gRPC channels (HTTP/2 connections) the gRPC watchers share, each watcher on
     /// its own Watch stream.
     #[arg(long, default_value_t = 50)]
@@ -149,7 +161,12 @@ pub async fn run(args: WatchersArgs) -> anyhow::Result<()> {
     }
     // One connection per HTTP watcher here and in the target; `etcd gateway` holds six
     // descriptors per connection (both sockets and a splice pipe per direction).
-    let connections = (args.watchers / 2 + args.grpc_channels) as u64;
+    let (http_watchers, grpc_watchers) = match args.transport {
+        Transport::Both => (args.watchers / 2, args.watchers - args.watchers / 2),
+        Transport::Http => (args.watchers, 0),
+        Transport::Grpc => (0, args.watchers),
+    };
+    let connections = (http_watchers + args.grpc_channels) as u64;
     let open_files = observe::raise_open_files_limit(6 * connections + SPARE_FILES).context("raising RLIMIT_NOFILE")?;
     if scenarios.contains(&Scenario::FanOut) && open_files < connections + SPARE_FILES {
         bail!(
@@ -162,6 +179,7 @@ pub async fn run(args: WatchersArgs) -> anyhow::Result<()> {
     // targets when the limit is too low for it, run anyway when named.
     let gateway_fits = open_files >= 6 * connections + SPARE_FILES;
 
+    let load_before = load_average();
     let version = args.etcd_version;
     eprintln!("bench: starting one {version} member ...");
     let cluster = Cluster::builder(version).members(1).start().await?;
@@ -172,7 +190,8 @@ pub async fn run(args: WatchersArgs) -> anyhow::Result<()> {
     let mut fanout_cells = Vec::new();
     if scenarios.contains(&Scenario::FanOut) {
         let config = FanoutConfig {
-            watchers: args.watchers,
+            http_watchers,
+            grpc_watchers,
             grpc_channels: args.grpc_channels,
             puts: args.puts,
             put_interval: Duration::from_millis(args.put_interval_ms),
@@ -192,6 +211,10 @@ pub async fn run(args: WatchersArgs) -> anyhow::Result<()> {
                     continue;
                 }
                 eprintln!("bench: WARNING: {why}");
+            }
+            if !serves_http(kind) && grpc_watchers == 0 {
+                fanout_cells.push(Err((kind, "n/a: no HTTP/JSON gateway".to_string())));
+                continue;
             }
             eprintln!("bench: fan-out via {} ...", kind.name());
             wait_etcd_idle(&etcd_url).await;
@@ -228,12 +251,26 @@ pub async fn run(args: WatchersArgs) -> anyhow::Result<()> {
         }
     }
 
-    println!("etcdgate bench watchers: {version}, 1 member, {build} build, {} CPUs\n", num_cpus());
+    println!(
+        "etcdgate bench watchers: {version}, 1 member, {build} build, {} CPUs shared by etcd, the proxy and the load \
+         generator; load average {load_before} before, {} after\n",
+        num_cpus(),
+        load_average()
+    );
     if scenarios.contains(&Scenario::FanOut) {
+        let mut kinds = Vec::new();
+        if http_watchers > 0 {
+            kinds.push(format!("{http_watchers} HTTP/JSON, one connection each"));
+        }
+        if grpc_watchers > 0 {
+            kinds.push(format!("{grpc_watchers} gRPC, one stream each over {} channels", args.grpc_channels.min(grpc_watchers)));
+        }
         println!(
-            "### B4: fan-out, {} watchers of /apisix/ (half HTTP/JSON, one connection each; half gRPC, one stream each \
-             over {} channels), {} puts {} ms apart\n",
-            args.watchers, args.grpc_channels, args.puts, args.put_interval_ms
+            "### B4: fan-out, {} watchers of /apisix/ ({}), {} puts {} ms apart\n",
+            args.watchers,
+            kinds.join("; "),
+            args.puts,
+            args.put_interval_ms
         );
         print!("{}", fanout::markdown(&fanout_cells));
         println!();
@@ -314,6 +351,12 @@ async fn preload_routes(etcd_url: &str) -> anyhow::Result<()> {
         kv.put(request).await?;
     }
     Ok(())
+}
+
+/// The 1-minute load average (other work on the machine shows there).
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().next().unwrap_or("?").to_string()
 }
 
 fn num_cpus() -> usize {

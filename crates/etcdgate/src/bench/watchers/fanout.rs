@@ -1,6 +1,6 @@
-//! B4, watch fan-out. On one target: `watchers` watches of `/apisix/`, half HTTP/JSON long
-//! watches as APISIX opens them (one HTTP/1.1 connection each), half gRPC (one Watch stream
-//! each, spread over `grpc_channels` shared HTTP/2 connections). Once all are open, `puts`
+//! B4, watch fan-out. On one target: watches of `/apisix/`, HTTP/JSON long watches as APISIX
+//! opens them (one HTTP/1.1 connection each) and gRPC ones (one Watch stream each, spread
+//! over `grpc_channels` shared HTTP/2 connections), half and half by default. Once all are open, `puts`
 //! puts of keys under `/apisix/routes/` go straight to etcd, `put_interval` apart, each value
 //! carrying the put's number, and every watcher notes when each put reaches it.
 //!
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use etcdgate_proto::etcdserverpb::{kv_client::KvClient, watch_client::WatchClient, PutRequest, WatchCreateRequest};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -47,7 +47,9 @@ const MISSING: u32 = u32::MAX;
 
 #[derive(Clone, Debug)]
 pub struct FanoutConfig {
-    pub watchers: usize,
+    /// HTTP/JSON watchers (none on a target without the HTTP gateway).
+    pub http_watchers: usize,
+    pub grpc_watchers: usize,
     pub grpc_channels: usize,
     pub puts: usize,
     pub put_interval: Duration,
@@ -197,8 +199,11 @@ pub async fn run(
 ) -> anyhow::Result<FanoutCell> {
     let addr: SocketAddr = host_port(&target.url).parse().with_context(|| format!("address of {}", target.url))?;
     let mut kv = KvClient::connect(etcd_url.to_string()).await.with_context(|| format!("connecting to {etcd_url}"))?;
-    let http_count = if serves_http(target.kind) { config.watchers / 2 } else { 0 };
-    let grpc_count = config.watchers - config.watchers / 2;
+    let http_count = if serves_http(target.kind) { config.http_watchers } else { 0 };
+    let grpc_count = config.grpc_watchers;
+    if http_count + grpc_count == 0 {
+        bail!("no watcher this target can serve (it has no HTTP/JSON gateway)");
+    }
     let mut channels = Vec::new();
     for _ in 0..config.grpc_channels.min(grpc_count) {
         let channel = Endpoint::from_shared(target.url.clone())?
