@@ -247,34 +247,8 @@ pub async fn run(
 
     let cpu = |pid: Option<u32>| pid.and_then(|pid| cpu_ticks(&pid.to_string()));
     let cpu_before = [cpu(target.pid), cpu(etcd_pid), cpu_ticks("self")];
-    let mut failed_puts = vec![false; config.puts];
-    let mut ticker = tokio::time::interval(config.put_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for (put, failed) in failed_puts.iter_mut().enumerate() {
-        ticker.tick().await;
-        let request = PutRequest {
-            key: format!("/apisix/routes/fanout-{:03}", put % 100).into_bytes(),
-            value: put_value(put, config.value_size),
-            ..Default::default()
-        };
-        clock.mark_sent(put);
-        if let Err(status) = kv.put(request).await {
-            *failed = true;
-            first_error.get_or_insert_with(|| format!("put: {:?}: {}", status.code(), status.message()));
-        }
-    }
-    let cap = Instant::now() + DELIVERY_CAP;
-    let (mut delivered, mut last_arrival) = (progress.deliveries.load(Ordering::Acquire), Instant::now());
-    while progress.complete.load(Ordering::Acquire) < opened.consumers.len()
-        && last_arrival.elapsed() < DELIVERY_STALL
-        && Instant::now() < cap
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let now_delivered = progress.deliveries.load(Ordering::Acquire);
-        if now_delivered != delivered {
-            (delivered, last_arrival) = (now_delivered, Instant::now());
-        }
-    }
+    let failed_puts = put_all(&mut kv, &clock, config, &mut first_error).await;
+    wait_for_deliveries(&progress, opened.consumers.len()).await;
     let cpu_after = [cpu(target.pid), cpu(etcd_pid), cpu_ticks("self")];
     let rss_after = (target.pid.and_then(observe::rss_bytes), etcd_pid.and_then(observe::rss_bytes));
 
@@ -322,6 +296,49 @@ pub async fn run(
     };
     tally(&mut cell, &deliveries, &failed_puts);
     Ok(cell)
+}
+
+/// Makes the puts, `put_interval` apart; which of them failed.
+async fn put_all(
+    kv: &mut KvClient<Channel>,
+    clock: &PutClock,
+    config: &FanoutConfig,
+    first_error: &mut Option<String>,
+) -> Vec<bool> {
+    let mut failed_puts = vec![false; config.puts];
+    let mut ticker = tokio::time::interval(config.put_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for (put, failed) in failed_puts.iter_mut().enumerate() {
+        ticker.tick().await;
+        let request = PutRequest {
+            key: format!("/apisix/routes/fanout-{:03}", put % 100).into_bytes(),
+            value: put_value(put, config.value_size),
+            ..Default::default()
+        };
+        clock.mark_sent(put);
+        if let Err(status) = kv.put(request).await {
+            *failed = true;
+            first_error.get_or_insert_with(|| format!("put: {:?}: {}", status.code(), status.message()));
+        }
+    }
+    failed_puts
+}
+
+/// Waits until all `watchers` have every put, or deliveries stall ([`DELIVERY_STALL`]), or
+/// [`DELIVERY_CAP`] has passed.
+async fn wait_for_deliveries(progress: &Progress, watchers: usize) {
+    let cap = Instant::now() + DELIVERY_CAP;
+    let (mut delivered, mut last_arrival) = (progress.deliveries.load(Ordering::Acquire), Instant::now());
+    while progress.complete.load(Ordering::Acquire) < watchers
+        && last_arrival.elapsed() < DELIVERY_STALL
+        && Instant::now() < cap
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let now_delivered = progress.deliveries.load(Ordering::Acquire);
+        if now_delivered != delivered {
+            (delivered, last_arrival) = (now_delivered, Instant::now());
+        }
+    }
 }
 
 /// The watchers opened by [`open_all`]: their consumer tasks, and what failed.
@@ -491,21 +508,21 @@ pub fn markdown(cells: &[Result<FanoutCell, (TargetKind, String)>]) -> String {
     let mut out = String::new();
     out.push_str(
         "| target | watchers HTTP+gRPC | opened in s | put→last p50 ms | put→last p99 ms | put→last max ms | \
-         per-event p50 ms | per-event p99 ms | missed | duplicate | out of order | broken watches |\n",
+         per-event p50 ms | per-event p99 ms | missed | duplicate | out of order | unexpected | broken watches |\n",
     );
-    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for cell in cells {
         let cell = match cell {
             Ok(cell) => cell,
             Err((target, e)) => {
-                let _ = writeln!(out, "| {} | {e} | | | | | | | | | | |", target.name());
+                let _ = writeln!(out, "| {} | {e} | | | | | | | | | | | |", target.name());
                 continue;
             }
         };
         let p = |p: Option<Percentiles>, f: fn(Percentiles) -> u64| p.map_or("-".into(), |p| ms(f(p)));
         let _ = writeln!(
             out,
-            "| {} | {}+{}{} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {}+{}{} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             cell.target.name(),
             cell.http_watchers,
             cell.grpc_watchers,
@@ -519,6 +536,7 @@ pub fn markdown(cells: &[Result<FanoutCell, (TargetKind, String)>]) -> String {
             count(cell.missed),
             count(cell.duplicates),
             count(cell.out_of_order),
+            count(cell.foreign),
             count(cell.broken),
         );
     }
@@ -553,7 +571,7 @@ pub fn markdown(cells: &[Result<FanoutCell, (TargetKind, String)>]) -> String {
     if let Some(gate) = cells.iter().flatten().find(|c| c.target == TargetKind::Etcdgate) {
         let p99 = gate.to_last.map(|p| p.p99_us as f64 / 1000.0);
         let per_watcher = gate.per_watcher(gate.proxy_rss).map(|p| p.1);
-        let clean = gate.missed + gate.duplicates + gate.out_of_order + gate.broken == 0 && gate.open_failures == 0;
+        let clean = gate.missed + gate.duplicates + gate.out_of_order + gate.foreign + gate.broken == 0 && gate.open_failures == 0;
         let _ = writeln!(
             out,
             "- etcdgate with {} watchers: put→last p99 {} (<{MAX_P99_TO_LAST_MS} ms: {}); RSS/watcher {} (≤{MAX_RSS_PER_WATCHER} B: {}); \
