@@ -356,7 +356,7 @@ fn cpu(c: Option<f64>) -> String {
     c.map_or("-".into(), |c| format!("{c:.0}"))
 }
 
-fn met(ok: Option<bool>) -> &'static str {
+pub(super) fn met(ok: Option<bool>) -> &'static str {
     match ok {
         Some(true) => "met",
         Some(false) => "NOT met",
