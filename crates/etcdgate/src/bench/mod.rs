@@ -11,7 +11,9 @@
 //! - [`load`]: the closed-loop load generator (gRPC and HTTP/1.1 clients, hdrhistogram).
 //! - [`gate`]: etcdgate as a child process.
 //! - [`report`]: the markdown table, the verdicts and the JSON file.
+//! - [`failover`]: `etcdgate bench failover`, member failures as clients see them (its own run).
 
+mod failover;
 mod gate;
 mod load;
 mod report;
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::Args;
+use clap::{Args, Subcommand};
 use etcdgate_proto::etcdserverpb::{kv_client::KvClient, PutRequest};
 use etcdgate_testkit::{Cluster, EtcdVersion, ProxyProcess};
 use futures::StreamExt;
@@ -35,7 +37,11 @@ use report::{Cell, CpuPerRequest, Measured, Report, TargetKind};
 const PRELOAD_KEYS: usize = 1000;
 
 #[derive(Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    /// A scenario with its own run and flags instead of the request workloads.
+    #[command(subcommand)]
+    pub scenario: Option<Scenario>,
     /// Measured seconds per cell (after a warm-up that is not counted).
     #[arg(long, default_value_t = 5)]
     pub duration_secs: u64,
@@ -76,6 +82,14 @@ pub struct BenchArgs {
     pub json_out: Option<PathBuf>,
 }
 
+#[derive(Subcommand, Debug, Clone)]
+pub enum Scenario {
+    /// A member killed, hung and partitioned under an APISIX-like workload, direct to etcd,
+    /// through `etcd gateway` and through etcdgate: errors, traffic to the bad member,
+    /// throughput and watch delays over time (markdown, JSON, PNG).
+    Failover(failover::FailoverArgs),
+}
+
 fn parse_version(s: &str) -> Result<EtcdVersion, String> {
     EtcdVersion::all()
         .into_iter()
@@ -98,6 +112,9 @@ struct Target {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(Scenario::Failover(failover)) = args.scenario {
+        return failover::run(failover).await;
+    }
     if args.duration_secs == 0 || args.concurrency == 0 || args.connections == 0 || args.members == 0 {
         bail!("--duration-secs, --concurrency, --connections and --members must be at least 1");
     }
