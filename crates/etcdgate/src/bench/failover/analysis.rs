@@ -18,12 +18,15 @@ use super::workload::{CallKind, Log};
 
 /// Watchers stalled longer than this are counted as stalled.
 pub const STALL_THRESHOLD: Duration = Duration::from_secs(1);
-/// Length of the steady window before the fault that "before" figures come from.
+/// Length of the steady window before the fault that "before" figures come from (shorter if
+/// the readers and the writer started later than that).
 pub const BEFORE_WINDOW: Duration = Duration::from_secs(5);
 
 /// When things happened in a cell, since its start.
 #[derive(Clone, Copy, Debug)]
 pub struct Phases {
+    /// When the readers and the writer started.
+    pub load_start: Duration,
     pub fault_at: Duration,
     /// When recovery began (restart, SIGCONT, heal).
     pub recover_at: Duration,
@@ -35,7 +38,7 @@ pub struct Phases {
 
 impl Phases {
     fn before_from(&self) -> Duration {
-        self.fault_at.saturating_sub(BEFORE_WINDOW)
+        self.fault_at.saturating_sub(BEFORE_WINDOW).max(self.load_start).min(self.fault_at)
     }
 }
 
@@ -78,10 +81,12 @@ impl Delays {
 #[derive(Clone, Debug, Default)]
 pub struct Analysis {
     pub timeline: Timeline,
-    /// Client-visible errors by call kind.
+    /// Client-visible errors from the fault's start on, by call kind.
     pub errors: BTreeMap<CallKind, u64>,
-    /// Client-visible errors by cause, then by call kind.
+    /// The same by cause, then by call kind.
     pub causes: BTreeMap<String, BTreeMap<CallKind, u64>>,
+    /// Errors before the fault (not in `errors`), by cause.
+    pub causes_before: BTreeMap<String, u64>,
     /// Successful reads and writes per second in the steady window before the fault.
     pub rps_before: f64,
     /// ... during the fault, on average...
@@ -121,6 +126,10 @@ pub fn analyse(log: &Log, phases: Phases, bucket: Duration, watchers: usize) -> 
             None => {}
             Some(message) => {
                 timeline.errors[index(call.finished)] += 1;
+                if call.finished < phases.fault_at {
+                    *analysis.causes_before.entry(cause(message)).or_default() += 1;
+                    continue;
+                }
                 *analysis.errors.entry(call.kind).or_default() += 1;
                 *analysis.causes.entry(cause(message)).or_default().entry(call.kind).or_default() += 1;
             }
@@ -222,8 +231,12 @@ pub fn cause(message: &str) -> String {
     if let Some(status) = message.strip_prefix("HTTP ").and_then(|rest| rest.split_whitespace().next()) {
         return format!("HTTP {status}");
     }
-    if let Some(code) = message.strip_prefix("gRPC ").and_then(|rest| rest.split(':').next()) {
-        return format!("gRPC {code}");
+    if let Some(status) = message.strip_prefix("gRPC ") {
+        // The code and the first part of the message (what follows is the error's sources).
+        let mut parts = status.splitn(3, ": ");
+        let code = parts.next().unwrap_or_default();
+        let text: String = parts.next().unwrap_or_default().chars().take(60).collect();
+        return format!("gRPC {code}: {text}");
     }
     message.chars().take(60).collect()
 }
@@ -249,7 +262,7 @@ mod tests {
         assert_eq!(cause("gRPC Unavailable: tcp connect error: Connection refused (os error 111)"), "connection refused");
         assert_eq!(cause("open: client error (SendRequest): connection reset by peer"), "connection reset");
         assert_eq!(cause("HTTP 503 Service Unavailable: oops"), "HTTP 503");
-        assert_eq!(cause("gRPC Internal: h2 protocol error"), "gRPC Internal");
+        assert_eq!(cause("gRPC Internal: h2 protocol error: frame too big"), "gRPC Internal: h2 protocol error");
         assert_eq!(cause("stream ended"), "stream ended");
     }
 
@@ -286,6 +299,7 @@ mod tests {
             log.calls.push(call(CallKind::HttpRange, t + 60, None));
         }
         log.calls.push(call(CallKind::GrpcRange, 10_500, Some("timed out after 5s")));
+        log.calls.push(call(CallKind::Put, 3_000, Some("gRPC Unavailable: etcdserver: leader changed")));
         log.calls.push(call(CallKind::Watch, 10_600, Some("stream ended")));
         log.calls.push(call(CallKind::Watch, 10_700, None));
         for (i, t) in (1000..20_000).step_by(1000).enumerate() {
@@ -297,7 +311,7 @@ mod tests {
                 log.arrivals.push(Arrival { watcher: 1, revision, at: ms(t + 30) });
             }
         }
-        let phases = Phases { fault_at: ms(10_000), recover_at: ms(15_000), load_end: ms(20_000), end: ms(20_000) };
+        let phases = Phases { load_start: ms(0), fault_at: ms(10_000), recover_at: ms(15_000), load_end: ms(20_000), end: ms(20_000) };
         let a = analyse(&log, phases, ms(250), 2);
         assert_eq!(a.total_errors(), 2);
         assert_eq!(a.errors_of(&[CallKind::Watch]), 1);
@@ -312,7 +326,8 @@ mod tests {
         assert_eq!(a.timeline.ok.len(), 81);
         assert_eq!(a.timeline.ok[0], 4);
         assert_eq!(a.timeline.per_second(a.timeline.ok[0]), 16.0);
-        assert_eq!(a.timeline.errors.iter().sum::<u32>(), 2);
+        assert_eq!(a.causes_before["etcdserver: leader changed"], 1);
+        assert_eq!(a.timeline.errors.iter().sum::<u32>(), 3);
         assert_eq!(a.timeline.events.iter().sum::<u32>(), 19 + 9);
     }
 }

@@ -48,12 +48,12 @@ impl Fault {
         }
     }
 
-    /// How it is done, for titles.
+    /// How it is done, for the plot's title.
     pub fn how(self) -> &'static str {
         match self {
-            Fault::Kill => "kill -9, then restart",
-            Fault::Hang => "SIGSTOP, then SIGCONT",
-            Fault::Partition => "partitioned from peers, then healed",
+            Fault::Kill => "kill -9, restart",
+            Fault::Hang => "SIGSTOP, SIGCONT",
+            Fault::Partition => "cut off from its peers, healed",
         }
     }
 

@@ -4,10 +4,11 @@
 //!
 //! Every (fault, target) cell gets a fresh cluster, so that no cell inherits another's
 //! elections, restarted members or blacklists. A cell: start the cluster and preload it;
-//! start what is in front of it; run the [`workload`] for `--before-secs`, choosing the victim
-//! follower early on ([`fault`]); inject the fault for `--fault-secs`; recover; run
-//! `--after-secs` more; stop the readers and the writer, let the watchers catch up (bounded),
-//! stop them. Meanwhile [`traffic`] notes when the victim was last sent anything.
+//! start what is in front of it; start the [`workload`]'s watchers, choose the victim
+//! follower where they are ([`fault`]; this may move leadership, which is why readers and the
+//! writer start only afterwards); run the readers and the writer until `--before-secs`;
+//! inject the fault for `--fault-secs`; recover; run `--after-secs` more; stop the readers
+//! and the writer, let the watchers catch up (bounded), stop them. Meanwhile [`traffic`] notes when the victim was last sent anything.
 //! Afterwards [`analysis`] reads the cell's log, [`report`] prints the summary table (and
 //! JSON), and [`plot`] draws every cell's throughput, watch deliveries and errors over time
 //! into one PNG.
@@ -37,8 +38,8 @@ use report::{Cell, Measured};
 use traffic::{Sampler, Source};
 use workload::{Recorder, Workload, WorkloadConfig};
 
-/// When, after the workload started, the victim is chosen (watches are open by then).
-const VICTIM_CHOICE_AT: Duration = Duration::from_secs(2);
+/// When, after the watchers started, the victim is chosen (watches are open by then).
+const VICTIM_CHOICE_AT: Duration = Duration::from_secs(1);
 /// Longest wait at the end for every watcher to receive the last write.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// A cache prefix that holds none of the workload's keys, for `etcdgate-uncached`.
@@ -189,8 +190,8 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     if args.members < 3 {
         bail!("--members must be at least 3 (the cluster keeps a quorum without the victim)");
     }
-    if args.before_secs < VICTIM_CHOICE_AT.as_secs() + 2 || args.fault_secs == 0 || args.bucket_ms < 10 {
-        bail!("--before-secs must be at least {}, --fault-secs at least 1, --bucket-ms at least 10", VICTIM_CHOICE_AT.as_secs() + 2);
+    if args.before_secs < VICTIM_CHOICE_AT.as_secs() + 3 || args.fault_secs == 0 || args.bucket_ms < 10 {
+        bail!("--before-secs must be at least {}, --fault-secs at least 1, --bucket-ms at least 10", VICTIM_CHOICE_AT.as_secs() + 3);
     }
     if args.read_interval_ms == 0 || args.write_interval_ms == 0 || args.request_timeout_ms == 0 {
         bail!("--read-interval-ms, --write-interval-ms and --request-timeout-ms must be at least 1");
@@ -251,15 +252,28 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         .map(|cell| {
             let m = cell.outcome.as_ref().ok()?;
             Some(plot::Panel {
-                title: format!("{}: {} (victim {})", cell.fault.how(), cell.target.name(), m.victim_name),
+                title: format!(
+                    "{}: {}, victim {}: {} errors, stall {:.1} s",
+                    cell.fault.name(),
+                    cell.target.name(),
+                    m.victim_name,
+                    m.analysis.total_errors(),
+                    m.analysis.longest_stall.as_secs_f64()
+                ),
                 timeline: &m.analysis.timeline,
                 fault_at: m.phases.fault_at,
                 recover_at: m.phases.recover_at,
             })
         })
         .collect();
+    let faults: Vec<String> = args.faults.iter().map(|f| format!("{}: {}", f.name(), f.how())).collect();
     let title = [
-        format!("etcdgate bench failover: {}, {} members, one follower failed per panel (shaded: the fault)", args.etcd_version, args.members),
+        format!(
+            "etcdgate bench failover: {}, {} members, one follower failed per panel (shaded: the fault; {})",
+            args.etcd_version,
+            args.members,
+            faults.join("; ")
+        ),
         "blue: successful reads + writes per second;  green: watch events delivered per second (all watchers; catch-up bursts clipped);  red: errors per second (right axis)".to_string(),
     ];
     let with_text = plot::draw(&args.plot, &title, args.targets.len(), &panels)?;
@@ -313,12 +327,14 @@ async fn run_cell(fault: Fault, target: Target, args: &FailoverArgs) -> anyhow::
     let origin = Instant::now();
     let at = |offset: Duration| tokio::time::sleep_until(tokio::time::Instant::from_std(origin + offset));
     let recorder = Arc::new(Recorder::new(origin, args.watchers));
-    let mut workload = Workload::start(config, &front.urls(&members), &recorder, last_preloaded + 1)?;
+    let mut workload = Workload::start_watchers(config, &front.urls(&members), &recorder, last_preloaded + 1);
 
     at(VICTIM_CHOICE_AT).await;
     let victim = fault::choose_victim(&cluster).await.context("choosing the victim")?;
     let victim_url = cluster.client_url(victim.index);
     let sampler = front.traffic_source(&victim_url)?.map(|source| Sampler::start(source, origin));
+    workload.start_load()?;
+    let load_start = origin.elapsed();
 
     at(Duration::from_secs(args.before_secs)).await;
     let fault_at = origin.elapsed();
@@ -344,7 +360,7 @@ async fn run_cell(fault: Fault, target: Target, args: &FailoverArgs) -> anyhow::
         None => Ok(log.calls.iter().filter(|c| c.endpoint == victim.index).map(|c| c.started).collect()),
     };
     let victim_traffic = seen.map(|seen| traffic::last_within(&seen, fault_at, recover_at));
-    let phases = Phases { fault_at, recover_at, load_end, end };
+    let phases = Phases { load_start, fault_at, recover_at, load_end, end };
     let analysis = analysis::analyse(&log, phases, Duration::from_millis(args.bucket_ms), args.watchers);
     let victim_name = cluster.member_name(victim.index).to_string();
     drop(front);

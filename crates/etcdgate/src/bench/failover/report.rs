@@ -38,7 +38,7 @@ const READS: [CallKind; 2] = [CallKind::HttpRange, CallKind::GrpcRange];
 pub fn markdown(cells: &[Cell]) -> String {
     let mut out = String::new();
     out.push_str(
-        "| fault | target | errors: reads / puts / watches | victim traffic after fault start | req/s before → during (worst 1 s) \
+        "| fault | target | errors from the fault on: reads / puts / watches | victim traffic after fault start | req/s before → during (worst 1 s) \
          | watch delay p50 / p99 before | watch delay p50 / p99 during | longest watch stall (watchers > 1 s) | events missed |\n",
     );
     out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -104,10 +104,15 @@ pub fn markdown(cells: &[Cell]) -> String {
             })
             .collect();
         if causes.is_empty() {
-            out.push_str("; no errors\n");
+            out.push_str("; no errors");
         } else {
-            let _ = writeln!(out, "; errors: {}", causes.join("; "));
+            let _ = write!(out, "; errors: {}", causes.join("; "));
         }
+        let before: Vec<String> = m.analysis.causes_before.iter().map(|(cause, n)| format!("{cause} ×{n}")).collect();
+        if !before.is_empty() {
+            let _ = write!(out, "; before the fault (not counted above): {}", before.join("; "));
+        }
+        out.push('\n');
     }
     out
 }
@@ -156,6 +161,7 @@ pub fn json(config: Value, cells: &[Cell]) -> Value {
                         "recovery_took_s": m.recovery_took.as_secs_f64(),
                         "load_end_s": m.phases.load_end.as_secs_f64(),
                         "end_s": m.phases.end.as_secs_f64(),
+                        "errors_before_fault": a.causes_before,
                         "errors": a.errors.iter().map(|(k, n)| (k.name().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
                         "errors_by_cause": a.causes.iter().map(|(cause, by_kind)| {
                             (cause.clone(), json!(by_kind.iter().map(|(k, n)| (k.name().to_string(), json!(n))).collect::<serde_json::Map<_, _>>()))
@@ -198,6 +204,7 @@ mod tests {
         let mut analysis = Analysis { watchers: 6, rps_before: 800.0, rps_fault: 400.4, rps_fault_min: 12.0, ..Analysis::default() };
         analysis.errors.insert(CallKind::GrpcRange, 3);
         analysis.causes.entry("client timeout".into()).or_default().insert(CallKind::GrpcRange, 3);
+        analysis.causes_before.insert("etcdserver: leader changed".into(), 1);
         analysis.longest_stall = Duration::from_millis(14_800);
         analysis.stalled_watchers = 2;
         analysis.delay_before = Delays { count: 10, p50: Some(Duration::from_millis(3)), p99: Some(Duration::from_millis(12)) };
@@ -205,7 +212,7 @@ mod tests {
         Measured {
             victim: Victim { index: 1, watchers: vec![2, 2, 2], moved_leader: true },
             victim_name: "m1".into(),
-            phases: Phases { fault_at: s(10), recover_at: s(25), load_end: s(30), end: s(31) },
+            phases: Phases { load_start: s(1), fault_at: s(10), recover_at: s(25), load_end: s(30), end: s(31) },
             recovery_took: Duration::from_millis(1500),
             analysis,
             victim_traffic: Ok(Some(Duration::from_millis(14_900))),
@@ -222,7 +229,7 @@ mod tests {
         assert!(text.contains("| hang | direct | **3 / 0 / 0** | until +14.9 s | 800 → 400 (12) | 3.0 ms / 12.0 ms | - | 14.8 s (2/6) | 0 |"), "{text}");
         assert!(text.contains("| kill | etcdgate | failed: cluster did not start | | | | | | |"), "{text}");
         assert!(text.contains("victim m1 (watchers per member [2, 2, 2]; leadership moved off it first)"), "{text}");
-        assert!(text.contains("errors: client timeout ×3 (grpc-range 3)"), "{text}");
+        assert!(text.contains("errors: client timeout ×3 (grpc-range 3); before the fault (not counted above): etcdserver: leader changed ×1\n"), "{text}");
 
         let value = json(json!({"members": 3}), &cells);
         assert_eq!(value["cells"][0]["measured"]["timeline"]["ok_per_s"][0], 800.0);

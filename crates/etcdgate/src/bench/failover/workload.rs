@@ -244,6 +244,9 @@ pub struct WorkloadConfig {
 
 /// The running clients of one cell; dropping it aborts them.
 pub struct Workload {
+    config: WorkloadConfig,
+    urls: Vec<String>,
+    recorder: Arc<Recorder>,
     load_stop: watch::Sender<bool>,
     watch_stop: watch::Sender<bool>,
     load_tasks: Vec<JoinHandle<()>>,
@@ -251,28 +254,46 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Starts every client against `urls`; watchers start from `start_revision`.
-    pub fn start(config: WorkloadConfig, urls: &[String], recorder: &Arc<Recorder>, start_revision: i64) -> anyhow::Result<Workload> {
-        let (load_stop, load_stopped) = watch::channel(false);
+    /// Starts the watchers against `urls`, from `start_revision`.
+    pub fn start_watchers(config: WorkloadConfig, urls: &[String], recorder: &Arc<Recorder>, start_revision: i64) -> Workload {
+        let (load_stop, _) = watch::channel(false);
         let (watch_stop, watch_stopped) = watch::channel(false);
-        let mut workload = Workload { load_stop, watch_stop, load_tasks: Vec::new(), watch_tasks: Vec::new() };
-        let endpoints = || Arc::new(Endpoints::new(urls.to_vec(), config.fail_timeout));
-
-        let writer = GrpcClient::new(endpoints(), recorder.clone(), config.request_timeout)?;
-        workload.load_tasks.push(tokio::spawn(writer.write_loop(config.write_interval, load_stopped.clone())));
-        for i in 0..config.grpc_readers {
-            let reader = GrpcClient::new(endpoints(), recorder.clone(), config.request_timeout)?;
-            workload.load_tasks.push(tokio::spawn(reader.read_loop(i, config.read_interval, load_stopped.clone())));
-        }
-        for _ in 0..config.http_readers {
-            let reader = HttpClient::new(endpoints(), recorder.clone(), config.request_timeout);
-            workload.load_tasks.push(tokio::spawn(reader.read_loop(config.read_interval, load_stopped.clone())));
-        }
+        let mut workload = Workload {
+            config,
+            urls: urls.to_vec(),
+            recorder: recorder.clone(),
+            load_stop,
+            watch_stop,
+            load_tasks: Vec::new(),
+            watch_tasks: Vec::new(),
+        };
         for watcher in 0..config.watchers {
-            let client = HttpClient::new(endpoints(), recorder.clone(), config.request_timeout);
+            let client = HttpClient::new(workload.endpoints(), recorder.clone(), config.request_timeout);
             workload.watch_tasks.push(tokio::spawn(client.watch_loop(watcher, start_revision, watch_stopped.clone())));
         }
-        Ok(workload)
+        workload
+    }
+
+    /// Starts the readers and the writer.
+    pub fn start_load(&mut self) -> anyhow::Result<()> {
+        let config = self.config;
+        let load_stopped = self.load_stop.subscribe();
+        let writer = GrpcClient::new(self.endpoints(), self.recorder.clone(), config.request_timeout)?;
+        self.load_tasks.push(tokio::spawn(writer.write_loop(config.write_interval, load_stopped.clone())));
+        for i in 0..config.grpc_readers {
+            let reader = GrpcClient::new(self.endpoints(), self.recorder.clone(), config.request_timeout)?;
+            self.load_tasks.push(tokio::spawn(reader.read_loop(i, config.read_interval, load_stopped.clone())));
+        }
+        for _ in 0..config.http_readers {
+            let reader = HttpClient::new(self.endpoints(), self.recorder.clone(), config.request_timeout);
+            self.load_tasks.push(tokio::spawn(reader.read_loop(config.read_interval, load_stopped.clone())));
+        }
+        Ok(())
+    }
+
+    /// A client's own view of which endpoint to use next.
+    fn endpoints(&self) -> Arc<Endpoints> {
+        Arc::new(Endpoints::new(self.urls.clone(), self.config.fail_timeout))
     }
 
     /// Stops the readers and the writer (calls under way are abandoned).
