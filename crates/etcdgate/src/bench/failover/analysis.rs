@@ -101,6 +101,8 @@ pub struct Analysis {
     pub watchers: usize,
     /// Acknowledged writes some watcher never received (summed over watchers).
     pub missing_events: usize,
+    /// Puts of the reference writer (straight to the leader) that failed.
+    pub reference_write_failures: u64,
 }
 
 impl Analysis {
@@ -118,7 +120,7 @@ pub fn analyse(log: &Log, phases: Phases, bucket: Duration, watchers: usize) -> 
     let buckets = (phases.end.as_nanos() / bucket.as_nanos()) as usize + 1;
     let index = |t: Duration| ((t.as_nanos() / bucket.as_nanos()) as usize).min(buckets - 1);
     let mut timeline = Timeline { bucket, ok: vec![0; buckets], errors: vec![0; buckets], events: vec![0; buckets] };
-    let mut analysis = Analysis { watchers, ..Analysis::default() };
+    let mut analysis = Analysis { watchers, reference_write_failures: log.reference_failures, ..Analysis::default() };
 
     for call in &log.calls {
         match &call.error {
@@ -189,17 +191,23 @@ pub fn analyse(log: &Log, phases: Phases, bucket: Duration, watchers: usize) -> 
 }
 
 /// The longest time a watcher had an acknowledged write pending: at each of its deliveries
-/// (`(time, revision)`, by time) and at `end`, the time since the acknowledgement of the
-/// oldest write above the highest revision it had received. `acks` are `(revision, time)`,
-/// by revision (one writer: acknowledged in revision order).
+/// (`(time, revision)`, by time) and at `end`, the time since the earliest acknowledgement of
+/// a write above the highest revision it had received. `acks` are `(revision, time)`, by
+/// revision.
 fn longest_stall(arrivals: &[(Duration, i64)], acks: &[(i64, Duration)], end: Duration) -> Duration {
+    // earliest_from[i]: the earliest acknowledgement among acks[i..] (two writers may be
+    // acknowledged out of revision order).
+    let mut earliest_from = vec![Duration::MAX; acks.len() + 1];
+    for i in (0..acks.len()).rev() {
+        earliest_from[i] = earliest_from[i + 1].min(acks[i].1);
+    }
     let mut highest = i64::MIN;
     let mut longest = Duration::ZERO;
     let checkpoints = arrivals.iter().map(|&(at, revision)| (at, Some(revision))).chain([(end, None)]);
     for (at, revision) in checkpoints {
-        let oldest_pending = acks[acks.partition_point(|&(r, _)| r <= highest)..].first();
-        if let Some(&(_, acked)) = oldest_pending.filter(|&&(_, acked)| acked < at) {
-            longest = longest.max(at - acked);
+        let oldest_pending = earliest_from[acks.partition_point(|&(r, _)| r <= highest)];
+        if oldest_pending < at {
+            longest = longest.max(at - oldest_pending);
         }
         if let Some(revision) = revision {
             highest = highest.max(revision);
@@ -287,6 +295,9 @@ mod tests {
         assert_eq!(longest_stall(&[], &acks, ms(1000)), ms(900));
         // Stopped after revision 2: pending from 300 ms to the end.
         assert_eq!(longest_stall(&[(ms(110), 1), (ms(210), 2)], &acks, ms(1000)), ms(700));
+        // Revision 6 acknowledged before 5: pending from 500 ms.
+        let acks = [(1, ms(100)), (5, ms(520)), (6, ms(500))];
+        assert_eq!(longest_stall(&[(ms(110), 1), (ms(800), 5), (ms(800), 6)], &acks, ms(1000)), ms(300));
         assert_eq!(longest_stall(&[], &[], ms(1000)), Duration::ZERO);
     }
 

@@ -226,7 +226,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
 
     let heading = format!(
         "etcdgate bench failover: {}, {} members; per cell {} s before the fault, {} s of fault, {} s after recovery began; \
-         {} HTTP + {} gRPC readers every {} ms, 1 writer every {} ms, {} HTTP watchers; client timeout {} ms; \
+         {} HTTP + {} gRPC readers every {} ms, 1 writer every {} ms (and 1 to the leader), {} HTTP watchers; client timeout {} ms; \
          direct clients skip a failed member for {} s; {build} build",
         args.etcd_version,
         args.members,
@@ -333,7 +333,8 @@ async fn run_cell(fault: Fault, target: Target, args: &FailoverArgs) -> anyhow::
     let victim = fault::choose_victim(&cluster).await.context("choosing the victim")?;
     let victim_url = cluster.client_url(victim.index);
     let sampler = front.traffic_source(&victim_url)?.map(|source| Sampler::start(source, origin));
-    workload.start_load()?;
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await?;
+    workload.start_load(&cluster.client_url(leader))?;
     let load_start = origin.elapsed();
 
     at(Duration::from_secs(args.before_secs)).await;
@@ -380,7 +381,7 @@ async fn preload(url: &str) -> anyhow::Result<i64> {
     let keys = (0..workload::UPSTREAM_KEYS)
         .map(workload::upstream_key)
         .chain((0..workload::ROUTE_KEYS).map(workload::route_key))
-        .chain([workload::WRITER_KEY.to_string()]);
+        .chain([workload::WRITER_KEY.to_string(), workload::REFERENCE_WRITER_KEY.to_string()]);
     let mut revision = 0;
     for key in keys {
         let request = PutRequest { value: value(&key), key: key.into_bytes(), ..Default::default() };

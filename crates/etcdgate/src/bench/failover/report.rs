@@ -112,6 +112,9 @@ pub fn markdown(cells: &[Cell]) -> String {
         if !before.is_empty() {
             let _ = write!(out, "; before the fault (not counted above): {}", before.join("; "));
         }
+        if m.analysis.reference_write_failures > 0 {
+            let _ = write!(out, "; reference writer (to the leader): {} failed puts", m.analysis.reference_write_failures);
+        }
         out.push('\n');
     }
     out
@@ -179,6 +182,7 @@ pub fn json(config: Value, cells: &[Cell]) -> Value {
                         "stalled_watchers": a.stalled_watchers,
                         "watchers": a.watchers,
                         "missed_events": a.missing_events,
+                        "reference_write_failures": a.reference_write_failures,
                         "timeline": {
                             "bucket_s": t.bucket.as_secs_f64(),
                             "ok_per_s": rates(&t.ok),

@@ -6,8 +6,14 @@
 //!   [`UPSTREAM_KEYS`] keys), linearizable, as APISIX reads;
 //! - gRPC readers: `KV.Range` of one of [`ROUTE_KEYS`] `/apisix/routes/` keys, linearizable,
 //!   as clientv3 reads by default;
-//! - one gRPC writer: `KV.Put` of [`WRITER_KEY`] every `write_interval`; each acknowledged
-//!   revision is recorded with the times the put was sent and acknowledged;
+//! - one gRPC writer: `KV.Put` of [`WRITER_KEY`] every `write_interval` through the target;
+//! - one reference writer: the same with [`REFERENCE_WRITER_KEY`], straight to the member
+//!   that led when the load started (never the victim), so that events keep coming while the
+//!   target's writer is stuck on the bad member: watch stalls are measured against writes
+//!   that went on. Its calls are not the target's: they count neither as throughput nor as
+//!   errors (its failures are counted apart);
+//! - each acknowledged revision of either writer is recorded with the times the put was sent
+//!   and acknowledged;
 //! - HTTP/JSON watchers: `POST /v3/watch` of all of `/apisix/`, as lua-resty-etcd watches,
 //!   recording when each event's revision arrived; after an error they watch again from the
 //!   next revision they have not seen.
@@ -44,6 +50,8 @@ pub const UPSTREAM_KEYS: usize = 10;
 pub const ROUTE_KEYS: usize = 100;
 /// The key the writer overwrites.
 pub const WRITER_KEY: &str = "/apisix/services/failbench-writer";
+/// The key the reference writer overwrites.
+pub const REFERENCE_WRITER_KEY: &str = "/apisix/services/failbench-reference";
 /// Size of every preloaded value.
 pub const VALUE_BYTES: usize = 200;
 /// Pause of a watcher after its watch failed, before it watches again (APISIX pauses too).
@@ -113,7 +121,10 @@ pub struct Ack {
 pub struct Log {
     pub calls: Vec<CallRecord>,
     pub arrivals: Vec<Arrival>,
+    /// Acknowledged puts of both writers.
     pub acks: Vec<Ack>,
+    /// Puts of the reference writer that failed.
+    pub reference_failures: u64,
 }
 
 /// Shared by every client of a cell: the log, and what the drain at the end waits for.
@@ -159,6 +170,10 @@ impl Recorder {
         let ack = Ack { revision, sent: self.since_origin(sent), at: self.since_origin(Instant::now()) };
         self.log().acks.push(ack);
         self.last_ack.fetch_max(revision, Ordering::Relaxed);
+    }
+
+    fn reference_failure(&self) {
+        self.log().reference_failures += 1;
     }
 
     fn arrivals(&self, watcher: usize, revisions: &[i64]) {
@@ -274,12 +289,15 @@ impl Workload {
         workload
     }
 
-    /// Starts the readers and the writer.
-    pub fn start_load(&mut self) -> anyhow::Result<()> {
+    /// Starts the readers, the writer, and the reference writer (to `leader_url`).
+    pub fn start_load(&mut self, leader_url: &str) -> anyhow::Result<()> {
         let config = self.config;
         let load_stopped = self.load_stop.subscribe();
         let writer = GrpcClient::new(self.endpoints(), self.recorder.clone(), config.request_timeout)?;
-        self.load_tasks.push(tokio::spawn(writer.write_loop(config.write_interval, load_stopped.clone())));
+        self.load_tasks.push(tokio::spawn(writer.write_loop(Writer::Target, config.write_interval, load_stopped.clone())));
+        let leader = Arc::new(Endpoints::new(vec![leader_url.to_string()], config.fail_timeout));
+        let reference = GrpcClient::new(leader, self.recorder.clone(), config.request_timeout)?;
+        self.load_tasks.push(tokio::spawn(reference.write_loop(Writer::Reference, config.write_interval, load_stopped.clone())));
         for i in 0..config.grpc_readers {
             let reader = GrpcClient::new(self.endpoints(), self.recorder.clone(), config.request_timeout)?;
             self.load_tasks.push(tokio::spawn(reader.read_loop(i, config.read_interval, load_stopped.clone())));
@@ -347,6 +365,15 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// Which of the two writers a write loop is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Writer {
+    /// Through the target, as the workload's other clients.
+    Target,
+    /// Straight to the leader, for the watch figures.
+    Reference,
+}
+
 /// A gRPC client (reader or writer) with one lazily connected channel per endpoint.
 struct GrpcClient {
     endpoints: Arc<Endpoints>,
@@ -389,13 +416,17 @@ impl GrpcClient {
         }
     }
 
-    async fn write_loop(mut self, interval: Duration, mut stop: watch::Receiver<bool>) {
+    async fn write_loop(mut self, writer: Writer, interval: Duration, mut stop: watch::Receiver<bool>) {
+        let key = match writer {
+            Writer::Target => WRITER_KEY,
+            Writer::Reference => REFERENCE_WRITER_KEY,
+        };
         let mut sequence: u64 = 0;
         loop {
             let started = Instant::now();
             let endpoint = self.endpoints.pick();
             let request = PutRequest {
-                key: WRITER_KEY.as_bytes().to_vec(),
+                key: key.as_bytes().to_vec(),
                 value: format!("{{\"seq\":{sequence}}}").into_bytes(),
                 ..Default::default()
             };
@@ -405,12 +436,13 @@ impl GrpcClient {
                 Ok(Err(status)) => Err(status_error(&status)),
                 Ok(Ok(answer)) => answer.into_inner().header.map(|h| h.revision).ok_or_else(|| "put answer without a header".to_string()),
             };
-            match result {
-                Ok(revision) => {
-                    self.recorder.ack(revision, started);
-                    self.finish(CallKind::Put, endpoint, started, None);
-                }
-                Err(error) => self.finish(CallKind::Put, endpoint, started, Some(error)),
+            if let Ok(revision) = result {
+                self.recorder.ack(revision, started);
+            }
+            match writer {
+                Writer::Target => self.finish(CallKind::Put, endpoint, started, result.err()),
+                Writer::Reference if result.is_err() => self.recorder.reference_failure(),
+                Writer::Reference => {}
             }
             sequence += 1;
             if !pace(started, interval, &mut stop).await {
