@@ -82,7 +82,7 @@ pub struct FailoverArgs {
     /// Milliseconds between two reads of one reader.
     #[arg(long, default_value_t = 10)]
     pub read_interval_ms: u64,
-    /// Milliseconds between two writes of the writer.
+    /// Milliseconds between two writes of each writer.
     #[arg(long, default_value_t = 20)]
     pub write_interval_ms: u64,
     /// Milliseconds a read, write or watch open may take before the client gives up.
@@ -244,6 +244,29 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     println!("{heading}\n");
     print!("{}", report::markdown(&cells));
 
+    if let Some(path) = &args.json_out {
+        let config = json!({
+            "etcd_version": args.etcd_version.label(),
+            "members": args.members,
+            "before_secs": args.before_secs,
+            "fault_secs": args.fault_secs,
+            "after_secs": args.after_secs,
+            "http_readers": args.http_readers,
+            "grpc_readers": args.grpc_readers,
+            "watchers": args.watchers,
+            "read_interval_ms": args.read_interval_ms,
+            "write_interval_ms": args.write_interval_ms,
+            "request_timeout_ms": args.request_timeout_ms,
+            "direct_fail_timeout_secs": args.direct_fail_timeout_secs,
+            "bucket_ms": args.bucket_ms,
+            "build": build,
+            "etcdgate_env": args.etcdgate_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        });
+        let text = serde_json::to_string_pretty(&report::json(config, &cells))?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("bench failover: results written to {}", path.display());
+    }
+
     if let Some(parent) = args.plot.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
@@ -282,29 +305,6 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         args.plot.display(),
         if with_text { "" } else { " WITHOUT TEXT: no font found (install fonts-dejavu-core or set ETCDGATE_FONT)" }
     );
-
-    if let Some(path) = &args.json_out {
-        let config = json!({
-            "etcd_version": args.etcd_version.label(),
-            "members": args.members,
-            "before_secs": args.before_secs,
-            "fault_secs": args.fault_secs,
-            "after_secs": args.after_secs,
-            "http_readers": args.http_readers,
-            "grpc_readers": args.grpc_readers,
-            "watchers": args.watchers,
-            "read_interval_ms": args.read_interval_ms,
-            "write_interval_ms": args.write_interval_ms,
-            "request_timeout_ms": args.request_timeout_ms,
-            "direct_fail_timeout_secs": args.direct_fail_timeout_secs,
-            "bucket_ms": args.bucket_ms,
-            "build": build,
-            "etcdgate_env": args.etcdgate_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
-        });
-        let text = serde_json::to_string_pretty(&report::json(config, &cells))?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("bench failover: results written to {}", path.display());
-    }
     Ok(())
 }
 
