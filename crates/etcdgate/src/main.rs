@@ -21,7 +21,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Start a local 3-member etcd cluster with etcdgate in front and sample APISIX data.
     Dev(dev::DevArgs),
-    /// Measure etcdgate against direct etcd and etcd's own proxies.
+    /// Measure etcdgate against direct etcd and etcd's own proxies (`bench failover`: member
+    /// failures).
     Bench(bench::BenchArgs),
 }
 

@@ -12,7 +12,9 @@
 //! - [`gate`]: etcdgate as a child process.
 //! - [`report`]: the markdown table, the verdicts and the JSON file.
 //! - [`watchers`]: `etcdgate bench watchers`, the watch cache's benchmarks (its own run).
+//! - [`failover`]: `etcdgate bench failover`, member failures as clients see them (its own run).
 
+mod failover;
 mod gate;
 mod load;
 mod report;
@@ -88,6 +90,10 @@ pub enum Scenario {
     /// etcd's watcher count, memory per watcher) and B6 (watchers back from a compacted
     /// revision: full re-reads needed).
     Watchers(watchers::WatchersArgs),
+    /// A member killed, hung and partitioned under an APISIX-like workload, direct to etcd,
+    /// through `etcd gateway` and through etcdgate: errors, traffic to the bad member,
+    /// throughput and watch delays over time (markdown, JSON, PNG).
+    Failover(failover::FailoverArgs),
 }
 
 fn parse_version(s: &str) -> Result<EtcdVersion, String> {
@@ -112,8 +118,10 @@ struct Target {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Some(Scenario::Watchers(watchers)) = args.scenario {
-        return watchers::run(watchers).await;
+    match args.scenario.clone() {
+        Some(Scenario::Watchers(watchers)) => return watchers::run(watchers).await,
+        Some(Scenario::Failover(failover)) => return failover::run(failover).await,
+        None => {}
     }
     if args.duration_secs == 0 || args.concurrency == 0 || args.connections == 0 || args.members == 0 {
         bail!("--duration-secs, --concurrency, --connections and --members must be at least 1");
