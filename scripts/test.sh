@@ -12,6 +12,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/etcdgate-target}"
+# Each clean clone builds the workspace crates anew; incremental state would only pile up.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 cargo build --workspace --all-targets
 cargo nextest run --workspace --no-fail-fast --test-threads 2

@@ -376,7 +376,8 @@ async fn http_once(client: &HttpPool, uri: &http::Uri, body: &Bytes) -> Result<(
     Ok(())
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its sources, `: `-separated.
+pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {

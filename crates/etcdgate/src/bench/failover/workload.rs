@@ -28,6 +28,7 @@
 //! proxy) that is always the proxy. The failed call itself is an error the client sees: APISIX
 //! and clientv3 do not retry reads on another member on their own.
 
+use crate::bench::load::error_chain;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -464,25 +465,8 @@ fn timed_out(timeout: Duration) -> String {
 }
 
 fn status_error(status: &tonic::Status) -> String {
-    let mut text = format!("gRPC {:?}: {}", status.code(), status.message());
-    let mut source = std::error::Error::source(status);
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
+    let causes = std::error::Error::source(status).map(|inner| format!(": {}", error_chain(inner))).unwrap_or_default();
+    format!("gRPC {:?}: {}{causes}", status.code(), status.message())
 }
 
 type HttpPool = LegacyClient<HttpConnector, Full<Bytes>>;
