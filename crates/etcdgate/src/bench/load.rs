@@ -14,6 +14,7 @@ use anyhow::Context;
 use base64::Engine;
 use bytes::Bytes;
 use etcdgate_proto::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
+use etcdgate_testkit::workload::error_chain;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client as LegacyClient};
@@ -376,14 +377,3 @@ async fn http_once(client: &HttpPool, uri: &http::Uri, body: &Bytes) -> Result<(
     Ok(())
 }
 
-/// An error and its sources, `: `-separated.
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
-}

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::history::{Event, EventKind};
-use crate::workload::http::{b64, header, int, unb64, JsonClient, JsonLines};
+use crate::workload::http::{b64, header, int, unb64, JsonClient};
 use crate::workload::record::{Call, Recorder};
 use crate::workload::schema::{resource_range, PREFIX, PREFIX_END, RESOURCES};
 
@@ -125,7 +125,7 @@ impl ApisixWorker {
         loop {
             let message = tokio::select! {
                 _ = self.stop.wait_for(|stop| *stop) => return WatchEnd::Stopped,
-                message = next_result(&mut lines) => message,
+                message = lines.next_result() => message,
             };
             let result = match message {
                 Ok(result) => result,
@@ -170,18 +170,6 @@ impl ApisixWorker {
             }
             self.recorder.events(watch, events);
         }
-    }
-}
-
-/// The next `result` of a watch stream; its end or an `error` line is an error.
-async fn next_result(lines: &mut JsonLines) -> Result<Value, String> {
-    match lines.next().await? {
-        None => Err("stream ended".to_string()),
-        Some(message) if message.get("error").is_some() => Err(format!("error line: {message}")),
-        Some(mut message) => match message.get_mut("result") {
-            Some(result) => Ok(result.take()),
-            None => Err(format!("line without result: {message}")),
-        },
     }
 }
 

@@ -91,7 +91,7 @@ impl JsonClient {
                 let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                 return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim()));
             }
-            Ok(JsonLines { body: response.into_body(), pending: Vec::new() })
+            Ok(JsonLines::new(response.into_body()))
         };
         tokio::time::timeout(timeout, open).await.map_err(|_| format!("no answer within {timeout:?}"))?
     }
@@ -105,6 +105,18 @@ impl JsonClient {
     }
 }
 
+/// An error and its sources, `: `-separated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
 /// The JSON messages of a streamed answer, one per line, however the chunks cut them.
 pub struct JsonLines {
     body: Incoming,
@@ -112,6 +124,23 @@ pub struct JsonLines {
 }
 
 impl JsonLines {
+    /// The messages of a streamed answer's body.
+    pub fn new(body: Incoming) -> JsonLines {
+        JsonLines { body, pending: Vec::new() }
+    }
+
+    /// The next message's `result`; the stream's end or an `error` line is an error.
+    pub async fn next_result(&mut self) -> Result<Value, String> {
+        match self.next().await? {
+            None => Err("stream ended".to_string()),
+            Some(message) if message.get("error").is_some() => Err(format!("error line: {message}")),
+            Some(mut message) => match message.get_mut("result") {
+                Some(result) => Ok(result.take()),
+                None => Err(format!("line without result: {message}")),
+            },
+        }
+    }
+
     /// The next message; `None` when the stream ended cleanly.
     pub async fn next(&mut self) -> Result<Option<Value>, String> {
         loop {
@@ -127,7 +156,7 @@ impl JsonLines {
             match self.body.frame().await {
                 None if self.pending.iter().all(u8::is_ascii_whitespace) => return Ok(None),
                 None => return Err(format!("stream ended inside a line: {}", String::from_utf8_lossy(&self.pending))),
-                Some(Err(e)) => return Err(format!("stream broke: {e}")),
+                Some(Err(e)) => return Err(format!("stream broke: {}", error_chain(&e))),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         self.pending.extend_from_slice(&data);

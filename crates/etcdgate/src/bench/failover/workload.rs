@@ -28,7 +28,6 @@
 //! proxy) that is always the proxy. The failed call itself is an error the client sees: APISIX
 //! and clientv3 do not retry reads on another member on their own.
 
-use crate::bench::load::error_chain;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -36,6 +35,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::Bytes;
 use etcdgate_proto::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
+use etcdgate_testkit::workload::{error_chain, JsonLines};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client as LegacyClient};
@@ -562,7 +562,7 @@ impl HttpClient {
         let opened = Instant::now();
         let open = async {
             let response = self.post(endpoint, "/v3/watch", &body).await?;
-            let mut lines = JsonLines { body: response.into_body(), pending: Vec::new() };
+            let mut lines = JsonLines::new(response.into_body());
             let first = lines.next_result().await?;
             if first["created"] != Value::Bool(true) {
                 return Err(format!("first message is not `created`: {first}"));
@@ -607,44 +607,6 @@ fn event_revisions(result: &Value) -> Result<Vec<i64>, String> {
             other => Err(format!("event without mod_revision: {other}")),
         })
         .collect()
-}
-
-/// The JSON messages of a streamed answer, one per line, however the chunks cut them.
-struct JsonLines {
-    body: Incoming,
-    pending: Vec<u8>,
-}
-
-impl JsonLines {
-    /// The `result` of the next message; the stream's end or an `error` message is an error.
-    async fn next_result(&mut self) -> Result<Value, String> {
-        loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let mut message: Value = serde_json::from_slice(&line)
-                    .map_err(|e| format!("line is not JSON ({e}): {}", String::from_utf8_lossy(&line)))?;
-                if message.get("error").is_some() {
-                    return Err(format!("error message: {message}"));
-                }
-                return match message.get_mut("result") {
-                    Some(result) => Ok(result.take()),
-                    None => Err(format!("message without result: {message}")),
-                };
-            }
-            match self.body.frame().await {
-                None => return Err("stream ended".to_string()),
-                Some(Err(e)) => return Err(format!("stream broke: {}", error_chain(&e))),
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.pending.extend_from_slice(&data);
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
