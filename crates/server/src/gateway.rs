@@ -72,19 +72,27 @@ impl Gateway {
         Some(json)
     }
 
-    /// One unary RPC, within the client's deadline (retries included).
+    /// One unary RPC, from the watch cache or forwarded, within the client's deadline
+    /// (retries included).
     pub async fn unary<R: UnaryRpc>(&self, ctx: &CallContext, message: R::Req) -> Result<R::Resp, Status> {
-        if let (Some(caches), Some(range)) = (&self.caches, R::as_range(&message)) {
-            if let Some(response) = caches.range(ctx, range).await.and_then(R::from_range) {
-                if let Some(revision) = R::header_revision(&response) {
-                    ctx.seen.saw(revision);
+        self.answer::<R>(ctx, message, true).await
+    }
+
+    /// One unary RPC forwarded to a member (the caller already asked the cache), within the
+    /// client's deadline.
+    pub async fn forwarded<R: UnaryRpc>(&self, ctx: &CallContext, message: R::Req) -> Result<R::Resp, Status> {
+        self.answer::<R>(ctx, message, false).await
+    }
+
+    async fn answer<R: UnaryRpc>(&self, ctx: &CallContext, message: R::Req, ask_cache: bool) -> Result<R::Resp, Status> {
+        let call = async {
+            if ask_cache {
+                if let Some(response) = self.from_cache::<R>(ctx, &message).await {
+                    return Ok(response);
                 }
-                let result = Ok(response);
-                crate::metrics::request_done(R::NAME, &result);
-                return result;
             }
-        }
-        let call = self.unary_not_behind::<R>(ctx, message);
+            self.unary_not_behind::<R>(ctx, message).await
+        };
         let result = match ctx.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, call)
                 .await
@@ -96,6 +104,12 @@ impl Gateway {
         }
         crate::metrics::request_done(R::NAME, &result);
         result
+    }
+
+    /// The watch cache's answer, for an RPC it may answer (Range) inside a cached prefix.
+    async fn from_cache<R: UnaryRpc>(&self, ctx: &CallContext, message: &R::Req) -> Option<R::Resp> {
+        let range = R::as_range(message)?;
+        self.caches.as_ref()?.range(ctx, range).await.and_then(R::from_range)
     }
 
     /// Forwards a unary RPC. A balanced read answered by a member that has not applied the

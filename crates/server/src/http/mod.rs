@@ -159,12 +159,14 @@ async fn unary<R: UnaryRpc>(State(state): State<Arc<HttpState>>, request: Reques
         let bytes = body::read_all(body, state.limits.max_body_bytes, state.limits.body_timeout).await?;
         let message: R::Req = body::decode_one(&bytes)?;
         let ctx = CallContext::from_http(&parts.headers, &parts.extensions);
+        // A Range the cache answers comes already encoded; anything else (a cache miss
+        // included) goes to a member.
         if let Some(range) = R::as_range(&message) {
             if let Some(json) = state.gateway.cached_range_json(&ctx, range).await {
                 return Ok(Answer::Encoded(json));
             }
         }
-        state.gateway.unary::<R>(&ctx, message).await.map(Answer::Message)
+        state.gateway.forwarded::<R>(&ctx, message).await.map(Answer::Message)
     }
     .await;
     match result {
