@@ -23,6 +23,14 @@ struct Cached {
     epoch: u64,
 }
 
+impl Cached {
+    /// The events of one revision, into the store and the history.
+    fn append(&mut self, revision: i64, events: Vec<Event>) {
+        self.store.apply(revision, &events);
+        self.history.push(revision, events);
+    }
+}
+
 /// Events read for a watcher: the batches from its position on, at most up to a bound.
 #[derive(Debug)]
 pub enum Read {
@@ -87,15 +95,13 @@ impl Hub {
                 continue;
             }
             if revision != batch_revision && !batch.is_empty() {
-                cached.store.apply(batch_revision, &batch);
-                cached.history.push(batch_revision, std::mem::take(&mut batch));
+                cached.append(batch_revision, std::mem::take(&mut batch));
             }
             batch_revision = revision;
             batch.push(event);
         }
         if !batch.is_empty() {
-            cached.store.apply(batch_revision, &batch);
-            cached.history.push(batch_revision, batch);
+            cached.append(batch_revision, batch);
         }
         cached.header = ResponseHeader { revision: 0, ..header };
         let revision = cached.store.revision();

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use etcdgate_cache::Watcher;
+use etcdgate_cache::{Hub, Watcher};
 use etcdgate_proto::etcdserverpb::{watch_request::RequestUnion, ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
 use etcdgate_upstream::Pool;
 use futures::stream::BoxStream;
@@ -44,8 +44,9 @@ struct Ids {
     next: i64,
 }
 
-/// A watch served by a hub: its pump task and how far it has sent.
+/// A watch served by a hub: the hub, its pump task and how far it has sent.
 struct HubWatch {
+    hub: Arc<Hub>,
     pump: AbortHandle,
     sent_through: Arc<AtomicI64>,
 }
@@ -104,7 +105,7 @@ impl Mux {
                 Some(watch) => {
                     watch.pump.abort();
                     lock(&self.ids).live.remove(&cancel.watch_id);
-                    let header = self.header();
+                    let header = watch.hub.header();
                     self.send(WatchResponse { header, watch_id: cancel.watch_id, canceled: true, ..Default::default() }).await
                 }
                 None => self.to_etcd(WatchRequest { request_union: Some(RequestUnion::CancelRequest(cancel)) }).await,
@@ -124,7 +125,7 @@ impl Mux {
         }
     }
 
-    /// A header at the first hub's revision.
+    /// A header at the first hub's revision (for answers that concern no one watch).
     fn header(&self) -> Option<ResponseHeader> {
         self.caches.hubs().first().and_then(|hub| hub.header())
     }
@@ -154,10 +155,12 @@ impl Mux {
         }
         let id = create.watch_id;
         let served = match self.caches.hub_for(&create.key, &create.range_end) {
-            Some(hub) if self.caches.auth_off(&self.ctx).await.is_some() => Watcher::create(hub, id, &create, self.caches.max_request_bytes()),
+            Some(hub) if self.caches.auth_off(&self.ctx).await.is_some() => {
+                Watcher::create(hub, id, &create, self.caches.max_request_bytes()).map(|served| (hub.clone(), served))
+            }
             _ => None,
         };
-        let Some((mut watcher, created)) = served else {
+        let Some((hub, (mut watcher, created))) = served else {
             if create.watch_id >= 0 {
                 lock(&self.ids).live.insert(id);
             }
@@ -187,7 +190,7 @@ impl Mux {
             }
         })
         .abort_handle();
-        self.hub_watches.insert(id, HubWatch { pump, sent_through });
+        self.hub_watches.insert(id, HubWatch { hub, pump, sent_through });
         true
     }
 
