@@ -8,11 +8,12 @@
 //! event *of its keys* is gone — where etcd cancels every watch behind its compaction.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use crate::keys::KeyRange;
+use crate::reply::Batch;
 
 use etcdgate_proto::mvccpb::Event;
-use prost::Message;
 
 /// Bounds of one prefix's history.
 #[derive(Clone, Copy, Debug)]
@@ -27,20 +28,12 @@ impl Default for HistoryLimits {
     }
 }
 
-/// The events of one revision.
-#[derive(Debug)]
-pub struct Batch {
-    pub revision: i64,
-    pub events: Vec<Event>,
-    bytes: usize,
-}
-
 /// Keys remembered with the revision of their last event that went, at most.
 const MAX_GONE_KEYS: usize = 100_000;
 
 #[derive(Debug)]
 pub struct History {
-    batches: VecDeque<Batch>,
+    batches: VecDeque<Arc<Batch>>,
     /// Every event after this revision is here.
     complete_after: i64,
     /// Per key, the revision of its last event that went, for events after `gone_since`.
@@ -55,7 +48,15 @@ pub struct History {
 impl History {
     /// An empty history of a prefix read at `revision`.
     pub fn new(revision: i64, limits: HistoryLimits) -> History {
-        History { batches: VecDeque::new(), complete_after: revision, gone: BTreeMap::new(), gone_since: revision, events: 0, bytes: 0, limits }
+        History {
+            batches: VecDeque::new(),
+            complete_after: revision,
+            gone: BTreeMap::new(),
+            gone_since: revision,
+            events: 0,
+            bytes: 0,
+            limits,
+        }
     }
 
     /// Every event after this revision is in the history; a watch may start at this + 1.
@@ -83,10 +84,10 @@ impl History {
     /// Adds the events of `revision`, newer than everything held, dropping the oldest
     /// revisions beyond the limits (the newest revision always stays).
     pub fn push(&mut self, revision: i64, events: Vec<Event>) {
-        let bytes = events.iter().map(Message::encoded_len).sum::<usize>();
-        self.events += events.len();
-        self.bytes += bytes;
-        self.batches.push_back(Batch { revision, events, bytes });
+        let batch = Batch::new(revision, events);
+        self.events += batch.events.len();
+        self.bytes += batch.bytes;
+        self.batches.push_back(Arc::new(batch));
         while self.batches.len() > 1 && (self.events > self.limits.max_events || self.bytes > self.limits.max_bytes) {
             let Some(oldest) = self.batches.pop_front() else { break };
             self.events -= oldest.events.len();
@@ -106,7 +107,7 @@ impl History {
     /// The batches from revision `from` on that may hold events of `keys`; `Err(compact_revision)`
     /// if an event of `keys` from `from` on is gone (a watch from `from` must then be canceled
     /// with that `compact_revision`).
-    pub fn since(&self, from: i64, keys: &KeyRange) -> Result<impl Iterator<Item = &Batch>, i64> {
+    pub fn since(&self, from: i64, keys: &KeyRange) -> Result<impl Iterator<Item = &Arc<Batch>>, i64> {
         let from = if from <= self.complete_after {
             let lost = from <= self.gone_since || keys.of(&self.gone).any(|(_, revision)| *revision >= from);
             if lost {
@@ -156,7 +157,7 @@ mod tests {
     }
 
     impl History {
-        fn since_all(&self, from: i64) -> Result<impl Iterator<Item = &Batch>, i64> {
+        fn since_all(&self, from: i64) -> Result<impl Iterator<Item = &Arc<Batch>>, i64> {
             self.since(from, &all())
         }
     }

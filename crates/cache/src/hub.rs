@@ -2,15 +2,19 @@
 //! (reset / apply / progress) and read by clients (range, watchers), with a revision channel
 //! that wakes watchers and readers waiting for the store to catch up.
 
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use etcdgate_proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
 use etcdgate_proto::mvccpb::{Event, KeyValue};
+use tokio::runtime::RuntimeFlavor;
 use tokio::sync::watch;
 
-use crate::history::{Batch, History, HistoryLimits};
+use crate::history::{History, HistoryLimits};
 use crate::keys::KeyRange;
+use crate::reply::Batch;
 use crate::store::Store;
 
 #[derive(Debug)]
@@ -31,15 +35,49 @@ impl Cached {
     }
 }
 
-/// Events read for a watcher: the batches from its position on, at most up to a bound.
+/// Events read for a watcher: the revisions from its position on, at most up to a bound.
 #[derive(Debug)]
 pub enum Read {
-    /// Revisions with events in the watcher's range (possibly none), and the hub's revision.
-    Events { batches: Vec<(i64, Vec<Event>)>, next: i64, revision: i64 },
+    /// Revisions with events in the watcher's range (possibly none); `whole` if every event
+    /// of them is in the range; the next revision to read and the hub's revision.
+    Events { batches: Vec<Arc<Batch>>, whole: bool, next: i64, revision: i64 },
     /// The watcher's position is no longer in the history.
     Compacted(i64),
     /// The hub has not loaded the prefix yet.
     NotLoaded,
+}
+
+thread_local! {
+    /// Per hub (by address), this thread's relay of its revision: the hub's receiver it
+    /// follows and the sender this thread's watchers subscribe to.
+    static RELAYS: RefCell<HashMap<usize, (watch::Receiver<i64>, watch::Sender<i64>)>> = RefCell::default();
+}
+
+/// Passes the hub's revision on to this thread's receivers until there are none left (or
+/// the hub is gone); runs on the thread that started it (a single-threaded runtime).
+async fn relay(key: usize, mut upstream: watch::Receiver<i64>, local: watch::Sender<i64>) {
+    loop {
+        tokio::select! {
+            changed = upstream.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                local.send_replace(*upstream.borrow_and_update());
+            }
+            () = local.closed() => {
+                // No await between this check and the removal: no receiver can come between.
+                if local.receiver_count() == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    RELAYS.with(|relays| {
+        let mut relays = relays.borrow_mut();
+        if relays.get(&key).is_some_and(|(_, current)| current.same_channel(&local)) {
+            relays.remove(&key);
+        }
+    });
 }
 
 /// A cached prefix.
@@ -162,9 +200,29 @@ impl Hub {
         matches!(reached, Ok(Ok(_)))
     }
 
-    /// Wakes on every change of the store's revision.
+    /// Wakes on every change of the store's revision. On a single-threaded runtime (each of
+    /// the server's workers has one) the receivers of one thread share a relay task: the
+    /// hub wakes that one task, which wakes the thread's watchers locally — waking thousands
+    /// of tasks of another thread one by one costs a system call each and breaks up the
+    /// batching of their writes.
     pub fn subscribe(&self) -> watch::Receiver<i64> {
-        self.revision.subscribe()
+        let single_threaded = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread);
+        if !single_threaded {
+            return self.revision.subscribe();
+        }
+        let key = self as *const Hub as usize;
+        RELAYS.with(|relays| {
+            let mut relays = relays.borrow_mut();
+            // A relay whose hub went (and whose address came back) is replaced.
+            if let Some(local) = relays.get(&key).filter(|(upstream, _)| upstream.has_changed().is_ok()).map(|(_, local)| local) {
+                return local.subscribe();
+            }
+            let upstream = self.revision.subscribe();
+            let local = watch::Sender::new(*upstream.borrow());
+            relays.insert(key, (upstream.clone(), local.clone()));
+            tokio::spawn(relay(key, upstream, local.clone()));
+            local.subscribe()
+        })
     }
 
     /// Events in `keys` from revision `from` on, up to about `max_bytes` (whole revisions).
@@ -177,23 +235,31 @@ impl Hub {
         };
         let revision = cached.store.revision();
         let mut selected = Vec::new();
+        let mut whole = true;
         let mut next = from;
         let mut bytes = 0;
-        for Batch { revision: batch_revision, events, .. } in batches {
+        for batch in batches {
             if bytes >= max_bytes {
                 break;
             }
-            let matching: Vec<Event> = events.iter().filter(|e| e.kv.as_ref().is_some_and(|kv| keys.contains(&kv.key))).cloned().collect();
-            next = batch_revision + 1;
-            if !matching.is_empty() {
-                bytes += matching.iter().map(prost::Message::encoded_len).sum::<usize>();
-                selected.push((*batch_revision, matching));
+            next = batch.revision + 1;
+            let in_range = |e: &Event| e.kv.as_ref().is_some_and(|kv| keys.contains(&kv.key));
+            let matching = batch.events.iter().filter(|e| in_range(e)).count();
+            if matching == 0 {
+                continue;
             }
+            if matching == batch.events.len() {
+                bytes += batch.bytes;
+            } else {
+                whole = false;
+                bytes += batch.events.iter().filter(|e| in_range(e)).map(prost::Message::encoded_len).sum::<usize>();
+            }
+            selected.push(batch.clone());
         }
         if bytes < max_bytes {
             next = next.max(revision + 1);
         }
-        Read::Events { batches: selected, next, revision }
+        Read::Events { batches: selected, whole, next, revision }
     }
 
     /// Size of what is held: keys, history events, history bytes, oldest and newest

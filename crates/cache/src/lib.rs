@@ -11,11 +11,13 @@
 mod history;
 mod hub;
 mod keys;
+mod reply;
 mod store;
 mod watcher;
 
 pub use history::{History, HistoryLimits};
 pub use hub::Hub;
 pub use keys::KeyRange;
+pub use reply::{Batch, SharedEvents, WatchReply};
 pub use store::Store;
 pub use watcher::Watcher;

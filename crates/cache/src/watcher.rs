@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::hub::{Hub, Read};
 use crate::keys::KeyRange;
+use crate::reply::WatchReply;
 
 /// About how many bytes of events one response carries (whole revisions; a single revision
 /// larger than this still goes in one response).
@@ -97,21 +98,21 @@ impl Watcher {
 
     /// The next response for the client: events, a progress notification, or the cancel of
     /// a watcher that fell out of the history (after which the watcher is done).
-    pub async fn next(&mut self) -> WatchResponse {
+    pub async fn next(&mut self) -> WatchReply {
         if let Some(fragment) = self.fragments.pop_front() {
-            return fragment;
+            return fragment.into();
         }
         let response = self.next_whole().await;
         match self.fragment_above {
             Some(limit) => {
-                self.fragments = fragment(response, limit);
-                self.fragments.pop_front().unwrap_or_default()
+                self.fragments = fragment(response.into_message(), limit);
+                self.fragments.pop_front().unwrap_or_default().into()
             }
             None => response,
         }
     }
 
-    async fn next_whole(&mut self) -> WatchResponse {
+    async fn next_whole(&mut self) -> WatchReply {
         let mut progress_due = Instant::now() + PROGRESS_NOTIFY_INTERVAL;
         loop {
             self.updates.borrow_and_update();
@@ -123,21 +124,31 @@ impl Watcher {
                         canceled: true,
                         compact_revision,
                         ..Default::default()
-                    };
+                    }
+                    .into();
                 }
                 Read::NotLoaded => {}
-                Read::Events { batches, next, revision } => {
+                Read::Events { batches, whole, next, revision } => {
                     self.next = next;
-                    let single = batches.len() == 1;
-                    let last = batches.last().map(|(revision, _)| *revision);
+                    // Live, etcd's header is the event's revision; a catch-up's the current one.
+                    let header_revision = match batches.as_slice() {
+                        [single] => single.revision,
+                        _ => revision,
+                    };
+                    let header = ResponseHeader { revision: header_revision, ..self.hub.bare_header() };
+                    if whole && !self.no_put && !self.no_delete && !batches.is_empty() {
+                        return WatchReply::shared(header, self.id, batches, self.prev_kv);
+                    }
                     let events: Vec<_> = batches
-                        .into_iter()
-                        .flat_map(|(_, events)| events)
+                        .iter()
+                        .flat_map(|batch| batch.events.iter())
                         .filter(|e| {
                             let delete = e.r#type == EventType::Delete as i32;
-                            !(delete && self.no_delete || !delete && self.no_put)
+                            let in_range = e.kv.as_ref().is_some_and(|kv| self.keys.contains(&kv.key));
+                            in_range && !(delete && self.no_delete || !delete && self.no_put)
                         })
-                        .map(|mut e| {
+                        .map(|e| {
+                            let mut e = e.clone();
                             if !self.prev_kv {
                                 e.prev_kv = None;
                             }
@@ -145,10 +156,7 @@ impl Watcher {
                         })
                         .collect();
                     if !events.is_empty() {
-                        // Live, etcd's header is the event's revision; a catch-up's the current one.
-                        let header_revision = if single { last.unwrap_or(revision) } else { revision };
-                        let header = ResponseHeader { revision: header_revision, ..self.hub.bare_header() };
-                        return WatchResponse { header: Some(header), watch_id: self.id, events, ..Default::default() };
+                        return WatchResponse { header: Some(header), watch_id: self.id, events, ..Default::default() }.into();
                     }
                 }
             }
@@ -161,7 +169,7 @@ impl Watcher {
                 () = tokio::time::sleep_until(progress_due), if self.progress_notify => {
                     progress_due = Instant::now() + PROGRESS_NOTIFY_INTERVAL;
                     if let Some(progress) = self.progress() {
-                        return progress;
+                        return progress.into();
                     }
                 }
             }

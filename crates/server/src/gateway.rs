@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use etcdgate_proto::etcdserverpb::{
     maintenance_client::MaintenanceClient, LeaseKeepAliveRequest, LeaseKeepAliveResponse, RangeRequest, SnapshotRequest, SnapshotResponse, WatchRequest,
-    WatchResponse,
 };
+use etcdgate_cache::WatchReply;
 use etcdgate_proto::v3electionpb::{election_client::ElectionClient, LeaderRequest, LeaderResponse};
 use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
 use futures::stream::BoxStream;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tonic::Status;
 
 use crate::cache::Caches;
@@ -146,10 +146,13 @@ impl Gateway {
 
     /// The Watch stream: client requests in, watch responses out; moves to another member
     /// when its member fails (see [`crate::watch`]).
-    pub async fn watch(&self, ctx: &CallContext, input: BoxStream<'static, WatchRequest>) -> Result<ResponseStream<WatchResponse>, Status> {
+    pub async fn watch(&self, ctx: &CallContext, input: BoxStream<'static, WatchRequest>) -> Result<ResponseStream<WatchReply>, Status> {
         match &self.caches {
             Some(caches) => crate::hub_watch::watch(self.pool.clone(), caches.clone(), ctx.clone(), input).await,
-            None => crate::watch::watch(self.pool.clone(), ctx.clone(), input).await,
+            None => {
+                let responses = crate::watch::watch(self.pool.clone(), ctx.clone(), input).await?;
+                Ok(Box::pin(responses.map(|response| response.map(WatchReply::from))))
+            }
         }
     }
 

@@ -9,8 +9,7 @@ use etcdgate_proto::etcdserverpb::{
     kv_server::{Kv, KvServer},
     lease_server::{Lease, LeaseServer},
     maintenance_server::{Maintenance, MaintenanceServer},
-    watch_server::{Watch, WatchServer},
-    LeaseKeepAliveRequest, SnapshotRequest, WatchRequest,
+    LeaseKeepAliveRequest, SnapshotRequest,
 };
 use etcdgate_proto::v3electionpb::{
     election_server::{Election, ElectionServer},
@@ -41,7 +40,7 @@ impl Services {
 }
 
 /// Ends the client's input at its first error (a reset stream): etcd sees the same.
-fn client_input<T: Send + 'static>(stream: Streaming<T>) -> futures::stream::BoxStream<'static, T> {
+pub(crate) fn client_input<T: Send + 'static>(stream: Streaming<T>) -> futures::stream::BoxStream<'static, T> {
     stream.take_while(|item| futures::future::ready(item.is_ok())).filter_map(|item| async move { item.ok() }).boxed()
 }
 
@@ -69,14 +68,6 @@ unary_service!(Kv {
     txn => Txn,
     compact => Compact,
 });
-
-unary_service!(Watch {}
-    type WatchStream = ResponseStream<etcdgate_proto::etcdserverpb::WatchResponse>;
-    async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
-        let ctx = CallContext::from_grpc(&request);
-        self.gateway.watch(&ctx, client_input(request.into_inner())).await.map(Response::new)
-    }
-);
 
 unary_service!(Lease {
     lease_grant => LeaseGrant,
@@ -181,7 +172,7 @@ pub fn routes(gateway: Arc<Gateway>, max_recv_bytes: usize) -> Routes {
         };
     }
     Routes::new(limited!(KvServer))
-        .add_service(limited!(WatchServer))
+        .add_service(crate::grpc_watch::WatchService::new(services.gateway.clone(), max_recv_bytes.saturating_mul(DECODE_SLACK)))
         .add_service(limited!(LeaseServer))
         .add_service(limited!(ClusterServer))
         .add_service(limited!(MaintenanceServer))

@@ -4,34 +4,39 @@
 //! first of them comes. Watch IDs are given here for both kinds, as etcd gives them, and
 //! both kinds' responses are merged into the client's stream.
 //!
+//! A stream is one task reading the client's requests and, on the response side, a stream
+//! that merges that task's answers with its hub watches' responses: each hub watch is read
+//! from the history when the client can take more, with no task or queue of its own, and
+//! its events go out as encoded once for every watcher (see [`WatchReply`]).
+//!
 //! Progress requests are answered from the hubs when no watch of the stream is at etcd (with
 //! the revision every hub watch has been sent up to), else by etcd.
 
 use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
-use etcdgate_cache::{Hub, Watcher};
+use etcdgate_cache::{Hub, WatchReply, Watcher};
 use etcdgate_proto::etcdserverpb::{watch_request::RequestUnion, ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
 use etcdgate_upstream::Pool;
-use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::future::AbortHandle;
+use futures::stream::{Abortable, BoxStream, SelectAll};
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::cache::Caches;
-use crate::context::CallContext;
+use crate::context::{CallContext, SeenRevision};
 use crate::gateway::ResponseStream;
 
-/// Responses buffered towards the client (each hub watch then waits its turn, holding only
-/// its position in the history).
+/// Answers queued towards the client's stream (hub watches are not queued: the stream reads
+/// them from the history when the client can take more).
 const CLIENT_BUFFER: usize = 16;
 /// etcd's answer to a create with a watch ID the stream already uses.
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
-
-type Responses = mpsc::Sender<Result<WatchResponse, Status>>;
 
 fn lock(ids: &Mutex<Ids>) -> std::sync::MutexGuard<'_, Ids> {
     ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -44,10 +49,19 @@ struct Ids {
     next: i64,
 }
 
-/// A watch served by a hub: the hub, its pump task and how far it has sent.
+/// What the request side of a client stream tells its response side, in order.
+enum Control {
+    /// An answer to send.
+    Reply(Box<Result<WatchReply, Status>>),
+    /// A hub watch whose `created` answer went before: its responses follow.
+    Serve(Box<(Watcher, Arc<AtomicI64>)>),
+    /// A hub watch the client canceled (its `canceled` answer follows).
+    Stop(i64),
+}
+
+/// A watch served by a hub: the hub, and the revision its responses have been sent up to.
 struct HubWatch {
     hub: Arc<Hub>,
-    pump: AbortHandle,
     sent_through: Arc<AtomicI64>,
 }
 
@@ -55,7 +69,7 @@ struct Mux {
     pool: Arc<Pool>,
     caches: Arc<Caches>,
     ctx: CallContext,
-    client: Responses,
+    client: mpsc::Sender<Control>,
     ids: Arc<Mutex<Ids>>,
     hub_watches: HashMap<i64, HubWatch>,
     /// The relayed stream to etcd, once a watch needed it.
@@ -68,15 +82,18 @@ pub async fn watch(
     caches: Arc<Caches>,
     ctx: CallContext,
     mut input: BoxStream<'static, WatchRequest>,
-) -> Result<ResponseStream<WatchResponse>, Status> {
-    let (client, responses) = mpsc::channel(CLIENT_BUFFER);
-    let mut mux = Mux { pool, caches, ctx, client, ids: Arc::default(), hub_watches: HashMap::new(), relay: None };
+) -> Result<ResponseStream<WatchReply>, Status> {
+    let (client, control) = mpsc::channel(CLIENT_BUFFER);
+    let ids = Arc::<Mutex<Ids>>::default();
+    let responses = Responses::new(control, ids.clone(), ctx.seen.clone());
+    let mut mux = Mux { pool, caches, ctx, client, ids, hub_watches: HashMap::new(), relay: None };
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 request = input.next() => match request {
+                    // Boxed: the task's own state stays small while it waits for requests.
                     Some(request) => {
-                        if !mux.handle(request).await {
+                        if !Box::pin(mux.handle(request)).await {
                             break;
                         }
                     }
@@ -89,11 +106,8 @@ pub async fn watch(
                 () = mux.client.closed() => break,
             }
         }
-        for watch in mux.hub_watches.values() {
-            watch.pump.abort();
-        }
     });
-    Ok(Box::pin(ReceiverStream::new(responses)))
+    Ok(Box::pin(responses))
 }
 
 impl Mux {
@@ -103,8 +117,10 @@ impl Mux {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(RequestUnion::CancelRequest(cancel)) => match self.hub_watches.remove(&cancel.watch_id) {
                 Some(watch) => {
-                    watch.pump.abort();
                     lock(&self.ids).live.remove(&cancel.watch_id);
+                    if self.client.send(Control::Stop(cancel.watch_id)).await.is_err() {
+                        return false;
+                    }
                     let header = watch.hub.header();
                     self.send(WatchResponse { header, watch_id: cancel.watch_id, canceled: true, ..Default::default() }).await
                 }
@@ -160,7 +176,7 @@ impl Mux {
             }
             _ => None,
         };
-        let Some((hub, (mut watcher, created))) = served else {
+        let Some((hub, (watcher, created))) = served else {
             if create.watch_id >= 0 {
                 lock(&self.ids).live.insert(id);
             }
@@ -171,32 +187,12 @@ impl Mux {
             return false;
         }
         let sent_through = Arc::new(AtomicI64::new(watcher.next_revision() - 1));
-        let (client, sent, ctx, ids) = (self.client.clone(), sent_through.clone(), self.ctx.clone(), self.ids.clone());
-        let count = WatcherCount::new();
-        let pump = tokio::spawn(async move {
-            let _count = count;
-            loop {
-                let mut response = watcher.next().await;
-                let canceled = response.canceled;
-                crate::metrics::cache_events_out(response.events.len());
-                if canceled {
-                    lock(&ids).live.remove(&id);
-                }
-                ctx.seen.lift(&mut response.header);
-                if client.send(Ok(response)).await.is_err() || canceled {
-                    return;
-                }
-                sent.store(watcher.next_revision() - 1, Ordering::Release);
-            }
-        })
-        .abort_handle();
-        self.hub_watches.insert(id, HubWatch { hub, pump, sent_through });
-        true
+        self.hub_watches.insert(id, HubWatch { hub, sent_through: sent_through.clone() });
+        self.client.send(Control::Serve(Box::new((watcher, sent_through)))).await.is_ok()
     }
 
-    async fn send(&self, mut response: WatchResponse) -> bool {
-        self.ctx.seen.lift(&mut response.header);
-        self.client.send(Ok(response)).await.is_ok()
+    async fn send(&self, response: WatchResponse) -> bool {
+        self.client.send(Control::Reply(Box::new(Ok(response.into())))).await.is_ok()
     }
 
     /// Sends a request to etcd's stream, opening it first if needed.
@@ -217,13 +213,13 @@ impl Mux {
                                 lock(&ids).live.remove(&response.watch_id);
                             }
                         }
-                        if client.send(response).await.is_err() {
+                        if client.send(Control::Reply(Box::new(response.map(WatchReply::from)))).await.is_err() {
                             return;
                         }
                     }
                 }
                 Err(status) => {
-                    let _ = client.send(Err(status)).await;
+                    let _ = client.send(Control::Reply(Box::new(Err(status)))).await;
                 }
             }
         });
@@ -231,7 +227,99 @@ impl Mux {
     }
 }
 
-/// Counts a hub watch in the metrics for as long as its pump exists.
+/// The response side of a client stream: the mux's answers in order, and the responses of
+/// its hub watches, each read from the hub's history when the client can take more (no task
+/// or queue per watch).
+struct Responses {
+    control: mpsc::Receiver<Control>,
+    control_open: bool,
+    watchers: SelectAll<Abortable<BoxStream<'static, Followed>>>,
+    serving: HashMap<i64, Serving>,
+    ids: Arc<Mutex<Ids>>,
+    seen: SeenRevision,
+}
+
+/// A hub watch being served: how to stop it and where to note how far it was sent.
+struct Serving {
+    stop: AbortHandle,
+    sent_through: Arc<AtomicI64>,
+    _count: WatcherCount,
+}
+
+impl Responses {
+    fn new(control: mpsc::Receiver<Control>, ids: Arc<Mutex<Ids>>, seen: SeenRevision) -> Responses {
+        Responses { control, control_open: true, watchers: SelectAll::new(), serving: HashMap::new(), ids, seen }
+    }
+
+    /// Serves a hub watch: its responses join the stream until it is canceled.
+    fn serve(&mut self, watcher: Watcher, sent_through: Arc<AtomicI64>) {
+        let (stop, registration) = AbortHandle::new_pair();
+        self.serving.insert(watcher.id(), Serving { stop, sent_through, _count: WatcherCount::new() });
+        let responses = futures::stream::unfold(Some(watcher), |watcher| async move {
+            let mut watcher = watcher?;
+            let reply = watcher.next().await;
+            let followed = Followed { id: watcher.id(), next_revision: watcher.next_revision(), reply };
+            // A canceled watch is done after its cancel.
+            let watcher = (!followed.reply.canceled()).then_some(watcher);
+            Some((followed, watcher))
+        });
+        self.watchers.push(Abortable::new(responses.boxed(), registration));
+    }
+}
+
+/// A hub watch's response, and the next revision that watch will send.
+struct Followed {
+    id: i64,
+    next_revision: i64,
+    reply: WatchReply,
+}
+
+impl Stream for Responses {
+    type Item = Result<WatchReply, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        while this.control_open {
+            match this.control.poll_recv(cx) {
+                Poll::Ready(Some(Control::Reply(reply))) => {
+                    let mut reply = *reply;
+                    if let Ok(reply) = &mut reply {
+                        this.seen.lift(reply.header_mut());
+                    }
+                    return Poll::Ready(Some(reply));
+                }
+                Poll::Ready(Some(Control::Serve(served))) => {
+                    let (watcher, sent_through) = *served;
+                    this.serve(watcher, sent_through);
+                }
+                Poll::Ready(Some(Control::Stop(id))) => {
+                    if let Some(serving) = this.serving.remove(&id) {
+                        serving.stop.abort();
+                    }
+                }
+                Poll::Ready(None) => this.control_open = false,
+                Poll::Pending => break,
+            }
+        }
+        if let Poll::Ready(Some(Followed { id, next_revision, mut reply })) = this.watchers.poll_next_unpin(cx) {
+            crate::metrics::cache_events_out(reply.event_count());
+            this.seen.lift(reply.header_mut());
+            if reply.canceled() {
+                lock(&this.ids).live.remove(&id);
+                this.serving.remove(&id);
+            } else if let Some(serving) = this.serving.get(&id) {
+                serving.sent_through.store(next_revision - 1, Ordering::Release);
+            }
+            return Poll::Ready(Some(Ok(reply)));
+        }
+        if !this.control_open && this.watchers.is_empty() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+}
+
+/// Counts a hub watch in the metrics for as long as it is served.
 struct WatcherCount;
 
 impl WatcherCount {

@@ -7,6 +7,7 @@ mod cache;
 mod context;
 mod gateway;
 mod grpc;
+mod grpc_watch;
 mod http;
 mod hub_watch;
 mod keepalive;
