@@ -4,15 +4,16 @@
 //! first of them comes. Watch IDs are given here for both kinds, as etcd gives them, and
 //! both kinds' responses are merged into the client's stream.
 //!
-//! A stream is one task reading the client's requests and, on the response side, a stream
-//! that merges that task's answers with its hub watches' responses: each hub watch is read
-//! from the history when the client can take more, with no task or queue of its own, and
-//! its events go out as encoded once for every watcher (see [`WatchReply`]).
+//! A client stream is one [`WatchStream`], with no task of its own: polled by the client's
+//! connection, it handles the client's requests one at a time, sends their answers, relays
+//! etcd's answers, and reads each hub watch from the history when the client can take more
+//! (no task or queue per watch; its events go out as encoded once for every watcher, see
+//! [`WatchReply`]). With thousands of watchers, every byte and every task per watcher counts.
 //!
 //! Progress requests are answered from the hubs when no watch of the stream is at etcd (with
 //! the revision every hub watch has been sent up to), else by etcd.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,9 +22,9 @@ use std::task::{Context, Poll};
 use etcdgate_cache::{Hub, WatchReply, Watcher};
 use etcdgate_proto::etcdserverpb::{watch_request::RequestUnion, ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
 use etcdgate_upstream::Pool;
-use futures::future::AbortHandle;
+use futures::future::{AbortHandle, BoxFuture};
 use futures::stream::{Abortable, BoxStream, SelectAll};
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -32,9 +33,11 @@ use crate::cache::Caches;
 use crate::context::{CallContext, SeenRevision};
 use crate::gateway::ResponseStream;
 
-/// Answers queued towards the client's stream (hub watches are not queued: the stream reads
-/// them from the history when the client can take more).
-const CLIENT_BUFFER: usize = 16;
+/// Requests queued towards etcd's stream.
+const RELAY_BUFFER: usize = 16;
+/// Answers decided and not yet sent, above which the client's next request waits (a client
+/// that sends requests and reads no answers holds this much at most).
+const MAX_READY: usize = 16;
 /// etcd's answer to a create with a watch ID the stream already uses.
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
@@ -42,21 +45,23 @@ fn lock(ids: &Mutex<Ids>) -> std::sync::MutexGuard<'_, Ids> {
     ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// IDs of the stream's live watches, shared with the task relaying etcd's answers.
+/// IDs of the stream's live watches, shared by the request side and the response side.
 #[derive(Debug, Default)]
 struct Ids {
     live: HashSet<i64>,
     next: i64,
 }
 
-/// What the request side of a client stream tells its response side, in order.
-enum Control {
+/// What handling a request decided, in order.
+enum Effect {
     /// An answer to send.
-    Reply(Box<Result<WatchReply, Status>>),
+    Send(WatchResponse),
     /// A hub watch whose `created` answer went before: its responses follow.
-    Serve(Box<(Watcher, Arc<AtomicI64>)>),
+    Serve(Watcher, Arc<AtomicI64>),
     /// A hub watch the client canceled (its `canceled` answer follows).
     Stop(i64),
+    /// etcd's stream, being opened for the first watch that needs it.
+    Relay(BoxFuture<'static, Result<ResponseStream<WatchResponse>, Status>>),
 }
 
 /// A watch served by a hub: the hub, and the revision its responses have been sent up to.
@@ -65,15 +70,16 @@ struct HubWatch {
     sent_through: Arc<AtomicI64>,
 }
 
+/// The request side of a client stream.
 struct Mux {
     pool: Arc<Pool>,
     caches: Arc<Caches>,
     ctx: CallContext,
-    client: mpsc::Sender<Control>,
     ids: Arc<Mutex<Ids>>,
     hub_watches: HashMap<i64, HubWatch>,
-    /// The relayed stream to etcd, once a watch needed it.
+    /// Requests for etcd's stream, once a watch needed it.
     relay: Option<mpsc::Sender<WatchRequest>>,
+    effects: Vec<Effect>,
 }
 
 /// Serves one client watch stream with the hubs' help.
@@ -81,48 +87,40 @@ pub async fn watch(
     pool: Arc<Pool>,
     caches: Arc<Caches>,
     ctx: CallContext,
-    mut input: BoxStream<'static, WatchRequest>,
+    input: BoxStream<'static, WatchRequest>,
 ) -> Result<ResponseStream<WatchReply>, Status> {
-    let (client, control) = mpsc::channel(CLIENT_BUFFER);
     let ids = Arc::<Mutex<Ids>>::default();
-    let responses = Responses::new(control, ids.clone(), ctx.seen.clone());
-    let mut mux = Mux { pool, caches, ctx, client, ids, hub_watches: HashMap::new(), relay: None };
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                request = input.next() => match request {
-                    // Boxed: the task's own state stays small while it waits for requests.
-                    Some(request) => {
-                        if !Box::pin(mux.handle(request)).await {
-                            break;
-                        }
-                    }
-                    // As etcd, the stream stays open after the client's input ends.
-                    None => {
-                        mux.client.closed().await;
-                        break;
-                    }
-                },
-                () = mux.client.closed() => break,
-            }
-        }
-    });
-    Ok(Box::pin(responses))
+    let seen = ctx.seen.clone();
+    let mux = Mux { pool, caches, ctx, ids: ids.clone(), hub_watches: HashMap::new(), relay: None, effects: Vec::new() };
+    Ok(Box::pin(WatchStream {
+        input: Some(input),
+        requests: Requests::Idle(Box::new(mux)),
+        ready: VecDeque::new(),
+        relay: Relay::None,
+        watchers: SelectAll::new(),
+        serving: HashMap::new(),
+        ids,
+        seen,
+    }))
 }
 
 impl Mux {
-    /// Handles one client request; false once the client is gone.
-    async fn handle(&mut self, request: WatchRequest) -> bool {
+    /// Handles one client request; gives itself back with what it decided.
+    async fn handle(mut self: Box<Self>, request: WatchRequest) -> (Box<Mux>, Vec<Effect>) {
+        self.decide(request).await;
+        let effects = std::mem::take(&mut self.effects);
+        (self, effects)
+    }
+
+    async fn decide(&mut self, request: WatchRequest) {
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(RequestUnion::CancelRequest(cancel)) => match self.hub_watches.remove(&cancel.watch_id) {
                 Some(watch) => {
                     lock(&self.ids).live.remove(&cancel.watch_id);
-                    if self.client.send(Control::Stop(cancel.watch_id)).await.is_err() {
-                        return false;
-                    }
+                    self.effects.push(Effect::Stop(cancel.watch_id));
                     let header = watch.hub.header();
-                    self.send(WatchResponse { header, watch_id: cancel.watch_id, canceled: true, ..Default::default() }).await
+                    self.send(WatchResponse { header, watch_id: cancel.watch_id, canceled: true, ..Default::default() });
                 }
                 None => self.to_etcd(WatchRequest { request_union: Some(RequestUnion::CancelRequest(cancel)) }).await,
             },
@@ -135,9 +133,9 @@ impl Mux {
                     let sent = self.hub_watches.values().map(|w| w.sent_through.load(Ordering::Acquire)).min();
                     header.revision = sent.map_or(header.revision, |sent| sent.min(header.revision));
                 }
-                self.send(WatchResponse { header, watch_id: -1, ..Default::default() }).await
+                self.send(WatchResponse { header, watch_id: -1, ..Default::default() });
             }
-            None => true,
+            None => {}
         }
     }
 
@@ -146,7 +144,7 @@ impl Mux {
         self.caches.hubs().first().and_then(|hub| hub.header())
     }
 
-    async fn create(&mut self, mut create: WatchCreateRequest) -> bool {
+    async fn create(&mut self, mut create: WatchCreateRequest) {
         {
             let mut ids = lock(&self.ids);
             if create.watch_id == 0 {
@@ -166,7 +164,7 @@ impl Mux {
                     cancel_reason: DUPLICATE_ID.into(),
                     ..Default::default()
                 };
-                return self.send(refused).await;
+                return self.send(refused);
             }
         }
         let id = create.watch_id;
@@ -183,56 +181,55 @@ impl Mux {
             return self.to_etcd(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
         };
         lock(&self.ids).live.insert(id);
-        if !self.send(created).await {
-            return false;
-        }
+        self.send(created);
         let sent_through = Arc::new(AtomicI64::new(watcher.next_revision() - 1));
         self.hub_watches.insert(id, HubWatch { hub, sent_through: sent_through.clone() });
-        self.client.send(Control::Serve(Box::new((watcher, sent_through)))).await.is_ok()
+        self.effects.push(Effect::Serve(watcher, sent_through));
     }
 
-    async fn send(&self, response: WatchResponse) -> bool {
-        self.client.send(Control::Reply(Box::new(Ok(response.into())))).await.is_ok()
+    fn send(&mut self, response: WatchResponse) {
+        self.effects.push(Effect::Send(response));
     }
 
     /// Sends a request to etcd's stream, opening it first if needed.
-    async fn to_etcd(&mut self, request: WatchRequest) -> bool {
+    async fn to_etcd(&mut self, request: WatchRequest) {
         if let Some(relay) = &self.relay {
-            return relay.send(request).await.is_ok();
+            // If etcd's stream is gone, its end (or error) reaches the client there.
+            let _ = relay.send(request).await;
+            return;
         }
-        let (relay, input) = mpsc::channel(CLIENT_BUFFER);
+        let (relay, input) = mpsc::channel(RELAY_BUFFER);
         let _ = relay.send(request).await;
         self.relay = Some(relay);
-        let (pool, ctx, client, ids) = (self.pool.clone(), self.ctx.clone(), self.client.clone(), self.ids.clone());
-        tokio::spawn(async move {
-            match crate::watch::watch(pool, ctx, ReceiverStream::new(input).boxed()).await {
-                Ok(mut responses) => {
-                    while let Some(response) = responses.next().await {
-                        if let Ok(response) = &response {
-                            if response.canceled {
-                                lock(&ids).live.remove(&response.watch_id);
-                            }
-                        }
-                        if client.send(Control::Reply(Box::new(response.map(WatchReply::from)))).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(status) => {
-                    let _ = client.send(Control::Reply(Box::new(Err(status)))).await;
-                }
-            }
-        });
-        true
+        let opening = crate::watch::watch(self.pool.clone(), self.ctx.clone(), ReceiverStream::new(input).boxed());
+        self.effects.push(Effect::Relay(opening.boxed()));
     }
 }
 
-/// The response side of a client stream: the mux's answers in order, and the responses of
-/// its hub watches, each read from the hub's history when the client can take more (no task
-/// or queue per watch).
-struct Responses {
-    control: mpsc::Receiver<Control>,
-    control_open: bool,
+/// The request side: waiting for the client's next request, or handling one.
+enum Requests {
+    Idle(Box<Mux>),
+    Handling(BoxFuture<'static, (Box<Mux>, Vec<Effect>)>),
+    /// Only while switching between the two.
+    Switching,
+}
+
+/// etcd's stream for the watches the hubs cannot serve.
+enum Relay {
+    None,
+    Opening(BoxFuture<'static, Result<ResponseStream<WatchResponse>, Status>>),
+    Open(ResponseStream<WatchResponse>),
+}
+
+/// A client's watch stream: its requests in, their answers, etcd's and the hub watches'
+/// responses out.
+struct WatchStream {
+    /// The client's requests, until they end (the stream stays open after, as etcd's).
+    input: Option<BoxStream<'static, WatchRequest>>,
+    requests: Requests,
+    /// Answers decided, sent before anything else.
+    ready: VecDeque<Result<WatchReply, Status>>,
+    relay: Relay,
     watchers: SelectAll<Abortable<BoxStream<'static, Followed>>>,
     serving: HashMap<i64, Serving>,
     ids: Arc<Mutex<Ids>>,
@@ -246,9 +243,27 @@ struct Serving {
     _count: WatcherCount,
 }
 
-impl Responses {
-    fn new(control: mpsc::Receiver<Control>, ids: Arc<Mutex<Ids>>, seen: SeenRevision) -> Responses {
-        Responses { control, control_open: true, watchers: SelectAll::new(), serving: HashMap::new(), ids, seen }
+/// A hub watch's response, and the next revision that watch will send.
+struct Followed {
+    id: i64,
+    next_revision: i64,
+    reply: WatchReply,
+}
+
+impl WatchStream {
+    fn apply(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Send(response) => self.ready.push_back(Ok(response.into())),
+                Effect::Serve(watcher, sent_through) => self.serve(watcher, sent_through),
+                Effect::Stop(id) => {
+                    if let Some(serving) = self.serving.remove(&id) {
+                        serving.stop.abort();
+                    }
+                }
+                Effect::Relay(opening) => self.relay = Relay::Opening(opening),
+            }
+        }
     }
 
     /// Serves a hub watch: its responses join the stream until it is canceled.
@@ -265,57 +280,95 @@ impl Responses {
         });
         self.watchers.push(Abortable::new(responses.boxed(), registration));
     }
+
+    /// Moves the request side on; true if it did something worth looking at again.
+    fn poll_requests(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Requests::Handling(handling) = &mut self.requests {
+            let Poll::Ready((mux, effects)) = handling.poll_unpin(cx) else { return false };
+            self.requests = Requests::Idle(mux);
+            self.apply(effects);
+            return true;
+        }
+        if self.ready.len() >= MAX_READY {
+            return false;
+        }
+        let Some(input) = self.input.as_mut() else { return false };
+        match input.poll_next_unpin(cx) {
+            Poll::Ready(Some(request)) => {
+                if let Requests::Idle(mux) = std::mem::replace(&mut self.requests, Requests::Switching) {
+                    self.requests = Requests::Handling(mux.handle(request).boxed());
+                }
+                true
+            }
+            Poll::Ready(None) => {
+                self.input = None;
+                false
+            }
+            Poll::Pending => false,
+        }
+    }
+
+    /// etcd's next answer, if one is ready.
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Result<WatchReply, Status>> {
+        loop {
+            match &mut self.relay {
+                Relay::None => return Poll::Pending,
+                Relay::Opening(opening) => match opening.poll_unpin(cx) {
+                    Poll::Ready(Ok(responses)) => self.relay = Relay::Open(responses),
+                    Poll::Ready(Err(status)) => {
+                        self.relay = Relay::None;
+                        return Poll::Ready(Err(status));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                Relay::Open(responses) => {
+                    return match responses.poll_next_unpin(cx) {
+                        Poll::Ready(Some(response)) => {
+                            if let Ok(response) = &response {
+                                if response.canceled {
+                                    lock(&self.ids).live.remove(&response.watch_id);
+                                }
+                            }
+                            Poll::Ready(response.map(WatchReply::from))
+                        }
+                        Poll::Ready(None) => {
+                            self.relay = Relay::None;
+                            Poll::Pending
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
 }
 
-/// A hub watch's response, and the next revision that watch will send.
-struct Followed {
-    id: i64,
-    next_revision: i64,
-    reply: WatchReply,
-}
-
-impl Stream for Responses {
+impl Stream for WatchStream {
     type Item = Result<WatchReply, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        while this.control_open {
-            match this.control.poll_recv(cx) {
-                Poll::Ready(Some(Control::Reply(reply))) => {
-                    let mut reply = *reply;
-                    if let Ok(reply) = &mut reply {
-                        this.seen.lift(reply.header_mut());
-                    }
-                    return Poll::Ready(Some(reply));
-                }
-                Poll::Ready(Some(Control::Serve(served))) => {
-                    let (watcher, sent_through) = *served;
-                    this.serve(watcher, sent_through);
-                }
-                Poll::Ready(Some(Control::Stop(id))) => {
-                    if let Some(serving) = this.serving.remove(&id) {
-                        serving.stop.abort();
-                    }
-                }
-                Poll::Ready(None) => this.control_open = false,
-                Poll::Pending => break,
-            }
-        }
-        if let Poll::Ready(Some(Followed { id, next_revision, mut reply })) = this.watchers.poll_next_unpin(cx) {
+        while this.poll_requests(cx) {}
+        let reply = if let Some(reply) = this.ready.pop_front() {
+            reply
+        } else if let Poll::Ready(reply) = this.poll_relay(cx) {
+            reply
+        } else if let Poll::Ready(Some(Followed { id, next_revision, reply })) = this.watchers.poll_next_unpin(cx) {
             crate::metrics::cache_events_out(reply.event_count());
-            this.seen.lift(reply.header_mut());
             if reply.canceled() {
                 lock(&this.ids).live.remove(&id);
                 this.serving.remove(&id);
             } else if let Some(serving) = this.serving.get(&id) {
                 serving.sent_through.store(next_revision - 1, Ordering::Release);
             }
-            return Poll::Ready(Some(Ok(reply)));
-        }
-        if !this.control_open && this.watchers.is_empty() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
+            Ok(reply)
+        } else {
+            return Poll::Pending;
+        };
+        Poll::Ready(Some(reply.map(|mut reply| {
+            this.seen.lift(reply.header_mut());
+            reply
+        })))
     }
 }
 
