@@ -115,8 +115,11 @@ impl Watcher {
     async fn next_whole(&mut self) -> WatchReply {
         let mut progress_due = Instant::now() + PROGRESS_NOTIFY_INTERVAL;
         loop {
-            self.updates.borrow_and_update();
-            match self.hub.read_since(self.next, &self.keys, MAX_RESPONSE_BYTES) {
+            // Nothing to read before the hub passes this watcher's position (a reset that
+            // moved it back cannot have lost events this watcher still needs either).
+            let revision = *self.updates.borrow_and_update();
+            let read = if revision >= self.next { self.hub.read_since(self.next, &self.keys, MAX_RESPONSE_BYTES) } else { Read::NotLoaded };
+            match read {
                 Read::Compacted(compact_revision) => {
                     return WatchResponse {
                         header: Some(ResponseHeader { revision: 0, ..self.hub.bare_header() }),

@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -24,6 +24,7 @@ use etcdgate_proto::etcdserverpb::{watch_request::RequestUnion, ResponseHeader, 
 use etcdgate_upstream::Pool;
 use futures::future::{AbortHandle, BoxFuture};
 use futures::stream::{Abortable, BoxStream, SelectAll};
+use futures::task::{ArcWake, AtomicWaker};
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -94,6 +95,7 @@ pub async fn watch(
     let mux = Mux { pool, caches, ctx, ids: ids.clone(), hub_watches: HashMap::new(), relay: None, effects: Vec::new() };
     Ok(Box::pin(WatchStream {
         input: Some(input),
+        input_wake: Arc::new(InputWake { woken: AtomicBool::new(true), task: AtomicWaker::new() }),
         requests: Requests::Idle(Box::new(mux)),
         ready: VecDeque::new(),
         relay: Relay::None,
@@ -226,6 +228,7 @@ enum Relay {
 struct WatchStream {
     /// The client's requests, until they end (the stream stays open after, as etcd's).
     input: Option<BoxStream<'static, WatchRequest>>,
+    input_wake: Arc<InputWake>,
     requests: Requests,
     /// Answers decided, sent before anything else.
     ready: VecDeque<Result<WatchReply, Status>>,
@@ -234,6 +237,19 @@ struct WatchStream {
     serving: HashMap<i64, Serving>,
     ids: Arc<Mutex<Ids>>,
     seen: SeenRevision,
+}
+
+/// Notes that the client's input woke the stream (and wakes the stream).
+struct InputWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for InputWake {
+    fn wake_by_ref(wake: &Arc<Self>) {
+        wake.woken.store(true, Ordering::Release);
+        wake.task.wake();
+    }
 }
 
 /// A hub watch being served: how to stop it and where to note how far it was sent.
@@ -293,8 +309,16 @@ impl WatchStream {
             return false;
         }
         let Some(input) = self.input.as_mut() else { return false };
-        match input.poll_next_unpin(cx) {
+        // The input is looked at only when it woke the stream: most wake-ups are a hub
+        // watch's, and polling the client's input on each costs more than the event.
+        if !self.input_wake.woken.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        self.input_wake.task.register(cx.waker());
+        let waker = futures::task::waker_ref(&self.input_wake);
+        match input.poll_next_unpin(&mut Context::from_waker(&waker)) {
             Poll::Ready(Some(request)) => {
+                self.input_wake.woken.store(true, Ordering::Release);
                 if let Requests::Idle(mux) = std::mem::replace(&mut self.requests, Requests::Switching) {
                     self.requests = Requests::Handling(mux.handle(request).boxed());
                 }
