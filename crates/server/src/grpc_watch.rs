@@ -2,7 +2,7 @@
 //! reasons: its responses are [`WatchReply`]s (events encoded once for all watchers of a
 //! revision, see `etcdgate_cache`), and each stream's codec buffers start small and grow
 //! only as far as its messages need (tonic's default of 8 KiB each way per stream was most
-//! of what ten thousand idle watchers cost).
+//! of what ten thousand idle gRPC watchers cost).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,9 +20,11 @@ use tonic_prost::ProstCodec;
 use crate::context::CallContext;
 use crate::gateway::{Gateway, ResponseStream};
 
-/// Initial size of a stream's encode and decode buffers; watch messages are small, and a
-/// larger one grows the buffer as far as it needs.
-const BUFFER_BYTES: usize = 512;
+/// Initial size of a stream's encode buffer (about one event of a typical watch; a larger
+/// message grows it as far as it needs) ...
+const ENCODE_BUFFER_BYTES: usize = 512;
+/// ... and of its decode buffer (a watch request is tens of bytes).
+const DECODE_BUFFER_BYTES: usize = 64;
 /// tonic's default: how much encoded output a stream writes before it yields.
 const YIELD_BYTES: usize = 32 * 1024;
 
@@ -95,10 +97,10 @@ impl Codec for WatchCodec {
     type Decoder = <ProstCodec<WatchReply, WatchRequest> as Codec>::Decoder;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<WatchReply, WatchRequest>::raw_encoder(BufferSettings::new(BUFFER_BYTES, YIELD_BYTES))
+        ProstCodec::<WatchReply, WatchRequest>::raw_encoder(BufferSettings::new(ENCODE_BUFFER_BYTES, YIELD_BYTES))
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<WatchReply, WatchRequest>::raw_decoder(BufferSettings::new(BUFFER_BYTES, YIELD_BYTES))
+        ProstCodec::<WatchReply, WatchRequest>::raw_decoder(BufferSettings::new(DECODE_BUFFER_BYTES, YIELD_BYTES))
     }
 }
