@@ -97,10 +97,11 @@ pub struct WatchersArgs {
     #[arg(long, default_value_t = 50)]
     pub grpc_channels: usize,
     /// Fan-out: puts made once every watcher is open.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     pub puts: usize,
-    /// Fan-out: milliseconds between puts.
-    #[arg(long, default_value_t = 50)]
+    /// Fan-out: milliseconds between puts (5 puts/s, a busy control plane; at 50 ms the
+    /// fan-outs of successive puts overlap on a 2-core machine and queue behind each other).
+    #[arg(long, default_value_t = 200)]
     pub put_interval_ms: u64,
     /// Fan-out: bytes per put value (at least 8: the put's number).
     #[arg(long, default_value_t = 256)]
