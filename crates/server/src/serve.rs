@@ -191,3 +191,19 @@ async fn learn_cluster_version(gateway: Arc<Gateway>, errors: Arc<ErrorStyle>) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_lines_pick_the_server() {
+        assert_eq!(protocol_of(b"PRI * HTTP/2.0"), Protocol::Http2);
+        for watch in ["POST /v3/watch HTTP/1.1", "POST /v3beta/watch HTTP/1.1", "POST /v3alpha/watch?x=1 HTTP/1.1"] {
+            assert_eq!(protocol_of(watch.as_bytes()), Protocol::Http1Watch, "{watch}");
+        }
+        for other in ["POST /v3/watch HTTP/1.0", "GET /v3/watch HTTP/1.1", "POST /v3/watcher HTTP/1.1", "POST /v3/kv/range HTTP/1.1", ""] {
+            assert_eq!(protocol_of(other.as_bytes()), Protocol::Http1, "{other}");
+        }
+    }
+}

@@ -193,7 +193,7 @@ fn parse_head(received: &[u8]) -> Result<Option<Head>, Rejection> {
 fn framing(headers: &HeaderMap) -> Result<Framing, Rejection> {
     let codings = headers.get_all(header::TRANSFER_ENCODING);
     let lengths = headers.get_all(header::CONTENT_LENGTH);
-    if let Some(last) = codings.iter().last() {
+    if let Some(last) = codings.iter().next_back() {
         if lengths.iter().next().is_some() {
             return Err(Rejection::bad("both Transfer-Encoding and Content-Length"));
         }
