@@ -14,6 +14,7 @@ mod keepalive;
 mod metrics;
 mod rpc;
 mod resume;
+mod rewind;
 mod serve;
 mod watch;
 

@@ -1,5 +1,7 @@
 //! Accepting connections: gRPC (HTTP/2) and the JSON gateway (HTTP/1.1 or HTTP/2) on one
 //! listener, told apart per request by path and content type, as etcd does on its client port.
+//! A connection's first line picks its server: an HTTP/1.1 watch gets the lean path (one
+//! request, no per-connection buffers), anything else hyper.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,20 +9,31 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes};
 use etcdgate_proto::etcdserverpb::StatusRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tower::ServiceExt;
 
 use crate::context::{CallContext, SeenRevision};
 use crate::gateway::Gateway;
-use crate::http::{self, ErrorStyle, HttpLimits};
+use crate::http::{self, ErrorStyle, HttpLimits, LeanServer};
+use crate::rewind::Rewind;
 use crate::rpc;
 
 /// How long `serve` waits to learn the cluster's version before it accepts connections.
 const VERSION_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a client may take to send a request head (hyper's HTTP/1 limit; the lean path's
+/// too, from the connection's start).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most bytes read to find a connection's first line.
+const SNIFF_LIMIT: usize = 4096;
 
 /// gRPC framing and metadata allowance on top of the request size limit, as etcd adds it.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -56,9 +69,9 @@ pub async fn serve(
     let limits = HttpLimits { max_body_bytes: max_grpc_message.saturating_mul(2), body_timeout: config.http_body_timeout };
     let app = crate::grpc::routes(gateway.clone(), max_grpc_message)
         .into_axum_router()
-        .merge(http::router(gateway, errors, limits))
+        .merge(http::router(gateway, errors.clone(), limits))
         .fallback(fallback);
-    let service = app.map_request(http::rewrite_legacy_prefix::<hyper::body::Incoming>);
+    let lean = LeanServer::new(app.clone(), errors);
 
     tokio::pin!(shutdown);
     loop {
@@ -74,24 +87,83 @@ pub async fn serve(
             _ = &mut shutdown => return Ok(()),
         };
         let _ = stream.set_nodelay(true);
-        let seen = SeenRevision::default();
-        let service = TowerToHyperService::new(service.clone().map_request(move |mut request: Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(seen.clone());
-            request
-        }));
-        tokio::spawn(async move {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(Some(10_000))
-                .keep_alive_interval(Some(Duration::from_secs(30)))
-                .keep_alive_timeout(Duration::from_secs(10));
-            if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-        });
+        tokio::spawn(serve_connection(stream, app.clone(), lean.clone()));
+    }
+}
+
+/// What a connection speaks, told from its first line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Http2,
+    /// An HTTP/1.1 watch (`POST /v3/watch`, or under `/v3beta/`, `/v3alpha/`), served lean.
+    Http1Watch,
+    Http1,
+}
+
+/// Serves one connection: a watch over HTTP/1.1 on the lean path, anything else with hyper
+/// (which is given the bytes read to tell them apart first).
+async fn serve_connection(mut stream: TcpStream, app: axum::Router, lean: LeanServer) {
+    let head_deadline = Instant::now() + HEADER_READ_TIMEOUT;
+    let Ok(Some((protocol, received))) = tokio::time::timeout_at(head_deadline, sniff(&mut stream)).await else { return };
+    let seen = SeenRevision::default();
+    match protocol {
+        Protocol::Http1Watch => lean.serve(stream, received, head_deadline, seen).await,
+        Protocol::Http1 | Protocol::Http2 => {
+            Box::pin(serve_with_hyper(protocol, Rewind::new(Bytes::from(received), stream), app, seen)).await;
+        }
+    }
+}
+
+/// Reads the connection's first line (at most [`SNIFF_LIMIT`] bytes) and tells its protocol;
+/// returns it with everything read. `None` if the client closed before sending anything.
+async fn sniff(stream: &mut TcpStream) -> Option<(Protocol, Vec<u8>)> {
+    let mut received = Vec::with_capacity(SNIFF_LIMIT);
+    loop {
+        let space = SNIFF_LIMIT - received.len();
+        match stream.read_buf(&mut (&mut received).limit(space)).await {
+            Ok(0) | Err(_) if received.is_empty() => return None,
+            Ok(0) | Err(_) => return Some((Protocol::Http1, received)),
+            Ok(_) => {}
+        }
+        if let Some(line_end) = received.windows(2).position(|pair| pair == b"\r\n") {
+            return Some((protocol_of(&received[..line_end]), received));
+        }
+        if received.len() == SNIFF_LIMIT {
+            return Some((Protocol::Http1, received));
+        }
+    }
+}
+
+fn protocol_of(first_line: &[u8]) -> Protocol {
+    if first_line == b"PRI * HTTP/2.0" {
+        return Protocol::Http2;
+    }
+    let target = first_line.strip_prefix(b"POST ").and_then(|rest| rest.strip_suffix(b" HTTP/1.1"));
+    let path = target.and_then(|target| target.split(|&b| b == b'?').next());
+    match path {
+        Some(b"/v3/watch" | b"/v3beta/watch" | b"/v3alpha/watch") => Protocol::Http1Watch,
+        _ => Protocol::Http1,
+    }
+}
+
+/// Serves a connection with hyper's HTTP/1 or HTTP/2 server.
+async fn serve_with_hyper(protocol: Protocol, io: Rewind<TcpStream>, app: axum::Router, seen: SeenRevision) {
+    let service = TowerToHyperService::new(app.map_request(move |request: Request<hyper::body::Incoming>| {
+        let mut request = http::rewrite_legacy_prefix(request);
+        request.extensions_mut().insert(seen.clone());
+        request
+    }));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(Some(10_000))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let builder = if protocol == Protocol::Http2 { builder.http2_only() } else { builder.http1_only() };
+    if let Err(error) = builder.serve_connection(TokioIo::new(io), service).await {
+        tracing::debug!(%error, "connection ended with an error");
     }
 }
 
@@ -117,5 +189,21 @@ async fn learn_cluster_version(gateway: Arc<Gateway>, errors: Arc<ErrorStyle>) {
             return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_lines_pick_the_server() {
+        assert_eq!(protocol_of(b"PRI * HTTP/2.0"), Protocol::Http2);
+        for watch in ["POST /v3/watch HTTP/1.1", "POST /v3beta/watch HTTP/1.1", "POST /v3alpha/watch?x=1 HTTP/1.1"] {
+            assert_eq!(protocol_of(watch.as_bytes()), Protocol::Http1Watch, "{watch}");
+        }
+        for other in ["POST /v3/watch HTTP/1.0", "GET /v3/watch HTTP/1.1", "POST /v3/watcher HTTP/1.1", "POST /v3/kv/range HTTP/1.1", ""] {
+            assert_eq!(protocol_of(other.as_bytes()), Protocol::Http1, "{other}");
+        }
     }
 }

@@ -6,6 +6,7 @@
 mod body;
 mod cluster;
 mod errors;
+mod lean;
 mod stream;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::context::CallContext;
 use crate::gateway::{Gateway, ResponseStream};
 use crate::rpc::{self, UnaryRpc};
 pub use errors::ErrorStyle;
+pub use lean::LeanServer;
 
 /// Limits on what an HTTP client may send.
 #[derive(Clone, Debug)]
