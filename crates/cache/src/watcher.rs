@@ -163,19 +163,30 @@ impl Watcher {
                     }
                 }
             }
+            if !self.progress_notify {
+                self.wait_for_hub().await;
+                continue;
+            }
+            // Boxed: the timer is only paid for by watches that asked for progress.
+            let progress_timer = Box::pin(tokio::time::sleep_until(progress_due));
             tokio::select! {
-                changed = self.updates.changed() => {
-                    if changed.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-                () = tokio::time::sleep_until(progress_due), if self.progress_notify => {
+                () = self.wait_for_hub() => {}
+                () = progress_timer => {
                     progress_due = Instant::now() + PROGRESS_NOTIFY_INTERVAL;
                     if let Some(progress) = self.progress() {
                         return progress.into();
                     }
                 }
             }
+        }
+    }
+}
+
+impl Watcher {
+    /// Waits for the hub's revision to change (forever once the hub is gone).
+    async fn wait_for_hub(&mut self) {
+        if self.updates.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -13,9 +13,9 @@
 //! Progress requests are answered from the hubs when no watch of the stream is at etcd (with
 //! the revision every hub watch has been sent up to), else by etcd.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -46,11 +46,18 @@ fn lock(ids: &Mutex<Ids>) -> std::sync::MutexGuard<'_, Ids> {
     ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// IDs of the stream's live watches, shared by the request side and the response side.
+/// IDs of the stream's live watches and who serves each, shared by the request side and
+/// the response side.
 #[derive(Debug, Default)]
 struct Ids {
-    live: HashSet<i64>,
+    live: HashMap<i64, At>,
     next: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    Hub,
+    Etcd,
 }
 
 /// What handling a request decided, in order.
@@ -58,17 +65,14 @@ enum Effect {
     /// An answer to send.
     Send(WatchResponse),
     /// A hub watch whose `created` answer went before: its responses follow.
-    Serve(Watcher, Arc<AtomicI64>),
-    /// A hub watch the client canceled (its `canceled` answer follows).
+    Serve(Watcher, Arc<Hub>),
+    /// A hub watch the client canceled: stop it and say so.
     Stop(i64),
+    /// Answer a progress request of a stream whose watches are all at hubs: `header` with the
+    /// revision every hub watch has been sent up to.
+    Progress(Option<ResponseHeader>),
     /// etcd's stream, being opened for the first watch that needs it.
     Relay(BoxFuture<'static, Result<ResponseStream<WatchResponse>, Status>>),
-}
-
-/// A watch served by a hub: the hub, and the revision its responses have been sent up to.
-struct HubWatch {
-    hub: Arc<Hub>,
-    sent_through: Arc<AtomicI64>,
 }
 
 /// The request side of a client stream.
@@ -77,7 +81,6 @@ struct Mux {
     caches: Arc<Caches>,
     ctx: CallContext,
     ids: Arc<Mutex<Ids>>,
-    hub_watches: HashMap<i64, HubWatch>,
     /// Requests for etcd's stream, once a watch needed it.
     relay: Option<mpsc::Sender<WatchRequest>>,
     effects: Vec<Effect>,
@@ -92,7 +95,7 @@ pub async fn watch(
 ) -> Result<ResponseStream<WatchReply>, Status> {
     let ids = Arc::<Mutex<Ids>>::default();
     let seen = ctx.seen.clone();
-    let mux = Mux { pool, caches, ctx, ids: ids.clone(), hub_watches: HashMap::new(), relay: None, effects: Vec::new() };
+    let mux = Mux { pool, caches, ctx, ids: ids.clone(), relay: None, effects: Vec::new() };
     Ok(Box::pin(WatchStream {
         input: Some(input),
         input_wake: Arc::new(InputWake { woken: AtomicBool::new(true), task: AtomicWaker::new() }),
@@ -117,25 +120,27 @@ impl Mux {
     async fn decide(&mut self, request: WatchRequest) {
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
-            Some(RequestUnion::CancelRequest(cancel)) => match self.hub_watches.remove(&cancel.watch_id) {
-                Some(watch) => {
-                    lock(&self.ids).live.remove(&cancel.watch_id);
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                let at_hub = {
+                    let mut ids = lock(&self.ids);
+                    let at_hub = ids.live.get(&cancel.watch_id) == Some(&At::Hub);
+                    if at_hub {
+                        ids.live.remove(&cancel.watch_id);
+                    }
+                    at_hub
+                };
+                if at_hub {
                     self.effects.push(Effect::Stop(cancel.watch_id));
-                    let header = watch.hub.header();
-                    self.send(WatchResponse { header, watch_id: cancel.watch_id, canceled: true, ..Default::default() });
+                } else {
+                    self.to_etcd(WatchRequest { request_union: Some(RequestUnion::CancelRequest(cancel)) }).await;
                 }
-                None => self.to_etcd(WatchRequest { request_union: Some(RequestUnion::CancelRequest(cancel)) }).await,
-            },
+            }
             Some(RequestUnion::ProgressRequest(progress)) => {
                 if self.relay.is_some() {
                     return self.to_etcd(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(progress)) }).await;
                 }
-                let mut header = self.header();
-                if let Some(header) = header.as_mut() {
-                    let sent = self.hub_watches.values().map(|w| w.sent_through.load(Ordering::Acquire)).min();
-                    header.revision = sent.map_or(header.revision, |sent| sent.min(header.revision));
-                }
-                self.send(WatchResponse { header, watch_id: -1, ..Default::default() });
+                let header = self.header();
+                self.effects.push(Effect::Progress(header));
             }
             None => {}
         }
@@ -150,12 +155,12 @@ impl Mux {
         {
             let mut ids = lock(&self.ids);
             if create.watch_id == 0 {
-                while ids.live.contains(&ids.next) {
+                while ids.live.contains_key(&ids.next) {
                     ids.next += 1;
                 }
                 create.watch_id = ids.next;
                 ids.next += 1;
-            } else if self.hub_watches.contains_key(&create.watch_id) {
+            } else if ids.live.get(&create.watch_id) == Some(&At::Hub) {
                 drop(ids);
                 let header = self.header();
                 let refused = WatchResponse {
@@ -178,15 +183,13 @@ impl Mux {
         };
         let Some((hub, (watcher, created))) = served else {
             if create.watch_id >= 0 {
-                lock(&self.ids).live.insert(id);
+                lock(&self.ids).live.insert(id, At::Etcd);
             }
             return self.to_etcd(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
         };
-        lock(&self.ids).live.insert(id);
+        lock(&self.ids).live.insert(id, At::Hub);
         self.send(created);
-        let sent_through = Arc::new(AtomicI64::new(watcher.next_revision() - 1));
-        self.hub_watches.insert(id, HubWatch { hub, sent_through: sent_through.clone() });
-        self.effects.push(Effect::Serve(watcher, sent_through));
+        self.effects.push(Effect::Serve(watcher, hub.clone()));
     }
 
     fn send(&mut self, response: WatchResponse) {
@@ -252,10 +255,12 @@ impl ArcWake for InputWake {
     }
 }
 
-/// A hub watch being served: how to stop it and where to note how far it was sent.
+/// A hub watch being served: how to stop it, its hub, and the revision its responses have
+/// been sent up to.
 struct Serving {
     stop: AbortHandle,
-    sent_through: Arc<AtomicI64>,
+    hub: Arc<Hub>,
+    sent_through: i64,
     _count: WatcherCount,
 }
 
@@ -271,11 +276,21 @@ impl WatchStream {
         for effect in effects {
             match effect {
                 Effect::Send(response) => self.ready.push_back(Ok(response.into())),
-                Effect::Serve(watcher, sent_through) => self.serve(watcher, sent_through),
+                Effect::Serve(watcher, hub) => self.serve(watcher, hub),
                 Effect::Stop(id) => {
+                    // Gone already if it canceled itself meanwhile (its cancel went then).
                     if let Some(serving) = self.serving.remove(&id) {
                         serving.stop.abort();
+                        let header = serving.hub.header();
+                        self.ready.push_back(Ok(WatchResponse { header, watch_id: id, canceled: true, ..Default::default() }.into()));
                     }
+                }
+                Effect::Progress(mut header) => {
+                    if let Some(header) = header.as_mut() {
+                        let sent = self.serving.values().map(|w| w.sent_through).min();
+                        header.revision = sent.map_or(header.revision, |sent| sent.min(header.revision));
+                    }
+                    self.ready.push_back(Ok(WatchResponse { header, watch_id: -1, ..Default::default() }.into()));
                 }
                 Effect::Relay(opening) => self.relay = Relay::Opening(opening),
             }
@@ -283,9 +298,10 @@ impl WatchStream {
     }
 
     /// Serves a hub watch: its responses join the stream until it is canceled.
-    fn serve(&mut self, watcher: Watcher, sent_through: Arc<AtomicI64>) {
+    fn serve(&mut self, watcher: Watcher, hub: Arc<Hub>) {
         let (stop, registration) = AbortHandle::new_pair();
-        self.serving.insert(watcher.id(), Serving { stop, sent_through, _count: WatcherCount::new() });
+        let sent_through = watcher.next_revision() - 1;
+        self.serving.insert(watcher.id(), Serving { stop, hub, sent_through, _count: WatcherCount::new() });
         let responses = futures::stream::unfold(Some(watcher), |watcher| async move {
             let mut watcher = watcher?;
             let reply = watcher.next().await;
@@ -374,6 +390,10 @@ impl Stream for WatchStream {
         let this = self.get_mut();
         while this.poll_requests(cx) {}
         let reply = if let Some(reply) = this.ready.pop_front() {
+            if this.ready.is_empty() {
+                // Answers are rare after the first: no room kept for them (×10 000 streams).
+                this.ready = VecDeque::new();
+            }
             reply
         } else if let Poll::Ready(reply) = this.poll_relay(cx) {
             reply
@@ -382,8 +402,8 @@ impl Stream for WatchStream {
             if reply.canceled() {
                 lock(&this.ids).live.remove(&id);
                 this.serving.remove(&id);
-            } else if let Some(serving) = this.serving.get(&id) {
-                serving.sent_through.store(next_revision - 1, Ordering::Release);
+            } else if let Some(serving) = this.serving.get_mut(&id) {
+                serving.sent_through = next_revision - 1;
             }
             Ok(reply)
         } else {

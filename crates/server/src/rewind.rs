@@ -1,5 +1,11 @@
 //! A connection whose first bytes were already read (to tell protocols apart): reads yield
 //! those bytes first, then the stream's; writes go straight to the stream.
+//!
+//! For HTTP/2 it can also hide that the stream has vectored writes: h2 then copies each frame
+//! of up to 1 KiB into its write buffer and sends many frames with one write, where with
+//! vectored writes it keeps every frame over 256 bytes apart and writes (and flushes) it on
+//! its own — one system call per watch event per stream, with thousands of watch streams over
+//! a few connections most of the cost of a fan-out.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -12,11 +18,18 @@ pub struct Rewind<S> {
     /// What was read ahead and not yet handed out again; freed once it all has been.
     prefix: Bytes,
     inner: S,
+    vectored_writes: bool,
 }
 
 impl<S> Rewind<S> {
     pub fn new(prefix: Bytes, inner: S) -> Rewind<S> {
-        Rewind { prefix, inner }
+        Rewind { prefix, inner, vectored_writes: true }
+    }
+
+    /// Tells the writer that writes are not vectored (see the module's doc).
+    pub fn without_vectored_writes(mut self) -> Rewind<S> {
+        self.vectored_writes = false;
+        self
     }
 }
 
@@ -45,7 +58,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.vectored_writes && self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

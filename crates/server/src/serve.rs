@@ -161,7 +161,8 @@ async fn serve_with_hyper(protocol: Protocol, io: Rewind<TcpStream>, app: axum::
         .max_concurrent_streams(Some(10_000))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    let builder = if protocol == Protocol::Http2 { builder.http2_only() } else { builder.http1_only() };
+    let (builder, io) =
+        if protocol == Protocol::Http2 { (builder.http2_only(), io.without_vectored_writes()) } else { (builder.http1_only(), io) };
     if let Err(error) = builder.serve_connection(TokioIo::new(io), service).await {
         tracing::debug!(%error, "connection ended with an error");
     }

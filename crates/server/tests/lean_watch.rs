@@ -175,6 +175,10 @@ async fn lean_answers_are_hypers() {
     let p = Pair::start(EtcdVersion::V3_5).await;
     let first = put(&p, "w", "1").await;
     put(&p, "w", "2").await;
+    // A linearizable read: with the cache on, its barrier waits until the cache has the puts
+    // (else a watch created first may say the cache's older revision in its `created`).
+    let read = p.side(common::Which::Gateway).post("/v3/kv/range", json!({"key": b64("w")}).to_string()).await;
+    assert_eq!(read.status, 200, "{}", read.raw());
     let watch = post("/v3/watch", &create_watch("w", first));
 
     let mut lean = Raw::connect(p.gateway_addr).await;
