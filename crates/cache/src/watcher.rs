@@ -84,6 +84,11 @@ impl Watcher {
         self.id
     }
 
+    /// The hub this watch reads.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
     /// The next revision the client has not been sent.
     pub fn next_revision(&self) -> i64 {
         self.next
@@ -118,9 +123,9 @@ impl Watcher {
             // Nothing to read before the hub passes this watcher's position (a reset that
             // moved it back cannot have lost events this watcher still needs either).
             let revision = *self.updates.borrow_and_update();
-            let read = if revision >= self.next { self.hub.read_since(self.next, &self.keys, MAX_RESPONSE_BYTES) } else { Read::NotLoaded };
+            let read = (revision >= self.next).then(|| self.hub.read_since(self.next, &self.keys, MAX_RESPONSE_BYTES));
             match read {
-                Read::Compacted(compact_revision) => {
+                Some(Read::Compacted(compact_revision)) => {
                     return WatchResponse {
                         header: Some(ResponseHeader { revision: 0, ..self.hub.bare_header() }),
                         watch_id: self.id,
@@ -130,8 +135,8 @@ impl Watcher {
                     }
                     .into();
                 }
-                Read::NotLoaded => {}
-                Read::Events { batches, whole, next, revision } => {
+                None | Some(Read::NotLoaded) => {}
+                Some(Read::Events { batches, whole, next, revision }) => {
                     self.next = next;
                     // Live, etcd's header is the event's revision; a catch-up's the current one.
                     let header_revision = match batches.as_slice() {

@@ -65,7 +65,7 @@ enum Effect {
     /// An answer to send.
     Send(WatchResponse),
     /// A hub watch whose `created` answer went before: its responses follow.
-    Serve(Watcher, Arc<Hub>),
+    Serve(Watcher),
     /// A hub watch the client canceled: stop it and say so.
     Stop(i64),
     /// Answer a progress request of a stream whose watches are all at hubs: `header` with the
@@ -177,11 +177,11 @@ impl Mux {
         let id = create.watch_id;
         let served = match self.caches.hub_for(&create.key, &create.range_end) {
             Some(hub) if self.caches.auth_off(&self.ctx).await.is_some() => {
-                Watcher::create(hub, id, &create, self.caches.max_request_bytes()).map(|served| (hub.clone(), served))
+                Watcher::create(hub, id, &create, self.caches.max_request_bytes())
             }
             _ => None,
         };
-        let Some((hub, (watcher, created))) = served else {
+        let Some((watcher, created)) = served else {
             if create.watch_id >= 0 {
                 lock(&self.ids).live.insert(id, At::Etcd);
             }
@@ -189,7 +189,7 @@ impl Mux {
         };
         lock(&self.ids).live.insert(id, At::Hub);
         self.send(created);
-        self.effects.push(Effect::Serve(watcher, hub.clone()));
+        self.effects.push(Effect::Serve(watcher));
     }
 
     fn send(&mut self, response: WatchResponse) {
@@ -276,7 +276,7 @@ impl WatchStream {
         for effect in effects {
             match effect {
                 Effect::Send(response) => self.ready.push_back(Ok(response.into())),
-                Effect::Serve(watcher, hub) => self.serve(watcher, hub),
+                Effect::Serve(watcher) => self.serve(watcher),
                 Effect::Stop(id) => {
                     // Gone already if it canceled itself meanwhile (its cancel went then).
                     if let Some(serving) = self.serving.remove(&id) {
@@ -298,8 +298,9 @@ impl WatchStream {
     }
 
     /// Serves a hub watch: its responses join the stream until it is canceled.
-    fn serve(&mut self, watcher: Watcher, hub: Arc<Hub>) {
+    fn serve(&mut self, watcher: Watcher) {
         let (stop, registration) = AbortHandle::new_pair();
+        let hub = watcher.hub().clone();
         let sent_through = watcher.next_revision() - 1;
         self.serving.insert(watcher.id(), Serving { stop, hub, sent_through, _count: WatcherCount::new() });
         let responses = futures::stream::unfold(Some(watcher), |watcher| async move {
