@@ -50,8 +50,11 @@ pub enum Read {
 thread_local! {
     /// Per hub (by address), this thread's relay of its revision: the hub's receiver it
     /// follows and the sender this thread's watchers subscribe to.
-    static RELAYS: RefCell<HashMap<usize, (watch::Receiver<i64>, watch::Sender<i64>)>> = RefCell::default();
+    static RELAYS: RefCell<HashMap<usize, RelayEnds>> = RefCell::default();
 }
+
+/// A relay's two ends: the hub's receiver it follows, the sender its thread's watchers use.
+type RelayEnds = (watch::Receiver<i64>, watch::Sender<i64>);
 
 /// Passes the hub's revision on to this thread's receivers until there are none left (or
 /// the hub is gone); runs on the thread that started it (a single-threaded runtime).
@@ -171,12 +174,12 @@ impl Hub {
 
     /// A response header at the store's revision, with etcd's ids.
     pub fn header(&self) -> Option<ResponseHeader> {
-        self.read().as_ref().map(|c| ResponseHeader { revision: c.store.revision(), ..c.header.clone() })
+        self.read().as_ref().map(|c| ResponseHeader { revision: c.store.revision(), ..c.header })
     }
 
     /// A header with etcd's ids and no revision (as etcd's compacted cancel has).
     pub(crate) fn bare_header(&self) -> ResponseHeader {
-        self.read().as_ref().map(|c| c.header.clone()).unwrap_or_default()
+        self.read().as_ref().map(|c| c.header).unwrap_or_default()
     }
 
     /// Answers a Range inside the prefix from the store, if it is loaded and the request
@@ -189,7 +192,7 @@ impl Hub {
             return None;
         }
         let mut response = cached.store.range(request);
-        response.header = Some(ResponseHeader { revision, ..cached.header.clone() });
+        response.header = Some(ResponseHeader { revision, ..cached.header });
         Some(response)
     }
 

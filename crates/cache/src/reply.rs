@@ -239,9 +239,9 @@ mod tests {
         for watch_id in [0, 5] {
             for prev_kv in [false, true] {
                 for take in [1, 2] {
-                    let shared = WatchReply::shared(header.clone(), watch_id, batches()[..take].to_vec(), prev_kv);
+                    let shared = WatchReply::shared(header, watch_id, batches()[..take].to_vec(), prev_kv);
                     let message = WatchReply::Message(
-                        WatchReply::shared(header.clone(), watch_id, batches()[..take].to_vec(), prev_kv).into_message(),
+                        WatchReply::shared(header, watch_id, batches()[..take].to_vec(), prev_kv).into_message(),
                     );
                     assert_eq!(shared.encode_to_vec(), message.encode_to_vec(), "protobuf, id {watch_id}, prev_kv {prev_kv}");
                     assert_eq!(shared.encoded_len(), message.encoded_len());
