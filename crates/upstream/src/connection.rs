@@ -1,27 +1,38 @@
 //! One HTTP/2 connection to one member, used directly by tonic clients.
 //!
-//! tonic's own `Channel` puts a buffer task between every caller and the connection; here a
-//! call goes straight to hyper's HTTP/2 sender on the caller's thread (each worker thread has
-//! its own connections). The connection is made on first use and made again after it fails.
-//! A failure is reported so that the retry rules can tell a request that never left etcdgate
-//! (`not sent`: connection refused, or closed before the request was written) from one that
-//! may have reached the member.
+//! A call goes straight to the `h2` connection on the caller's thread (each worker thread has
+//! its own connections; no buffer or dispatch task in between). A request whose body is
+//! complete when the call starts (every unary call) is queued as HEADERS and DATA with
+//! END_STREAM at once, so the member gets it in one write and reads it in one go; a streaming
+//! body is piped by its own task, one chunk at a time as the member's flow-control window
+//! allows. The connection is made on first use and made again after it fails. A failure is
+//! reported so that the retry rules can tell a request that never left etcdgate (`not sent`:
+//! connection refused, or closed before the request was queued) from one that may have
+//! reached the member.
 //!
 //! HTTP/2 keep-alive pings (interval and timeout from [`ConnectOptions`]) are sent only while
-//! a request or stream is open: etcd's gRPC server counts pings on an idle connection as
-//! abuse and closes it (`GOAWAY ENHANCE_YOUR_CALM "too_many_pings"`), and does the same to
-//! pings on a busy connection that come more often than its `--grpc-keepalive-min-time`
-//! (default 5 s) when it has sent nothing in between.
+//! a request or stream is open and nothing came from the member for an interval: etcd's gRPC
+//! server counts pings on an idle connection as abuse and closes it (`GOAWAY
+//! ENHANCE_YOUR_CALM "too_many_pings"`), and does the same to pings on a busy connection that
+//! come more often than its `--grpc-keepalive-min-time` (default 5 s) when it has sent nothing
+//! in between. A ping without an answer in time closes the connection, failing its calls.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::client::SendRequest;
+use h2::{PingPong, RecvStream, SendStream};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::Status;
 
@@ -60,7 +71,7 @@ struct Inner {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     options: ConnectOptions,
-    sender: Mutex<Option<SendRequest<Body>>>,
+    live: Mutex<Option<Live>>,
     /// The pool member this connection belongs to, if any.
     member: Option<Arc<Entry>>,
 }
@@ -82,7 +93,7 @@ impl MemberConnection {
                 scheme: uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
                 authority,
                 options,
-                sender: Mutex::new(None),
+                live: Mutex::new(None),
                 member: None,
             }),
         })
@@ -104,7 +115,7 @@ impl MemberConnection {
                 scheme: self.inner.scheme.clone(),
                 authority: self.inner.authority.clone(),
                 options: self.inner.options,
-                sender: Mutex::new(None),
+                live: Mutex::new(None),
                 member: self.inner.member.clone(),
             }),
         }
@@ -133,12 +144,37 @@ impl MemberConnection {
     }
 }
 
+/// The h2 sender of a made connection and what its driver task shares with callers.
+#[derive(Clone, Debug)]
+struct Live {
+    sender: SendRequest<Bytes>,
+    shared: Arc<Shared>,
+}
+
+/// Shared between a connection's driver task, its IO and its calls.
+#[derive(Debug)]
+struct Shared {
+    /// Calls whose response is not finished (keep-alive pings only while there are some).
+    open_calls: AtomicUsize,
+    /// The driver task has ended: make a new connection.
+    closed: AtomicBool,
+    /// When a byte last came from the member, in ms since `epoch`.
+    last_read_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn last_read(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_read_ms.load(Ordering::Relaxed))
+    }
+}
+
 impl Inner {
-    /// The live sender, connecting first if there is none.
-    async fn sender(&self) -> Result<SendRequest<Body>, Status> {
-        let mut slot = self.sender.lock().await;
-        if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(sender.clone());
+    /// The live connection, connecting first if there is none.
+    async fn live(&self) -> Result<Live, Status> {
+        let mut slot = self.live.lock().await;
+        if let Some(live) = slot.as_ref().filter(|live| !live.shared.closed.load(Ordering::Acquire)) {
+            return Ok(live.clone());
         }
         let not_sent = |what: String| Status::unavailable(format!("{NOT_SENT}{what}"));
         let address = self.authority.as_str().to_string();
@@ -148,30 +184,252 @@ impl Inner {
             Ok(Ok(stream)) => stream,
         };
         let _ = stream.set_nodelay(true);
-        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new());
-        if let Some(interval) = self.options.keepalive_interval {
-            builder
-                .keep_alive_interval(interval)
-                .keep_alive_timeout(self.options.keepalive_timeout)
-                .keep_alive_while_idle(false);
-        }
-        let (sender, connection) = builder
-            .handshake(TokioIo::new(stream))
+        let shared = Arc::new(Shared {
+            open_calls: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            last_read_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        let io = ReadClock { stream, shared: shared.clone() };
+        // hyper's HTTP/2 client settings, which etcd's large answers were tested with.
+        let (sender, mut connection) = h2::client::Builder::new()
+            .initial_window_size(2 << 20)
+            .initial_connection_window_size(5 << 20)
+            .max_frame_size(16 << 10)
+            .max_header_list_size(16 << 10)
+            .max_send_buffer_size(1 << 20)
+            .enable_push(false)
+            .handshake::<_, Bytes>(io)
             .await
             .map_err(|error| not_sent(format!("HTTP/2 handshake with {address}: {error}")))?;
+        let pings = connection.ping_pong();
+        let (options, driver_shared) = (self.options, shared.clone());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "member connection ended");
+            let keep_alive = async {
+                match (options.keepalive_interval, pings) {
+                    (Some(interval), Some(pings)) => keep_alive(pings, &driver_shared, interval, options.keepalive_timeout).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            // Dropping the connection (keep-alive failed) fails its open calls.
+            tokio::select! {
+                ended = &mut connection => if let Err(error) = ended { tracing::debug!(%error, "member connection ended") },
+                why = keep_alive => tracing::debug!(why, "member connection closed"),
             }
+            driver_shared.closed.store(true, Ordering::Release);
         });
-        *slot = Some(sender.clone());
-        Ok(sender)
+        let live = Live { sender, shared };
+        *slot = Some(live.clone());
+        Ok(live)
+    }
+}
+
+/// Pings the member while calls are open and it has been silent for `interval`; returns why
+/// the connection must close.
+async fn keep_alive(mut pings: PingPong, shared: &Shared, interval: Duration, timeout: Duration) -> String {
+    // The last ping, or the last time the connection was idle when looked at.
+    let mut quiet_since = Instant::now();
+    loop {
+        tokio::time::sleep_until(shared.last_read().max(quiet_since) + interval).await;
+        let now = Instant::now();
+        if shared.last_read() + interval > now {
+            continue;
+        }
+        quiet_since = now;
+        if shared.open_calls.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        match tokio::time::timeout(timeout, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return format!("keep-alive ping failed: {error}"),
+            Err(_) => return "keep-alive timed out".to_string(),
+        }
+    }
+}
+
+/// The member's socket, noting when bytes arrive (for keep-alive).
+struct ReadClock {
+    stream: TcpStream,
+    shared: Arc<Shared>,
+}
+
+impl AsyncRead for ReadClock {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let ms = self.shared.epoch.elapsed().as_millis() as u64;
+            self.shared.last_read_ms.store(ms, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for ReadClock {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Counts a call as open until dropped.
+struct OpenCall(Arc<Shared>);
+
+impl OpenCall {
+    fn new(shared: &Arc<Shared>) -> OpenCall {
+        shared.open_calls.fetch_add(1, Ordering::Relaxed);
+        OpenCall(shared.clone())
+    }
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        self.0.open_calls.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Stops a request-body pipe when the call is dropped.
+struct AbortOnDrop(Option<AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(pipe) = self.0.take() {
+            pipe.abort();
+        }
+    }
+}
+
+/// A member's answer body: DATA then trailers, with flow-control capacity given back as the
+/// caller takes the data.
+pub struct MemberBody {
+    stream: RecvStream,
+    data_done: bool,
+    done: bool,
+    _open: OpenCall,
+    _pipe: AbortOnDrop,
+}
+
+impl http_body::Body for MemberBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if !this.data_done {
+            match std::task::ready!(this.stream.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.stream.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(error)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(error)));
+                }
+                None => this.data_done = true,
+            }
+        }
+        let trailers = std::task::ready!(this.stream.poll_trailers(cx));
+        this.done = true;
+        Poll::Ready(trailers.transpose().map(|trailers| trailers.map(Frame::trailers)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// Frames of `body` that are ready now, and whether the body ended with them.
+async fn ready_frames(body: &mut Body) -> Result<(Vec<Frame<Bytes>>, bool), Status> {
+    let mut frames = Vec::new();
+    loop {
+        match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
+            Poll::Pending => return Ok((frames, false)),
+            Poll::Ready(None) => return Ok((frames, true)),
+            Poll::Ready(Some(Ok(frame))) => frames.push(frame),
+            Poll::Ready(Some(Err(status))) => return Err(status),
+        }
+    }
+}
+
+/// Queues `frames` on `stream`, the last one ending the stream if `ends`.
+fn send_frames(stream: &mut SendStream<Bytes>, frames: Vec<Frame<Bytes>>, ends: bool) -> Result<(), h2::Error> {
+    let count = frames.len();
+    for (index, frame) in frames.into_iter().enumerate() {
+        let last = ends && index + 1 == count;
+        match frame.into_data() {
+            Ok(data) => stream.send_data(data, last)?,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    return stream.send_trailers(trailers);
+                }
+            }
+        }
+    }
+    if ends && count == 0 {
+        stream.send_data(Bytes::new(), true)?;
+    }
+    Ok(())
+}
+
+/// Sends the rest of a streaming request body, one chunk at a time as the member's window
+/// allows; ends when the body ends or the member resets the stream.
+async fn pipe(mut body: Body, mut stream: SendStream<Bytes>) {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
+            frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => frame,
+        };
+        let frame = match frame {
+            None => {
+                let _ = stream.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(_)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Some(Ok(frame)) => frame,
+        };
+        if let Some(data) = frame.data_ref().filter(|data| !data.is_empty()) {
+            stream.reserve_capacity(data.len());
+            while stream.capacity() == 0 {
+                match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+                    Some(Ok(_)) => {}
+                    _ => return,
+                }
+            }
+        }
+        if send_frames(&mut stream, vec![frame], false).is_err() {
+            return;
+        }
     }
 }
 
 impl tower_service::Service<http::Request<Body>> for MemberConnection {
-    type Response = http::Response<hyper::body::Incoming>;
+    type Response = http::Response<MemberBody>;
     type Error = Status;
     type Future = BoxFuture<'static, Result<Self::Response, Status>>;
 
@@ -179,25 +437,29 @@ impl tower_service::Service<http::Request<Body>> for MemberConnection {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let mut parts = request.uri().clone().into_parts();
+            let (mut head, mut body) = request.into_parts();
+            let mut parts = head.uri.clone().into_parts();
             parts.scheme = Some(inner.scheme.clone());
             parts.authority = Some(inner.authority.clone());
-            *request.uri_mut() = http::Uri::from_parts(parts).map_err(|e| Status::internal(e.to_string()))?;
-            let mut sender = inner.sender().await?;
-            sender
-                .ready()
-                .await
-                .map_err(|error| Status::unavailable(format!("{NOT_SENT}connection closed: {error}")))?;
-            sender.try_send_request(request).await.map_err(|mut error| {
-                if error.take_message().is_some() {
-                    Status::unavailable(format!("{NOT_SENT}{}", error.error()))
-                } else {
-                    Status::unavailable(format!("etcdgate: member connection failed: {}", error.error()))
-                }
-            })
+            head.uri = http::Uri::from_parts(parts).map_err(|e| Status::internal(e.to_string()))?;
+            let live = inner.live().await?;
+            let open = OpenCall::new(&live.shared);
+            let mut sender =
+                live.sender.ready().await.map_err(|error| Status::unavailable(format!("{NOT_SENT}connection closed: {error}")))?;
+            let (frames, ended) = ready_frames(&mut body).await?;
+            // Never END_STREAM on HEADERS: etcd's gRPC server then never tells a streaming
+            // handler that the input is over. An empty DATA frame ends a bodiless stream.
+            let (response, mut stream) = sender
+                .send_request(http::Request::from_parts(head, ()), false)
+                .map_err(|error| Status::unavailable(format!("{NOT_SENT}{error}")))?;
+            let connection_failed = |error: h2::Error| Status::unavailable(format!("etcdgate: member connection failed: {error}"));
+            send_frames(&mut stream, frames, ended).map_err(connection_failed)?;
+            let pipe = AbortOnDrop((!ended).then(|| tokio::spawn(self::pipe(body, stream)).abort_handle()));
+            let response = response.await.map_err(connection_failed)?;
+            Ok(response.map(|stream| MemberBody { stream, data_done: false, done: false, _open: open, _pipe: pipe }))
         })
     }
 }
