@@ -25,13 +25,14 @@ pub struct EtcdgateProcess {
 }
 
 impl EtcdgateProcess {
-    /// Starts etcdgate in front of `endpoints`, with `env` added to its environment, and waits until its port accepts connections and
+    /// Starts etcdgate in front of `endpoints`, with `args` after its own and `env` added to its environment, and waits until its port accepts connections and
     /// a serializable Range of `probe_key` succeeds through it.
     ///
     /// Must be called from a thread that outlives the child (the `PR_SET_PDEATHSIG` signal
     /// fires when the forking *thread* exits): `etcdgate bench` calls it from the main thread.
     pub async fn start(
         endpoints: &[String],
+        args: &[&str],
         env: &[(String, String)],
         probe_key: &[u8],
     ) -> anyhow::Result<EtcdgateProcess> {
@@ -47,6 +48,7 @@ impl EtcdgateProcess {
             .arg(endpoints.join(","))
             .arg("--listen-addr")
             .arg(format!("127.0.0.1:{port}"))
+            .args(args)
             .env_remove("ETCDGATE_ENDPOINTS")
             .env_remove("ETCDGATE_LISTEN_ADDR")
             .envs(env.iter().map(|(k, v)| (k, v)))

@@ -93,6 +93,9 @@ impl Workload {
     }
 }
 
+/// Where the preloaded keys live.
+pub const BENCH_PREFIX: &str = "/bench/";
+
 /// The preloaded keys and the request bodies made from them, built once so that workers do
 /// no encoding of their own beyond what the client library does.
 pub struct Keyspace {
@@ -104,7 +107,7 @@ pub struct Keyspace {
 
 impl Keyspace {
     pub fn new(count: usize, value_size: usize) -> Keyspace {
-        let keys: Vec<Vec<u8>> = (0..count).map(|i| format!("/bench/key/{i:06}").into_bytes()).collect();
+        let keys: Vec<Vec<u8>> = (0..count).map(|i| format!("{BENCH_PREFIX}key/{i:06}").into_bytes()).collect();
         let value = (0..value_size).map(|i| b'a' + (i % 26) as u8).collect();
         let b64 = base64::engine::general_purpose::STANDARD;
         let http_bodies = keys.iter().map(|k| Bytes::from(format!(r#"{{"key":"{}"}}"#, b64.encode(k)))).collect();

@@ -32,7 +32,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use gate::EtcdgateProcess;
-use load::{CellConfig, CellResult, Client, Keyspace, Workload};
+use load::{CellConfig, CellResult, Client, Keyspace, Workload, BENCH_PREFIX};
 use report::{Cell, CpuPerRequest, Measured, Report, TargetKind};
 
 /// Number of keys preloaded and read or overwritten at random.
@@ -72,7 +72,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_parser = Workload::parse)]
     pub workloads: Vec<Workload>,
     /// Targets to measure, comma-separated (default: all of direct, etcd-gateway,
-    /// grpc-proxy, etcdgate). Ratios need `direct` / `grpc-proxy` in the run.
+    /// grpc-proxy, etcdgate, etcdgate-cached — the latter caching `/bench/` as well as
+    /// `/apisix`). Ratios need `direct` / `grpc-proxy` in the run.
     #[arg(long, value_delimiter = ',', value_parser = TargetKind::parse)]
     pub targets: Vec<TargetKind>,
     /// Environment for the etcdgate child process, `KEY=VALUE`, repeatable (e.g.
@@ -160,9 +161,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let etcdgate = if wanted(TargetKind::Etcdgate) {
         Some(
-            EtcdgateProcess::start(&member_urls, &args.etcdgate_env, &keys.keys[0])
+            EtcdgateProcess::start(&member_urls, &[], &args.etcdgate_env, &keys.keys[0])
                 .await
                 .context("starting etcdgate")?,
+        )
+    } else {
+        None
+    };
+    let etcdgate_cached = if wanted(TargetKind::EtcdgateCached) {
+        let cache_args = ["--cache-prefix", "/apisix", "--cache-prefix", BENCH_PREFIX];
+        Some(
+            EtcdgateProcess::start(&member_urls, &cache_args, &args.etcdgate_env, &keys.keys[0])
+                .await
+                .context("starting etcdgate with the benchmark's keys cached")?,
         )
     } else {
         None
@@ -181,6 +192,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(p) = &etcdgate {
         targets.push(Target { kind: TargetKind::Etcdgate, urls: vec![p.url()], proxy_pid: p.pid() });
+    }
+    if let Some(p) = &etcdgate_cached {
+        targets.push(Target { kind: TargetKind::EtcdgateCached, urls: vec![p.url()], proxy_pid: p.pid() });
     }
     let total_cells: usize = workloads.iter().map(|w| targets.iter().filter(|t| t.kind.serves(*w)).count()).sum();
     eprintln!(
@@ -238,6 +252,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     // Stop what was started, in reverse order (each also stops on drop if we returned early).
+    drop(etcdgate_cached);
     drop(etcdgate);
     drop(grpc_proxy);
     drop(etcd_gateway);

@@ -24,17 +24,29 @@ pub enum TargetKind {
     EtcdGateway,
     /// `etcd grpc-proxy start` (gRPC only).
     GrpcProxy,
-    /// etcdgate, as a child process.
+    /// etcdgate, as a child process (caching only its default prefix, `/apisix`).
     Etcdgate,
+    /// etcdgate caching the benchmark's keys too (`--cache-prefix /bench/`): its reads
+    /// against grpc-proxy's cached ones.
+    EtcdgateCached,
 }
 
 impl TargetKind {
+    /// The targets of the watcher benchmarks (where etcdgate always caches what is watched).
     pub const ALL: [TargetKind; 4] =
         [TargetKind::Direct, TargetKind::EtcdGateway, TargetKind::GrpcProxy, TargetKind::Etcdgate];
+    /// The targets of the pass-through benchmark.
+    pub const PASS_THROUGH: [TargetKind; 5] = [
+        TargetKind::Direct,
+        TargetKind::EtcdGateway,
+        TargetKind::GrpcProxy,
+        TargetKind::Etcdgate,
+        TargetKind::EtcdgateCached,
+    ];
 
     pub fn parse(s: &str) -> Result<TargetKind, String> {
-        TargetKind::ALL.into_iter().find(|t| t.name() == s).ok_or_else(|| {
-            let names: Vec<_> = TargetKind::ALL.iter().map(|t| t.name()).collect();
+        TargetKind::PASS_THROUGH.into_iter().find(|t| t.name() == s).ok_or_else(|| {
+            let names: Vec<_> = TargetKind::PASS_THROUGH.iter().map(|t| t.name()).collect();
             format!("unknown target {s:?}; one of {}", names.join(", "))
         })
     }
@@ -45,6 +57,7 @@ impl TargetKind {
             TargetKind::EtcdGateway => "etcd-gateway",
             TargetKind::GrpcProxy => "grpc-proxy",
             TargetKind::Etcdgate => "etcdgate",
+            TargetKind::EtcdgateCached => "etcdgate-cached",
         }
     }
 
@@ -116,6 +129,8 @@ pub struct Cell {
 /// How etcdgate did on one workload against the targets.
 pub struct Verdict {
     pub workload: Workload,
+    /// `etcdgate` or `etcdgate-cached`.
+    pub target: TargetKind,
     pub ratio_vs_direct: Option<f64>,
     pub ratio_vs_grpc_proxy: Option<f64>,
     pub p50_overhead_us: Option<i64>,
@@ -170,13 +185,15 @@ impl Report {
     }
 
     pub fn verdicts(&self) -> Vec<Verdict> {
-        self.workloads()
-            .into_iter()
-            .filter_map(|workload| {
-                let cell = self.cells.iter().find(|c| c.workload == workload && c.target == TargetKind::Etcdgate)?;
-                let errors = cell.measured.as_ref().map_or(0, |m| m.errors);
-                Some(Verdict {
+        let mut out = Vec::new();
+        for target in [TargetKind::Etcdgate, TargetKind::EtcdgateCached] {
+            for workload in self.workloads() {
+                let Some(cell) = self.cells.iter().find(|c| c.workload == workload && c.target == target) else {
+                    continue;
+                };
+                out.push(Verdict {
                     workload,
+                    target,
                     ratio_vs_direct: self.ratio_vs(cell, TargetKind::Direct),
                     ratio_vs_grpc_proxy: if workload.is_grpc() {
                         self.ratio_vs(cell, TargetKind::GrpcProxy)
@@ -184,10 +201,11 @@ impl Report {
                         None
                     },
                     p50_overhead_us: self.p50_overhead(cell),
-                    errors,
-                })
-            })
-            .collect()
+                    errors: cell.measured.as_ref().map_or(0, |m| m.errors),
+                });
+            }
+        }
+        out
     }
 
     /// The markdown table, the verdict lines and any error messages.
@@ -255,7 +273,7 @@ impl Report {
             if v.errors > 0 {
                 parts.push(format!("**{} errors**", v.errors));
             }
-            let _ = writeln!(out, "- etcdgate on **{}**: {}", v.workload.name(), parts.join("; "));
+            let _ = writeln!(out, "- {} on **{}**: {}", v.target.name(), v.workload.name(), parts.join("; "));
         }
         let cached = self.cells.iter().any(|c| {
             c.workload == Workload::RangeSerializable && c.target == TargetKind::GrpcProxy && c.measured.is_some()
@@ -263,7 +281,8 @@ impl Report {
         if cached {
             out.push_str(
                 "\nNote: grpc-proxy answers serializable Range from its own cache (see its etcd CPU column), \
-                 so range-serializable compares etcdgate's pass-through with a cache hit.\n",
+                 so range-serializable compares etcdgate's pass-through with a cache hit; etcdgate-cached \
+                 answers it from etcdgate's watch cache.\n",
             );
         }
         let failing: Vec<&Cell> =
@@ -396,6 +415,7 @@ mod tests {
                     measured: measured(950.0, 550, 3, Some("gRPC Unavailable: boom")),
                 },
                 Cell { workload: Workload::HttpRange, target: TargetKind::GrpcProxy, measured: None },
+                Cell { workload: w, target: TargetKind::EtcdgateCached, measured: measured(1200.0, 450, 0, None) },
             ],
         };
         let text = report.markdown();
@@ -406,8 +426,10 @@ mod tests {
         assert!(text.contains("p50 overhead +50 µs (≤100 µs: met)"), "{text}");
         assert!(text.contains("**3 errors**"), "{text}");
         assert!(text.contains("- range-linearizable via etcdgate: gRPC Unavailable: boom"), "{text}");
+        assert!(text.contains("- etcdgate-cached on **range-linearizable**: 1.20× direct (≥0.9×: met); 3.00× grpc-proxy"), "{text}");
         let verdict = &report.verdicts()[0];
         assert_eq!(verdict.meets_direct(), Some(true));
+        assert_eq!((verdict.target, report.verdicts()[1].target), (TargetKind::Etcdgate, TargetKind::EtcdgateCached));
         let json = report.json(serde_json::Value::Null);
         assert_eq!(json["cells"][2]["errors"], 3);
         assert_eq!(json["cells"][3]["skipped"], true);

@@ -302,8 +302,9 @@ async fn start_target(kind: TargetKind, etcd_url: &str, args: &WatchersArgs) -> 
             };
             target(proxy.url(), proxy.pid(), Some(proxy), None)
         }
-        TargetKind::Etcdgate => {
-            let gate = EtcdgateProcess::start(&endpoints, &args.etcdgate_env, WATCH_KEY).await.context("starting etcdgate")?;
+        // Here etcdgate caches what is watched either way.
+        TargetKind::Etcdgate | TargetKind::EtcdgateCached => {
+            let gate = EtcdgateProcess::start(&endpoints, &[], &args.etcdgate_env, WATCH_KEY).await.context("starting etcdgate")?;
             wait_cache_loaded(&gate.url()).await?;
             target(gate.url(), gate.pid(), None, Some(gate))
         }

@@ -159,7 +159,7 @@ impl Front {
                     env.push(("ETCDGATE_CACHE_PREFIX".into(), UNUSED_CACHE_PREFIX.into()));
                 }
                 let probe_key = workload::route_key(0).into_bytes();
-                Front::Etcdgate(EtcdgateProcess::start(&members, &env, &probe_key).await.context("starting etcdgate")?)
+                Front::Etcdgate(EtcdgateProcess::start(&members, &[], &env, &probe_key).await.context("starting etcdgate")?)
             }
         })
     }
