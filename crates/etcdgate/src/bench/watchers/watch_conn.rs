@@ -3,7 +3,10 @@
 //!
 //! - HTTP/JSON, the way APISIX (lua-resty-etcd) watches: its own HTTP/1.1 connection, one
 //!   `POST /v3/watch` whose body is the create request, and a chunked answer of one
-//!   `{"result":{...}}` line per message, read for as long as the watch lives;
+//!   `{"result":{...}}` line per message, read for as long as the watch lives. The request is
+//!   written and the answer read straight on the socket by the watcher's own task (a hyper
+//!   client would add a connection task and a channel per watch: with thousands of watchers
+//!   on a 2-core machine the load generator's CPU competes with what it measures);
 //! - gRPC: one `Watch` stream on a shared channel (HTTP/2 connection), carrying one create
 //!   request. Its request side stays open while the watch lives, and is closed when the
 //!   watch is dropped, so that the stream is reset (etcd keeps a half-closed watch stream,
@@ -21,12 +24,10 @@ use etcdgate_proto::etcdserverpb::{
     watch_client::WatchClient, watch_request::RequestUnion, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use futures::{future, StreamExt};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 /// How long opening a watch (connect, request, `created`) may take.
@@ -44,26 +45,17 @@ struct JsonLine {
 /// An open watch.
 pub enum WatchConn {
     Http {
-        body: Incoming,
-        /// Bytes received after the last complete line.
-        pending: Bytes,
-        /// Drives the HTTP/1.1 connection; aborted with the watch.
-        _connection: AbortOnDrop,
+        socket: TcpStream,
+        /// The answer's chunked bytes, as read and not yet decoded.
+        raw: BytesMut,
+        /// Decoded body bytes after the last complete line.
+        body: BytesMut,
     },
     Grpc {
         stream: tonic::Streaming<WatchResponse>,
         /// Dropped with the watch: ends the request side.
         _close: oneshot::Sender<()>,
     },
-}
-
-/// A task aborted when this is dropped.
-pub struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The HTTP body APISIX sends to watch `[key, range_end)` from `start_revision` (0: from now).
@@ -82,26 +74,36 @@ impl WatchConn {
     /// message has arrived, with it.
     pub async fn open_http(addr: SocketAddr, body: Bytes) -> Result<(WatchConn, WatchResponse), String> {
         let open = async {
-            let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-            stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("HTTP handshake: {e}"))?;
-            let connection = AbortOnDrop(tokio::spawn(async move {
-                let _ = connection.await;
-            }));
-            let request = http::Request::post("/v3/watch")
-                .header(http::header::HOST, addr.to_string())
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(Full::new(body))
-                .map_err(|e| format!("building request: {e}"))?;
-            let response = sender.send_request(request).await.map_err(|e| format!("POST /v3/watch: {e}"))?;
-            if response.status() != http::StatusCode::OK {
-                let status = response.status();
-                let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                return Err(format!("POST /v3/watch: HTTP {status}: {}", shown(&body)));
+            let mut socket = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+            socket.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+            let mut request = format!(
+                "POST /v3/watch HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            request.extend_from_slice(&body);
+            socket.write_all(&request).await.map_err(|e| format!("POST /v3/watch: {e}"))?;
+            let mut raw = BytesMut::with_capacity(4096);
+            let (status, chunked, head_len) = loop {
+                let mut headers = [httparse::EMPTY_HEADER; 32];
+                let mut response = httparse::Response::new(&mut headers);
+                match response.parse(&raw).map_err(|e| format!("POST /v3/watch: bad answer head: {e}"))? {
+                    httparse::Status::Complete(len) => {
+                        let chunked = response.headers.iter().any(|h| {
+                            h.name.eq_ignore_ascii_case("transfer-encoding") && h.value.eq_ignore_ascii_case(b"chunked")
+                        });
+                        break (response.code.unwrap_or(0), chunked, len);
+                    }
+                    httparse::Status::Partial => read_more(&mut socket, &mut raw).await?,
+                }
+            };
+            let _ = raw.split_to(head_len);
+            if status != 200 || !chunked {
+                // An error answer: whatever arrives within a moment is its body.
+                let _ = tokio::time::timeout(Duration::from_millis(200), read_more(&mut socket, &mut raw)).await;
+                return Err(format!("POST /v3/watch: HTTP {status}: {}", shown(&raw)));
             }
-            let mut conn = WatchConn::Http { body: response.into_body(), pending: Bytes::new(), _connection: connection };
+            let mut conn = WatchConn::Http { socket, raw, body: BytesMut::new() };
             let first = conn.first().await?;
             Ok((conn, first))
         };
@@ -135,36 +137,73 @@ impl WatchConn {
     pub async fn next(&mut self) -> Result<Option<WatchResponse>, String> {
         match self {
             WatchConn::Grpc { stream, .. } => stream.message().await.map_err(|s| format!("gRPC {:?}: {}", s.code(), s.message())),
-            WatchConn::Http { body, pending, .. } => loop {
-                if let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                    let line = pending.split_to(end + 1);
+            WatchConn::Http { socket, raw, body } => loop {
+                if let Some(end) = body.iter().position(|&b| b == b'\n') {
+                    let line = body.split_to(end + 1);
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
                     return parse_line(&line).map(Some);
                 }
-                if pending.len() > MAX_LINE_BYTES {
+                if body.len() > MAX_LINE_BYTES {
                     return Err(format!("no end of line within {MAX_LINE_BYTES} bytes"));
                 }
-                match body.frame().await {
-                    Some(Ok(frame)) => {
-                        if let Ok(data) = frame.into_data() {
-                            *pending = if pending.is_empty() {
-                                data
-                            } else {
-                                let mut joined = BytesMut::with_capacity(pending.len() + data.len());
-                                joined.extend_from_slice(pending);
-                                joined.extend_from_slice(&data);
-                                joined.freeze()
-                            };
-                        }
-                    }
-                    Some(Err(e)) => return Err(format!("reading the watch body: {e}")),
-                    None if pending.iter().all(u8::is_ascii_whitespace) => return Ok(None),
-                    None => return parse_line(&std::mem::take(pending)).map(Some),
+                match dechunk(raw, body)? {
+                    Dechunked::Data => {}
+                    Dechunked::End if body.iter().all(u8::is_ascii_whitespace) => return Ok(None),
+                    Dechunked::End => return parse_line(&std::mem::take(body)).map(Some),
+                    Dechunked::NeedMore => read_more(socket, raw).await?,
                 }
             },
         }
+    }
+}
+
+/// What [`dechunk`] got out of the bytes read so far.
+#[derive(Debug, PartialEq)]
+enum Dechunked {
+    /// At least one chunk's data moved to the body.
+    Data,
+    /// The last (empty) chunk: the answer is over.
+    End,
+    /// No whole chunk yet.
+    NeedMore,
+}
+
+/// Moves every whole chunk of `raw` (chunked transfer coding, no extensions or trailers, as
+/// etcd and etcdgate write it) into `body`.
+fn dechunk(raw: &mut BytesMut, body: &mut BytesMut) -> Result<Dechunked, String> {
+    let mut moved = false;
+    loop {
+        let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") else { break };
+        let size = std::str::from_utf8(&raw[..line_end])
+            .ok()
+            .and_then(|hex| usize::from_str_radix(hex.split(';').next().unwrap_or("").trim(), 16).ok())
+            .ok_or_else(|| format!("bad chunk size line: {}", shown(&raw[..line_end])))?;
+        if size == 0 {
+            // Lines before the end are read first.
+            return Ok(if moved { Dechunked::Data } else { Dechunked::End });
+        }
+        if raw.len() < line_end + 2 + size + 2 {
+            break;
+        }
+        let _ = raw.split_to(line_end + 2);
+        body.extend_from_slice(&raw.split_to(size));
+        let _ = raw.split_to(2);
+        moved = true;
+    }
+    Ok(if moved { Dechunked::Data } else { Dechunked::NeedMore })
+}
+
+/// Reads what the socket has into `raw`; an error at the end of the stream.
+async fn read_more(socket: &mut TcpStream, raw: &mut BytesMut) -> Result<(), String> {
+    if raw.capacity() - raw.len() < 1024 {
+        raw.reserve(4096);
+    }
+    match socket.read_buf(raw).await {
+        Ok(0) => Err("connection closed mid-answer".to_string()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("reading the watch: {e}")),
     }
 }
 
@@ -205,6 +244,20 @@ mod tests {
         assert_eq!(&body[..], br#"{"create_request":{"key":"L2FwaXNpeC8=","range_end":"L2FwaXNpeDA="}}"#);
         let body = http_create_body(b"/apisix/", b"/apisix0", 42);
         assert!(body.ends_with(br#","start_revision":"42"}}"#), "{body:?}");
+    }
+
+    #[test]
+    fn chunks_are_decoded_whole_and_the_last_one_ends_the_answer() {
+        let mut raw = BytesMut::from(&b"5\r\nhello\r\n3\r\n ab\r\n4\r\nc"[..]);
+        let mut body = BytesMut::new();
+        assert_eq!(dechunk(&mut raw, &mut body), Ok(Dechunked::Data));
+        assert_eq!(&body[..], b"hello ab");
+        assert_eq!(dechunk(&mut raw, &mut body), Ok(Dechunked::NeedMore), "half a chunk waits");
+        raw.extend_from_slice(b"def\r\n0\r\n\r\n");
+        assert_eq!(dechunk(&mut raw, &mut body), Ok(Dechunked::Data), "the data before the end comes first");
+        assert_eq!(&body[..], b"hello abcdef");
+        assert_eq!(dechunk(&mut raw, &mut body), Ok(Dechunked::End));
+        assert!(dechunk(&mut BytesMut::from(&b"zz\r\n"[..]), &mut body).is_err());
     }
 
     #[test]
