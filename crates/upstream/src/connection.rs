@@ -156,7 +156,8 @@ struct Live {
 struct Shared {
     /// Calls whose response is not finished (keep-alive pings only while there are some).
     open_calls: AtomicUsize,
-    /// The driver task has ended: make a new connection.
+    /// The driver task has ended, or the connection refused a new stream: make a new
+    /// connection for the next call.
     closed: AtomicBool,
     /// When a byte last came from the member, in ms since `epoch`.
     last_read_ms: AtomicU64,
@@ -447,14 +448,17 @@ impl tower_service::Service<http::Request<Body>> for MemberConnection {
             head.uri = http::Uri::from_parts(parts).map_err(|e| Status::internal(e.to_string()))?;
             let live = inner.live().await?;
             let open = OpenCall::new(&live.shared);
-            let mut sender =
-                live.sender.ready().await.map_err(|error| Status::unavailable(format!("{NOT_SENT}connection closed: {error}")))?;
+            // A connection that takes no new stream (closed, or told to go away while its
+            // open streams finish) is replaced for the calls after this one.
+            let refused = |error: h2::Error| {
+                live.shared.closed.store(true, Ordering::Release);
+                Status::unavailable(format!("{NOT_SENT}connection refuses new streams: {error}"))
+            };
+            let mut sender = live.sender.clone().ready().await.map_err(refused)?;
             let (frames, ended) = ready_frames(&mut body).await?;
             // Never END_STREAM on HEADERS: etcd's gRPC server then never tells a streaming
             // handler that the input is over. An empty DATA frame ends a bodiless stream.
-            let (response, mut stream) = sender
-                .send_request(http::Request::from_parts(head, ()), false)
-                .map_err(|error| Status::unavailable(format!("{NOT_SENT}{error}")))?;
+            let (response, mut stream) = sender.send_request(http::Request::from_parts(head, ()), false).map_err(refused)?;
             let connection_failed = |error: h2::Error| Status::unavailable(format!("etcdgate: member connection failed: {error}"));
             send_frames(&mut stream, frames, ended).map_err(connection_failed)?;
             let pipe = AbortOnDrop((!ended).then(|| tokio::spawn(self::pipe(body, stream)).abort_handle()));
