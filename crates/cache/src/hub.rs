@@ -246,8 +246,7 @@ impl Hub {
                 break;
             }
             next = batch.revision + 1;
-            let in_range = |e: &Event| e.kv.as_ref().is_some_and(|kv| keys.contains(&kv.key));
-            let matching = batch.events.iter().filter(|e| in_range(e)).count();
+            let matching = batch.events.iter().filter(|e| keys.contains_event(e)).count();
             if matching == 0 {
                 continue;
             }
@@ -255,7 +254,7 @@ impl Hub {
                 bytes += batch.bytes;
             } else {
                 whole = false;
-                bytes += batch.events.iter().filter(|e| in_range(e)).map(prost::Message::encoded_len).sum::<usize>();
+                bytes += batch.events.iter().filter(|e| keys.contains_event(e)).map(prost::Message::encoded_len).sum::<usize>();
             }
             selected.push(batch.clone());
         }

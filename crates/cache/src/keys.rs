@@ -2,6 +2,8 @@
 //! `[key, range_end)`; a `range_end` of a single zero byte means "every key from `key` on"
 //! (and `key` = `range_end` = `"\0"` the whole keyspace).
 
+use etcdgate_proto::mvccpb::Event;
+
 /// `[start, end)` in etcd's spelling (see the module doc).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyRange {
@@ -54,6 +56,11 @@ impl KeyRange {
             return key == self.start.as_slice();
         }
         key >= self.start.as_slice() && (self.open_ended() || key < self.end.as_slice())
+    }
+
+    /// Whether `event`'s key is in this range.
+    pub fn contains_event(&self, event: &Event) -> bool {
+        event.kv.as_ref().is_some_and(|kv| self.contains(&kv.key))
     }
 
     /// Whether every key of `other` is in this range.

@@ -152,8 +152,7 @@ impl Watcher {
                         .flat_map(|batch| batch.events.iter())
                         .filter(|e| {
                             let delete = e.r#type == EventType::Delete as i32;
-                            let in_range = e.kv.as_ref().is_some_and(|kv| self.keys.contains(&kv.key));
-                            in_range && !(delete && self.no_delete || !delete && self.no_put)
+                            self.keys.contains_event(e) && !(delete && self.no_delete || !delete && self.no_put)
                         })
                         .map(|e| {
                             let mut e = e.clone();
