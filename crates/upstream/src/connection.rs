@@ -27,7 +27,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use h2::client::SendRequest;
 use h2::{PingPong, RecvStream, SendStream};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::{Body as _, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -355,10 +355,6 @@ impl http_body::Body for MemberBody {
     fn is_end_stream(&self) -> bool {
         self.done
     }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
 }
 
 /// Frames of `body` that are ready now, and whether the body ended with them.
@@ -374,18 +370,25 @@ async fn ready_frames(body: &mut Body) -> Result<(Vec<Frame<Bytes>>, bool), Stat
     }
 }
 
+/// Queues one frame on `stream`: data (ending the stream if `last`) or trailers.
+fn send_frame(stream: &mut SendStream<Bytes>, frame: Frame<Bytes>, last: bool) -> Result<(), h2::Error> {
+    match frame.into_data() {
+        Ok(data) => stream.send_data(data, last),
+        Err(frame) => match frame.into_trailers() {
+            Ok(trailers) => stream.send_trailers(trailers),
+            Err(_) => Ok(()),
+        },
+    }
+}
+
 /// Queues `frames` on `stream`, the last one ending the stream if `ends`.
 fn send_frames(stream: &mut SendStream<Bytes>, frames: Vec<Frame<Bytes>>, ends: bool) -> Result<(), h2::Error> {
     let count = frames.len();
     for (index, frame) in frames.into_iter().enumerate() {
-        let last = ends && index + 1 == count;
-        match frame.into_data() {
-            Ok(data) => stream.send_data(data, last)?,
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    return stream.send_trailers(trailers);
-                }
-            }
+        let trailers = frame.is_trailers();
+        send_frame(stream, frame, ends && index + 1 == count)?;
+        if trailers {
+            return Ok(());
         }
     }
     if ends && count == 0 {
@@ -423,7 +426,7 @@ async fn pipe(mut body: Body, mut stream: SendStream<Bytes>) {
                 }
             }
         }
-        if send_frames(&mut stream, vec![frame], false).is_err() {
+        if send_frame(&mut stream, frame, false).is_err() {
             return;
         }
     }
