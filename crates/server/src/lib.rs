@@ -21,4 +21,5 @@ mod watch;
 pub use cache::{CacheConfig, Caches};
 pub use context::{CallContext, MEMBER_KEY};
 pub use gateway::{Gateway, ResponseStream};
+pub use http::chunked;
 pub use serve::{serve, ServerConfig};

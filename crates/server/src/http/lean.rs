@@ -6,7 +6,7 @@
 //! the socket, writing the response as hyper writes it (plus `connection: close`), and
 //! dropping the response as soon as the client goes away.
 
-mod chunked;
+pub mod chunked;
 mod request_body;
 mod response;
 mod socket;

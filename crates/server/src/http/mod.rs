@@ -28,7 +28,7 @@ use crate::context::CallContext;
 use crate::gateway::{Gateway, ResponseStream};
 use crate::rpc::{self, UnaryRpc};
 pub use errors::ErrorStyle;
-pub use lean::LeanServer;
+pub use lean::{chunked, LeanServer};
 
 /// Limits on what an HTTP client may send.
 #[derive(Clone, Debug)]

@@ -23,6 +23,7 @@ use bytes::{Bytes, BytesMut};
 use etcdgate_proto::etcdserverpb::{
     watch_client::WatchClient, watch_request::RequestUnion, WatchCreateRequest, WatchRequest, WatchResponse,
 };
+use etcdgate_server::chunked::{ChunkedDecoder, Decoded};
 use futures::{future, StreamExt};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,10 +47,13 @@ struct JsonLine {
 pub enum WatchConn {
     Http {
         socket: TcpStream,
-        /// The answer's chunked bytes, as read and not yet decoded.
+        /// Bytes read and not decoded yet.
         raw: BytesMut,
+        decoder: ChunkedDecoder,
         /// Decoded body bytes after the last complete line.
         body: BytesMut,
+        /// The last chunk has come.
+        ended: bool,
     },
     Grpc {
         stream: tonic::Streaming<WatchResponse>,
@@ -103,7 +107,8 @@ impl WatchConn {
                 let _ = tokio::time::timeout(Duration::from_millis(200), read_more(&mut socket, &mut raw)).await;
                 return Err(format!("POST /v3/watch: HTTP {status}: {}", shown(&raw)));
             }
-            let mut conn = WatchConn::Http { socket, raw, body: BytesMut::new() };
+            let mut conn =
+                WatchConn::Http { socket, raw, decoder: ChunkedDecoder::default(), body: BytesMut::new(), ended: false };
             let first = conn.first().await?;
             Ok((conn, first))
         };
@@ -137,7 +142,7 @@ impl WatchConn {
     pub async fn next(&mut self) -> Result<Option<WatchResponse>, String> {
         match self {
             WatchConn::Grpc { stream, .. } => stream.message().await.map_err(|s| format!("gRPC {:?}: {}", s.code(), s.message())),
-            WatchConn::Http { socket, raw, body } => loop {
+            WatchConn::Http { socket, raw, decoder, body, ended } => loop {
                 if let Some(end) = body.iter().position(|&b| b == b'\n') {
                     let line = body.split_to(end + 1);
                     if line.iter().all(u8::is_ascii_whitespace) {
@@ -148,51 +153,29 @@ impl WatchConn {
                 if body.len() > MAX_LINE_BYTES {
                     return Err(format!("no end of line within {MAX_LINE_BYTES} bytes"));
                 }
-                match dechunk(raw, body)? {
-                    Dechunked::Data => {}
-                    Dechunked::End if body.iter().all(u8::is_ascii_whitespace) => return Ok(None),
-                    Dechunked::End => return parse_line(&std::mem::take(body)).map(Some),
-                    Dechunked::NeedMore => read_more(socket, raw).await?,
+                if *ended && body.iter().all(u8::is_ascii_whitespace) {
+                    return Ok(None);
+                }
+                if *ended {
+                    return parse_line(&std::mem::take(body)).map(Some);
+                }
+                if raw.is_empty() {
+                    read_more(socket, raw).await?;
+                }
+                let mut input = raw.split().freeze();
+                loop {
+                    match decoder.decode(&mut input).map_err(|e| format!("bad chunked answer: {e}"))? {
+                        Decoded::Data(data) => body.extend_from_slice(&data),
+                        Decoded::NeedMore => break,
+                        Decoded::End => {
+                            *ended = true;
+                            break;
+                        }
+                    }
                 }
             },
         }
     }
-}
-
-/// What [`dechunk`] got out of the bytes read so far.
-#[derive(Debug, PartialEq)]
-enum Dechunked {
-    /// At least one chunk's data moved to the body.
-    Data,
-    /// The last (empty) chunk: the answer is over.
-    End,
-    /// No whole chunk yet.
-    NeedMore,
-}
-
-/// Moves every whole chunk of `raw` (chunked transfer coding, no extensions or trailers, as
-/// etcd and etcdgate write it) into `body`.
-fn dechunk(raw: &mut BytesMut, body: &mut BytesMut) -> Result<Dechunked, String> {
-    let mut moved = false;
-    loop {
-        let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") else { break };
-        let size = std::str::from_utf8(&raw[..line_end])
-            .ok()
-            .and_then(|hex| usize::from_str_radix(hex.split(';').next().unwrap_or("").trim(), 16).ok())
-            .ok_or_else(|| format!("bad chunk size line: {}", shown(&raw[..line_end])))?;
-        if size == 0 {
-            // Lines before the end are read first.
-            return Ok(if moved { Dechunked::Data } else { Dechunked::End });
-        }
-        if raw.len() < line_end + 2 + size + 2 {
-            break;
-        }
-        let _ = raw.split_to(line_end + 2);
-        body.extend_from_slice(&raw.split_to(size));
-        let _ = raw.split_to(2);
-        moved = true;
-    }
-    Ok(if moved { Dechunked::Data } else { Dechunked::NeedMore })
 }
 
 /// Reads what the socket has into `raw`; an error at the end of the stream.
@@ -244,20 +227,6 @@ mod tests {
         assert_eq!(&body[..], br#"{"create_request":{"key":"L2FwaXNpeC8=","range_end":"L2FwaXNpeDA="}}"#);
         let body = http_create_body(b"/apisix/", b"/apisix0", 42);
         assert!(body.ends_with(br#","start_revision":"42"}}"#), "{body:?}");
-    }
-
-    #[test]
-    fn chunks_are_decoded_whole_and_the_last_one_ends_the_answer() {
-        let mut raw = BytesMut::from(&b"5\r\nhello\r\n3\r\n ab\r\n4\r\nc"[..]);
-        let mut body = BytesMut::new();
-        assert_eq!(dechunk(&mut raw, &mut body), Ok(Dechunked::Data));
-        assert_eq!(&body[..], b"hello ab");
-        assert_eq!(dechunk(&mut raw, &mut body), Ok(Dechunked::NeedMore), "half a chunk waits");
-        raw.extend_from_slice(b"def\r\n0\r\n\r\n");
-        assert_eq!(dechunk(&mut raw, &mut body), Ok(Dechunked::Data), "the data before the end comes first");
-        assert_eq!(&body[..], b"hello abcdef");
-        assert_eq!(dechunk(&mut raw, &mut body), Ok(Dechunked::End));
-        assert!(dechunk(&mut BytesMut::from(&b"zz\r\n"[..]), &mut body).is_err());
     }
 
     #[test]
