@@ -148,11 +148,12 @@ fn protocol_of(first_line: &[u8]) -> Protocol {
 
 /// Serves a connection with hyper's HTTP/1 or HTTP/2 server.
 async fn serve_with_hyper(protocol: Protocol, io: Rewind<TcpStream>, app: axum::Router, seen: SeenRevision) {
-    let service = TowerToHyperService::new(app.map_request(move |request: Request<hyper::body::Incoming>| {
+    let app = app.map_request(move |request: Request<hyper::body::Incoming>| {
         let mut request = http::rewrite_legacy_prefix(request);
         request.extensions_mut().insert(seen.clone());
         request
-    }));
+    });
+    let service = TowerToHyperService::new(app.map_response(http::flush_each_message));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     builder

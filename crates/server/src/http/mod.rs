@@ -29,6 +29,7 @@ use crate::gateway::{Gateway, ResponseStream};
 use crate::rpc::{self, UnaryRpc};
 pub use errors::ErrorStyle;
 pub use lean::{chunked, LeanServer};
+pub use stream::flush_each_message;
 
 /// Limits on what an HTTP client may send.
 #[derive(Clone, Debug)]

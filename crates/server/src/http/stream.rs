@@ -2,6 +2,10 @@
 //! `{"result":{...}}` line per message, each flushed on its own (APISIX splits its reads on
 //! newlines and mis-attributes events when two messages share one read), and a final
 //! `{"error":{...}}` chunk (without a newline, as etcd writes it) if the call fails midway.
+//!
+//! Such a response is marked [`MessageStream`]. The lean path writes every body frame on its
+//! own anyway; for hyper, which gathers what is ready into one write, the body is made to
+//! yield after every message ([`flush_each_message`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -20,6 +24,11 @@ use super::errors::{json_response, stream_error_line};
 struct ResultChunk<'a, T> {
     result: &'a T,
 }
+
+/// Marks a response whose body frames are messages, each to reach the client in a write of
+/// its own.
+#[derive(Clone, Copy, Debug)]
+pub struct MessageStream;
 
 /// Turns a stream of responses into a chunked JSON response.
 pub fn respond<T, S>(responses: S) -> Response
@@ -47,8 +56,19 @@ where
         })
         .boxed();
     let mut response = json_response(StatusCode::OK, Vec::new());
-    *response.body_mut() = Body::from_stream(FlushEach { inner: lines, yield_next: false });
+    *response.body_mut() = Body::from_stream(lines);
+    response.extensions_mut().insert(MessageStream);
     response
+}
+
+/// For hyper: a [`MessageStream`] response's body yields after every message, so that hyper
+/// writes and flushes each before it asks for the next. Other responses pass unchanged.
+pub fn flush_each_message(response: Response) -> Response {
+    if response.extensions().get::<MessageStream>().is_none() {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, Body::from_stream(FlushEach { inner: body.into_data_stream(), yield_next: false }))
 }
 
 /// Returns `Pending` once after every item so that hyper writes and flushes each chunk
