@@ -102,7 +102,7 @@ pub async fn watch(
         requests: Requests::Idle(Box::new(mux)),
         ready: VecDeque::new(),
         relay: Relay::None,
-        watchers: SelectAll::new(),
+        watchers: HubWatches::None,
         serving: HashMap::new(),
         ids,
         seen,
@@ -236,7 +236,7 @@ struct WatchStream {
     /// Answers decided, sent before anything else.
     ready: VecDeque<Result<WatchReply, Status>>,
     relay: Relay,
-    watchers: SelectAll<Abortable<BoxStream<'static, Followed>>>,
+    watchers: HubWatches,
     serving: HashMap<i64, Serving>,
     ids: Arc<Mutex<Ids>>,
     seen: SeenRevision,
@@ -255,10 +255,8 @@ impl ArcWake for InputWake {
     }
 }
 
-/// A hub watch being served: how to stop it, its hub, and the revision its responses have
-/// been sent up to.
+/// A hub watch being served: its hub, and the revision its responses have been sent up to.
 struct Serving {
-    stop: AbortHandle,
     hub: Arc<Hub>,
     sent_through: i64,
     _count: WatcherCount,
@@ -280,7 +278,7 @@ impl WatchStream {
                 Effect::Stop(id) => {
                     // Gone already if it canceled itself meanwhile (its cancel went then).
                     if let Some(serving) = self.serving.remove(&id) {
-                        serving.stop.abort();
+                        self.watchers.stop(id);
                         let header = serving.hub.header();
                         self.ready.push_back(Ok(WatchResponse { header, watch_id: id, canceled: true, ..Default::default() }.into()));
                     }
@@ -299,10 +297,9 @@ impl WatchStream {
 
     /// Serves a hub watch: its responses join the stream until it is canceled.
     fn serve(&mut self, watcher: Watcher) {
-        let (stop, registration) = AbortHandle::new_pair();
-        let hub = watcher.hub().clone();
+        let (id, hub) = (watcher.id(), watcher.hub().clone());
         let sent_through = watcher.next_revision() - 1;
-        self.serving.insert(watcher.id(), Serving { stop, hub, sent_through, _count: WatcherCount::new() });
+        self.serving.insert(id, Serving { hub, sent_through, _count: WatcherCount::new() });
         let responses = futures::stream::unfold(Some(watcher), |watcher| async move {
             let mut watcher = watcher?;
             let reply = watcher.next().await;
@@ -311,7 +308,7 @@ impl WatchStream {
             let watcher = (!followed.reply.canceled()).then_some(watcher);
             Some((followed, watcher))
         });
-        self.watchers.push(Abortable::new(responses.boxed(), registration));
+        self.watchers.push(id, responses.boxed());
     }
 
     /// Moves the request side on; true if it did something worth looking at again.
@@ -398,11 +395,12 @@ impl Stream for WatchStream {
             reply
         } else if let Poll::Ready(reply) = this.poll_relay(cx) {
             reply
-        } else if let Poll::Ready(Some(Followed { id, next_revision, reply })) = this.watchers.poll_next_unpin(cx) {
+        } else if let Poll::Ready(Some(Followed { id, next_revision, reply })) = this.watchers.poll_next(cx) {
             crate::metrics::cache_events_out(reply.event_count());
             if reply.canceled() {
                 lock(&this.ids).live.remove(&id);
                 this.serving.remove(&id);
+                this.watchers.stop(id);
             } else if let Some(serving) = this.serving.get_mut(&id) {
                 serving.sent_through = next_revision - 1;
             }
@@ -414,6 +412,65 @@ impl Stream for WatchStream {
             this.seen.lift(reply.header_mut());
             reply
         })))
+    }
+}
+
+/// The hub watches of a stream. Most streams have one (APISIX's HTTP watches; clientv3 opens
+/// a stream per watch unless told otherwise): it is polled directly, waking the stream's
+/// task itself. From the second on they are merged, each with a handle to stop it.
+enum HubWatches {
+    None,
+    One(i64, BoxStream<'static, Followed>),
+    Many { merged: SelectAll<Abortable<BoxStream<'static, Followed>>>, stops: HashMap<i64, AbortHandle> },
+}
+
+impl HubWatches {
+    fn push(&mut self, id: i64, responses: BoxStream<'static, Followed>) {
+        match std::mem::replace(self, HubWatches::None) {
+            HubWatches::None => *self = HubWatches::One(id, responses),
+            HubWatches::One(first_id, first) => {
+                let (mut merged, mut stops) = (SelectAll::new(), HashMap::new());
+                for (id, responses) in [(first_id, first), (id, responses)] {
+                    let (stop, registration) = AbortHandle::new_pair();
+                    merged.push(Abortable::new(responses, registration));
+                    stops.insert(id, stop);
+                }
+                *self = HubWatches::Many { merged, stops };
+            }
+            HubWatches::Many { mut merged, mut stops } => {
+                let (stop, registration) = AbortHandle::new_pair();
+                merged.push(Abortable::new(responses, registration));
+                stops.insert(id, stop);
+                *self = HubWatches::Many { merged, stops };
+            }
+        }
+    }
+
+    /// Stops watch `id` (if it is still there).
+    fn stop(&mut self, id: i64) {
+        match self {
+            HubWatches::One(only, _) if *only == id => *self = HubWatches::None,
+            HubWatches::Many { stops, .. } => {
+                if let Some(stop) = stops.remove(&id) {
+                    stop.abort();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Followed>> {
+        match self {
+            HubWatches::None => Poll::Ready(None),
+            HubWatches::One(_, responses) => {
+                let next = responses.poll_next_unpin(cx);
+                if let Poll::Ready(None) = next {
+                    *self = HubWatches::None;
+                }
+                next
+            }
+            HubWatches::Many { merged, .. } => merged.poll_next_unpin(cx),
+        }
     }
 }
 
