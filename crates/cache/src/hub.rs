@@ -83,6 +83,18 @@ async fn relay(key: usize, mut upstream: watch::Receiver<i64>, local: watch::Sen
     });
 }
 
+/// Size of what a hub holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HubStats {
+    /// Keys in the store.
+    pub keys: usize,
+    /// Events in the history, and their bytes.
+    pub events: usize,
+    pub bytes: usize,
+    /// Oldest and newest revision of the history.
+    pub span: Option<(i64, i64)>,
+}
+
 /// A cached prefix.
 #[derive(Debug)]
 pub struct Hub {
@@ -264,11 +276,15 @@ impl Hub {
         Read::Events { batches: selected, whole, next, revision }
     }
 
-    /// Size of what is held: keys, history events, history bytes, oldest and newest
-    /// revision of the history.
-    pub fn stats(&self) -> Option<(usize, usize, usize, Option<(i64, i64)>)> {
+    /// Size of what is held; `None` until the prefix is loaded.
+    pub fn stats(&self) -> Option<HubStats> {
         let guard = self.read();
         let cached = guard.as_ref()?;
-        Some((cached.store.len(), cached.history.len(), cached.history.bytes(), cached.history.span()))
+        Some(HubStats {
+            keys: cached.store.len(),
+            events: cached.history.len(),
+            bytes: cached.history.bytes(),
+            span: cached.history.span(),
+        })
     }
 }

@@ -16,7 +16,7 @@ mod store;
 mod watcher;
 
 pub use history::{History, HistoryLimits};
-pub use hub::Hub;
+pub use hub::{Hub, HubStats};
 pub use keys::KeyRange;
 pub use reply::{Batch, SharedEvents, WatchReply};
 pub use store::Store;

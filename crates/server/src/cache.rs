@@ -24,12 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use etcdgate_cache::{HistoryLimits, Hub, KeyRange};
 use etcdgate_proto::etcdserverpb::{
-    kv_client::KvClient, watch_request::RequestUnion, RangeRequest, RangeResponse, ResponseHeader, WatchCreateRequest,
-    WatchRequest,
+    kv_client::KvClient, watch_request::RequestUnion, RangeRequest, RangeResponse, ResponseHeader, WatchCreateRequest, WatchRequest,
 };
-use bytes::Bytes;
 use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch, Notify};
@@ -84,7 +83,11 @@ impl Caches {
             tokio::spawn(feed(pool.clone(), hub.clone()));
         }
         tokio::spawn(run_barrier(pool, barrier.clone(), barrier_key));
-        Arc::new(Caches { hubs, barrier, encoded: Mutex::new(VecDeque::new()), linearizable_missed: Mutex::new(None),
+        Arc::new(Caches {
+            hubs,
+            barrier,
+            encoded: Mutex::new(VecDeque::new()),
+            linearizable_missed: Mutex::new(None),
             max_request_bytes: config.max_request_bytes,
         })
     }
@@ -256,8 +259,8 @@ async fn run_barrier(pool: Arc<Pool>, barrier: Arc<Barrier>, key: Vec<u8>) {
 }
 
 fn report_held(hub: &Hub) {
-    if let Some((keys, events, bytes, span)) = hub.stats() {
-        crate::metrics::cache_held(&String::from_utf8_lossy(&hub.keys().start), keys, events, bytes, span);
+    if let Some(stats) = hub.stats() {
+        crate::metrics::cache_held(&String::from_utf8_lossy(&hub.keys().start), stats.keys, stats.events, stats.bytes, stats.span);
     }
 }
 
@@ -309,7 +312,10 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>) {
                     match response {
                         Ok(response) if response.canceled => {
                             if response.compact_revision > 0 {
-                                tracing::warn!(compact_revision = response.compact_revision, "cached prefix's watch compacted; reading it again");
+                                tracing::warn!(
+                                    compact_revision = response.compact_revision,
+                                    "cached prefix's watch compacted; reading it again"
+                                );
                                 reload = true;
                             }
                             break;

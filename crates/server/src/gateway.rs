@@ -6,10 +6,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcdgate_proto::etcdserverpb::{
-    maintenance_client::MaintenanceClient, LeaseKeepAliveRequest, LeaseKeepAliveResponse, RangeRequest, SnapshotRequest, SnapshotResponse, WatchRequest,
-};
 use etcdgate_cache::WatchReply;
+use etcdgate_proto::etcdserverpb::{
+    maintenance_client::MaintenanceClient, LeaseKeepAliveRequest, LeaseKeepAliveResponse, RangeRequest, SnapshotRequest, SnapshotResponse,
+    WatchRequest,
+};
 use etcdgate_proto::v3electionpb::{election_client::ElectionClient, LeaderRequest, LeaderResponse};
 use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
 use futures::stream::BoxStream;
@@ -87,7 +88,7 @@ impl Gateway {
     async fn answer<R: UnaryRpc>(&self, ctx: &CallContext, message: R::Req, ask_cache: bool) -> Result<R::Resp, Status> {
         let call = async {
             if ask_cache {
-                if let Some(response) = self.from_cache::<R>(ctx, &message).await {
+                if let Some(response) = self.answer_from_cache::<R>(ctx, &message).await {
                     return Ok(response);
                 }
             }
@@ -107,7 +108,7 @@ impl Gateway {
     }
 
     /// The watch cache's answer, for an RPC it may answer (Range) inside a cached prefix.
-    async fn from_cache<R: UnaryRpc>(&self, ctx: &CallContext, message: &R::Req) -> Option<R::Resp> {
+    async fn answer_from_cache<R: UnaryRpc>(&self, ctx: &CallContext, message: &R::Req) -> Option<R::Resp> {
         let range = R::as_range(message)?;
         self.caches.as_ref()?.range(ctx, range).await.and_then(R::from_range)
     }

@@ -132,12 +132,12 @@ impl Mux {
                 if at_hub {
                     self.effects.push(Effect::Stop(cancel.watch_id));
                 } else {
-                    self.to_etcd(WatchRequest { request_union: Some(RequestUnion::CancelRequest(cancel)) }).await;
+                    self.send_to_etcd(WatchRequest { request_union: Some(RequestUnion::CancelRequest(cancel)) }).await;
                 }
             }
             Some(RequestUnion::ProgressRequest(progress)) => {
                 if self.relay.is_some() {
-                    return self.to_etcd(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(progress)) }).await;
+                    return self.send_to_etcd(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(progress)) }).await;
                 }
                 let header = self.header();
                 self.effects.push(Effect::Progress(header));
@@ -185,7 +185,7 @@ impl Mux {
             if create.watch_id >= 0 {
                 lock(&self.ids).live.insert(id, At::Etcd);
             }
-            return self.to_etcd(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
+            return self.send_to_etcd(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
         };
         lock(&self.ids).live.insert(id, At::Hub);
         self.send(created);
@@ -197,7 +197,7 @@ impl Mux {
     }
 
     /// Sends a request to etcd's stream, opening it first if needed.
-    async fn to_etcd(&mut self, request: WatchRequest) {
+    async fn send_to_etcd(&mut self, request: WatchRequest) {
         if let Some(relay) = &self.relay {
             // If etcd's stream is gone, its end (or error) reaches the client there.
             let _ = relay.send(request).await;
