@@ -26,8 +26,8 @@ pub enum TargetKind {
     GrpcProxy,
     /// etcdgate, as a child process (caching only its default prefix, `/apisix`).
     Etcdgate,
-    /// etcdgate caching the benchmark's keys too (`--cache-prefix /bench/`): its reads
-    /// against grpc-proxy's cached ones.
+    /// etcdgate caching the benchmark's keys too (`--cache-prefix /`): its reads against
+    /// grpc-proxy's cached ones.
     EtcdgateCached,
 }
 
