@@ -242,6 +242,9 @@ pub(crate) struct Family {
     pub(crate) membership: Notify,
     /// Read MemberList now.
     pub(crate) resync: Notify,
+    /// The raft leader the probes last heard of (member id, 0: none) and the term they heard
+    /// it in: writes go to it first.
+    leader: Mutex<(u64, u64)>,
 }
 
 impl Family {
@@ -258,7 +261,13 @@ impl Family {
             changed,
             membership: Notify::new(),
             resync: Notify::new(),
+            leader: Mutex::new((0, 0)),
         }
+    }
+
+    /// The member id of the raft leader as the probes last heard it.
+    fn leader_id(&self) -> u64 {
+        lock(&self.leader).0
     }
 
     pub(crate) fn entries(&self) -> Vec<Arc<Entry>> {
@@ -293,6 +302,12 @@ impl Family {
         let reference = Reference::from_reports(others.iter().chain([&report]), voters);
         let limits = Limits { lag_threshold: self.options.lag_threshold, slow_answer: self.options.probe_timeout / 2 };
         let answered_in = report.answered_in;
+        if report.leader != 0 && !report.is_learner {
+            let mut leader = lock(&self.leader);
+            if report.raft_term >= leader.1 {
+                *leader = (report.leader, report.raft_term);
+            }
+        }
         entry.update(|h| h.probe_answered(report, &reference, limits));
         if answered_in <= self.options.probe_timeout {
             entry.load.observe(answered_in);
@@ -625,6 +640,18 @@ impl Pool {
         order
     }
 
+    /// [`Pool::candidates`] for a write: the raft leader first when it is in rotation. etcd
+    /// proposes every write on the leader; sent to a follower it takes one more hop, and it
+    /// waits on that follower, which may be the one that hangs.
+    fn write_candidates(&self, mut candidates: Vec<Arc<Member>>) -> Vec<Arc<Member>> {
+        let leader = self.family().leader_id();
+        let position = candidates.iter().position(|m| leader != 0 && m.entry.id() == leader && m.state().in_rotation());
+        if let Some(position) = position {
+            candidates[..=position].rotate_right(1);
+        }
+        candidates
+    }
+
     /// [`Pool::candidates`]; when no member is healthy but some are not probed yet (start-up, a
     /// member just found), waits up to a probe deadline for their first probes rather than
     /// send a call to a member that may turn out to be a learner.
@@ -664,6 +691,7 @@ impl Pool {
         let mut round_pause = FIRST_ROUND_PAUSE;
         loop {
             let members = match target {
+                Target::Any if policy == RetryPolicy::Write => Ok(self.write_candidates(self.balanced().await)),
                 Target::Any => Ok(self.balanced().await),
                 Target::Leader => self.leader().await.map(|leader| vec![leader]),
                 Target::Named(name) => self.named(name).await.map(|member| vec![member]),
@@ -841,6 +869,31 @@ mod tests {
         assert!(Pool::new(&["127.0.0.1:2379".into()], PoolOptions::default()).is_err(), "needs a runtime");
         let duplicates = Pool::unprobed(&["127.0.0.1:1".into(), "http://127.0.0.1:1".into()], PoolOptions::default()).unwrap();
         assert_eq!(duplicates.member_states().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn writes_go_to_the_leader_first_while_it_is_in_rotation() {
+        let pool = pool(3);
+        // Members 1..3 answer with leader 2 (make_healthy says leader 1: the newest term wins).
+        for port in 1..=3 {
+            let report = StatusReport { raft_term: 3, ..report(u64::from(port), 2, false) };
+            pool.family().probe_answered(&entry(&pool, port), report);
+        }
+        for _ in 0..50 {
+            let order = pool.write_candidates(pool.candidates());
+            assert_eq!(port(order[0].url()), 2, "the leader first");
+            assert_eq!(order.len(), 3, "the others stay as fallbacks");
+        }
+        // A report from an older term does not move the leader back.
+        let stale = StatusReport { raft_term: 2, ..report(1, 1, false) };
+        pool.family().probe_answered(&entry(&pool, 1), stale);
+        assert_eq!(pool.family().leader_id(), 2);
+        // A leader out of rotation leaves the balanced order alone.
+        entry(&pool, 2).update(|h| h.unlisted("gone".into()));
+        assert!(pool.local().iter().all(|m| m.state() != State::Healthy || port(m.url()) != 2));
+        let firsts: std::collections::BTreeSet<u16> =
+            (0..100).map(|_| port(pool.write_candidates(pool.candidates())[0].url())).collect();
+        assert!(!firsts.contains(&2), "{firsts:?}");
     }
 
     #[tokio::test]
