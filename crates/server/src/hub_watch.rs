@@ -429,13 +429,9 @@ impl HubWatches {
         match std::mem::replace(self, HubWatches::None) {
             HubWatches::None => *self = HubWatches::One(id, responses),
             HubWatches::One(first_id, first) => {
-                let (mut merged, mut stops) = (SelectAll::new(), HashMap::new());
-                for (id, responses) in [(first_id, first), (id, responses)] {
-                    let (stop, registration) = AbortHandle::new_pair();
-                    merged.push(Abortable::new(responses, registration));
-                    stops.insert(id, stop);
-                }
-                *self = HubWatches::Many { merged, stops };
+                *self = HubWatches::Many { merged: SelectAll::new(), stops: HashMap::new() };
+                self.push(first_id, first);
+                self.push(id, responses);
             }
             HubWatches::Many { mut merged, mut stops } => {
                 let (stop, registration) = AbortHandle::new_pair();

@@ -645,7 +645,10 @@ impl Pool {
     /// waits on that follower, which may be the one that hangs.
     fn write_candidates(&self, mut candidates: Vec<Arc<Member>>) -> Vec<Arc<Member>> {
         let leader = self.family().leader_id();
-        let position = candidates.iter().position(|m| leader != 0 && m.entry.id() == leader && m.state().in_rotation());
+        if leader == 0 {
+            return candidates;
+        }
+        let position = candidates.iter().position(|m| m.entry.id() == leader && m.state().in_rotation());
         if let Some(position) = position {
             candidates[..=position].rotate_right(1);
         }
@@ -874,7 +877,7 @@ mod tests {
     #[tokio::test]
     async fn writes_go_to_the_leader_first_while_it_is_in_rotation() {
         let pool = pool(3);
-        // Members 1..3 answer with leader 2 (make_healthy says leader 1: the newest term wins).
+        // Every member says member 2 leads, in term 3.
         for port in 1..=3 {
             let report = StatusReport { raft_term: 3, ..report(u64::from(port), 2, false) };
             pool.family().probe_answered(&entry(&pool, port), report);
