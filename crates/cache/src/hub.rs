@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -102,11 +103,14 @@ pub struct Hub {
     limits: HistoryLimits,
     cached: RwLock<Option<Cached>>,
     revision: watch::Sender<i64>,
+    /// The highest revision known to carry an event of these keys (a write into them that
+    /// etcd acknowledged): the store reaches it once the upstream watch delivers that event.
+    expected: AtomicI64,
 }
 
 impl Hub {
     pub fn new(keys: KeyRange, limits: HistoryLimits) -> Hub {
-        Hub { keys, limits, cached: RwLock::new(None), revision: watch::Sender::new(0) }
+        Hub { keys, limits, cached: RwLock::new(None), revision: watch::Sender::new(0), expected: AtomicI64::new(0) }
     }
 
     /// The keys this hub holds.
@@ -206,6 +210,16 @@ impl Hub {
         let mut response = cached.store.range(request);
         response.header = Some(ResponseHeader { revision, ..cached.header });
         Some(response)
+    }
+
+    /// Notes that etcd acknowledged a write into these keys at `revision`.
+    pub fn expect(&self, revision: i64) {
+        self.expected.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// The highest revision [`Hub::expect`] was told of (0: none).
+    pub fn expected(&self) -> i64 {
+        self.expected.load(Ordering::Acquire)
     }
 
     /// Waits until the store has reached `revision`; false if it has not within `timeout`.

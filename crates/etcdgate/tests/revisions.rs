@@ -3,7 +3,10 @@
 //! write a little after one another. A put and then a serializable read of the key, again
 //! and again, over one gRPC connection and over one HTTP/1.1 keep-alive connection: every
 //! read sees the put (its revision at least the put's) and revisions never go back — for keys
-//! served by members and for keys served from the watch cache (read-your-writes).
+//! served by members and for keys served from the watch cache (read-your-writes). Inside
+//! the watch cache that holds across connections too, as APISIX's HTTP/1.1 client needs: a
+//! put on one connection, then a serializable read and a new watch each on a connection of
+//! its own, both at the put's revision or later.
 
 mod common;
 
@@ -41,6 +44,25 @@ fn post(reader: &mut BufReader<TcpStream>, path: &str, body: &str) -> Value {
     let mut body = vec![0; length];
     reader.read_exact(&mut body).unwrap();
     serde_json::from_slice(&body).unwrap()
+}
+
+/// One request on a connection of its own.
+fn post_alone(addr: &str, path: &str, body: &str) -> Value {
+    post(&mut BufReader::new(TcpStream::connect(addr).unwrap()), path, body)
+}
+
+/// Opens an HTTP watch with `create` on a connection of its own; its first message.
+fn watch_created(addr: &str, create: &str) -> Value {
+    let mut reader = BufReader::new(TcpStream::connect(addr).unwrap());
+    let body = format!(r#"{{"create_request":{create}}}"#);
+    write!(reader.get_mut(), "POST /v3/watch HTTP/1.1\r\nHost: etcdgate\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "watch ended before its first message");
+        if line.starts_with('{') {
+            return serde_json::from_str(&line).unwrap();
+        }
+    }
 }
 
 fn revision(answer: &Value) -> i64 {
@@ -83,7 +105,30 @@ async fn reads_never_go_behind_what_the_connection_has_seen() {
         }
 
         let metrics = http_get(gateway.addr(), "/metrics");
-        let asked_again: Vec<&str> = metrics.lines().filter(|l| l.starts_with("etcdgate_reads_behind_total") || l.starts_with("etcdgate_cache_reads_total")).collect();
+        let asked_again: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("etcdgate_reads_behind_total") || l.starts_with("etcdgate_cache_reads_total"))
+            .collect();
         eprintln!("{version}: reads asked again because their member was behind, and cache reads: {asked_again:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_reads_and_watches_see_writes_made_on_other_connections() {
+    use base64::Engine;
+    for version in EtcdVersion::all() {
+        let cluster = Cluster::start(version, 3).await.unwrap();
+        let gateway = Etcdgate::start(&cluster.endpoints());
+        for i in 0..ROUNDS {
+            let key = base64::engine::general_purpose::STANDARD.encode(format!("/apisix/elsewhere/{i}"));
+            let put = post_alone(gateway.addr(), "/v3/kv/put", &format!(r#"{{"key":"{key}","value":"dg=="}}"#));
+            let read = post_alone(gateway.addr(), "/v3/kv/range", &format!(r#"{{"key":"{key}","serializable":true}}"#));
+            assert_eq!(read["count"], "1", "{version} round {i}: a read on another connection misses the put {put}: {read}");
+            assert!(revision(&read) >= revision(&put), "{version} round {i}: read {read} behind the put {put}");
+            let created = watch_created(gateway.addr(), &format!(r#"{{"key":"{key}"}}"#));
+            assert_eq!(created["result"]["created"], true, "{version} round {i}: {created}");
+            let watched_from = created["result"]["header"]["revision"].as_str().unwrap().parse::<i64>().unwrap();
+            assert!(watched_from >= revision(&put), "{version} round {i}: a new watch starts at {watched_from}, before the put {put}");
+        }
     }
 }

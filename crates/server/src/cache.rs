@@ -6,12 +6,16 @@
 //!   forwarded.
 //! - A Range wholly inside a cached prefix, at the current revision, is answered from the
 //!   hub: a serializable one once the hub has reached what the client's connection has seen
-//!   (read-your-writes), a linearizable one once the hub has reached the cluster's revision
+//!   and every write into the prefix acknowledged through etcdgate (read-your-writes, also
+//!   across connections: an HTTP/1.1 client such as APISIX's Admin API may write on one and
+//!   read on another), a linearizable one once the hub has reached the cluster's revision
 //!   as a linearizable read of one key on a member tells it (one such read serves every
 //!   request that arrived before it was sent). A hub that does not get there within
 //!   [`CATCH_UP_WAIT`] (writes outside the prefix move the cluster's revision without
 //!   events the hub would see) lets the read go to etcd, and linearizable reads then go
 //!   straight to etcd for [`MISSED_BACKOFF`]. Older revisions go to etcd.
+//! - A watch served by a hub is created once the hub holds those acknowledged writes too
+//!   (waiting at most [`CATCH_UP_WAIT`]), so that it starts after them as it would on etcd.
 //! - The feed: a linearizable Range of the prefix, then one watch from the next revision
 //!   with prev_kv and progress notifications, relayed like a client's watch (it moves to
 //!   another member on failure and resumes where it stopped). Watch progress *requests* are
@@ -155,6 +159,27 @@ impl Caches {
         Some((json, revision))
     }
 
+    /// Notes writes etcd acknowledged at `revision` into the hubs holding their keys: reads
+    /// and new watches of a hub wait until it has them, whoever wrote them, on whichever
+    /// connection.
+    pub fn expect(&self, written: &[KeyRange], revision: i64) {
+        for keys in written {
+            for hub in self.hubs.iter().filter(|hub| hub.keys().covers(keys)) {
+                hub.expect(revision);
+            }
+        }
+    }
+
+    /// Waits (at most [`CATCH_UP_WAIT`]) until `hub` holds every write acknowledged through
+    /// etcdgate into its keys, so that a watch created now starts after them, as on etcd.
+    /// A hub still behind then serves the watch anyway: the writes reach it as events.
+    pub async fn catch_up(&self, hub: &Hub) {
+        let expected = hub.expected();
+        if hub.revision().is_some_and(|revision| revision < expected) {
+            hub.wait_for(expected, CATCH_UP_WAIT).await;
+        }
+    }
+
     /// The hub that may answer `request` now (see the module doc), once it has reached the
     /// revision the request must see; `None`: ask etcd.
     async fn ready_hub(&self, ctx: &CallContext, request: &RangeRequest) -> Option<&Arc<Hub>> {
@@ -162,7 +187,7 @@ impl Caches {
         hub.revision()?;
         let needed = if request.serializable {
             self.auth_off(ctx).await?;
-            ctx.seen.get()
+            ctx.seen.get().max(hub.expected())
         } else {
             if ctx.has_credentials() || lock(&self.linearizable_missed).is_some_and(|at| at.elapsed() < MISSED_BACKOFF) {
                 return None;

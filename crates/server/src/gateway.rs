@@ -1,6 +1,7 @@
 //! The router both front ends call: every etcd RPC, unary or streaming, enters here with its
-//! [`CallContext`] and leaves for a member of the pool. Later this is where reads and watches
-//! are answered from the watch cache instead.
+//! [`CallContext`] and is answered from the watch cache or leaves for a member of the pool;
+//! the writes it forwards tell the cache which revisions its hubs must reach before they
+//! answer again.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -92,7 +93,7 @@ impl Gateway {
                     return Ok(response);
                 }
             }
-            self.unary_not_behind::<R>(ctx, message).await
+            self.unary_not_behind::<R>(ctx, &message).await
         };
         let result = match ctx.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, call)
@@ -100,8 +101,11 @@ impl Gateway {
                 .unwrap_or_else(|_| Err(Status::deadline_exceeded("context deadline exceeded"))),
             None => call.await,
         };
-        if let Some(revision) = result.as_ref().ok().and_then(R::header_revision) {
+        if let Some((response, revision)) = result.as_ref().ok().and_then(|r| Some((r, R::header_revision(r)?))) {
             ctx.seen.saw(revision);
+            if let Some(caches) = &self.caches {
+                caches.expect(&R::written(&message, response), revision);
+            }
         }
         crate::metrics::request_done(R::NAME, &result);
         result
@@ -116,21 +120,21 @@ impl Gateway {
     /// Forwards a unary RPC. A balanced read answered by a member that has not applied the
     /// revision the client's connection has already seen is asked again where it cannot be
     /// behind: a serializable Range as a linearizable one, other reads after short pauses.
-    async fn unary_not_behind<R: UnaryRpc>(&self, ctx: &CallContext, message: R::Req) -> Result<R::Resp, Status> {
+    async fn unary_not_behind<R: UnaryRpc>(&self, ctx: &CallContext, message: &R::Req) -> Result<R::Resp, Status> {
         let target = Self::target(R::ROUTE, ctx);
         let seen = ctx.seen.get();
         let behind = |response: &R::Resp| R::header_revision(response).is_some_and(|revision| revision < seen);
-        let response = self.forward::<R>(&target, ctx, &message).await?;
+        let response = self.forward::<R>(&target, ctx, message).await?;
         if !behind(&response) || target != Target::Any || R::POLICY != RetryPolicy::Read {
             return Ok(response);
         }
         crate::metrics::read_behind(R::NAME);
-        if let Some(current) = R::current_read(&message) {
+        if let Some(current) = R::current_read(message) {
             return self.forward::<R>(&target, ctx, &current).await;
         }
         for pause in CATCH_UP_PAUSES {
             tokio::time::sleep(pause).await;
-            let response = self.forward::<R>(&target, ctx, &message).await?;
+            let response = self.forward::<R>(&target, ctx, message).await?;
             if !behind(&response) {
                 return Ok(response);
             }

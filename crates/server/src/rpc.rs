@@ -3,6 +3,7 @@
 //! busy its member is (not for Lock and Campaign, which wait for a lock or an election). Both front ends (gRPC and
 //! HTTP/JSON) serve every RPC through this one table, so the rules live in one place.
 
+use etcdgate_cache::KeyRange;
 use etcdgate_proto::etcdserverpb::{
     auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, *,
@@ -43,6 +44,11 @@ pub trait UnaryRpc: Send + Sync + 'static {
     fn current_read(_request: &Self::Req) -> Option<Self::Req> {
         None
     }
+    /// The keys a successful call surely wrote an event into at its answer's revision (a
+    /// hub of those keys will reach that revision); empty for RPCs that write no keys.
+    fn written(_request: &Self::Req, _response: &Self::Resp) -> Vec<KeyRange> {
+        Vec::new()
+    }
     /// The request as a Range, for RPCs the watch cache may answer.
     fn as_range(_request: &Self::Req) -> Option<&RangeRequest> {
         None
@@ -60,6 +66,38 @@ fn linearizable_range(request: &RangeRequest) -> Option<RangeRequest> {
     request.serializable.then(|| RangeRequest { serializable: false, ..request.clone() })
 }
 
+fn put_written(request: &PutRequest, _response: &PutResponse) -> Vec<KeyRange> {
+    vec![KeyRange::new(&request.key, b"")]
+}
+
+/// A DeleteRange writes events only if it deleted something.
+fn delete_written(request: &DeleteRangeRequest, response: &DeleteRangeResponse) -> Vec<KeyRange> {
+    if response.deleted > 0 {
+        vec![KeyRange::new(&request.key, &request.range_end)]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The writes of the branch a Txn took, nested transactions included.
+fn txn_written(request: &TxnRequest, response: &TxnResponse) -> Vec<KeyRange> {
+    let taken = if response.succeeded { &request.success } else { &request.failure };
+    let mut written = Vec::new();
+    for (op, answer) in taken.iter().zip(&response.responses) {
+        match (&op.request, &answer.response) {
+            (Some(request_op::Request::RequestPut(put)), _) => written.push(KeyRange::new(&put.key, b"")),
+            (Some(request_op::Request::RequestDeleteRange(delete)), Some(response_op::Response::ResponseDeleteRange(deleted))) => {
+                written.extend(delete_written(delete, deleted))
+            }
+            (Some(request_op::Request::RequestTxn(txn)), Some(response_op::Response::ResponseTxn(answer))) => {
+                written.extend(txn_written(txn, answer))
+            }
+            _ => {}
+        }
+    }
+    written
+}
+
 /// The two methods of an RPC the watch cache answers (Range).
 macro_rules! cached_range {
     (cached) => {
@@ -75,7 +113,7 @@ macro_rules! cached_range {
 macro_rules! unary_rpcs {
     (@timing) => { Timing::Measured };
     (@timing $timing:ident) => { Timing::$timing };
-    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, current: $current:path)? $(, cache: $cached:ident)? $(, timing: $timing:ident)?;)*) => {$(
+    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, current: $current:path)? $(, wrote: $wrote:path)? $(, cache: $cached:ident)? $(, timing: $timing:ident)?;)*) => {$(
         #[doc = concat!("`", stringify!($name), "`")]
         pub struct $name;
         impl UnaryRpc for $name {
@@ -91,6 +129,9 @@ macro_rules! unary_rpcs {
             $(fn current_read(request: &$req) -> Option<$req> {
                 $current(request)
             })?
+            $(fn written(request: &$req, response: &$resp) -> Vec<KeyRange> {
+                $wrote(request, response)
+            })?
             $(cached_range!($cached);)?
             fn call(connection: MemberConnection, request: Request<$req>) -> BoxFuture<'static, Result<Response<$resp>, tonic::Status>> {
                 Box::pin(async move { $client::new(connection).max_decoding_message_size(usize::MAX).$method(request).await })
@@ -101,9 +142,9 @@ macro_rules! unary_rpcs {
 
 unary_rpcs! {
     Range: KvClient.range(RangeRequest) -> RangeResponse, Read, Balanced, current: linearizable_range, cache: cached;
-    Put: KvClient.put(PutRequest) -> PutResponse, Write, Balanced;
-    DeleteRange: KvClient.delete_range(DeleteRangeRequest) -> DeleteRangeResponse, Write, Balanced;
-    Txn: KvClient.txn(TxnRequest) -> TxnResponse, Write, Balanced;
+    Put: KvClient.put(PutRequest) -> PutResponse, Write, Balanced, wrote: put_written;
+    DeleteRange: KvClient.delete_range(DeleteRangeRequest) -> DeleteRangeResponse, Write, Balanced, wrote: delete_written;
+    Txn: KvClient.txn(TxnRequest) -> TxnResponse, Write, Balanced, wrote: txn_written;
     Compact: KvClient.compact(CompactionRequest) -> CompactionResponse, Write, Balanced;
 
     LeaseGrant: LeaseClient.lease_grant(LeaseGrantRequest) -> LeaseGrantResponse, Write, Balanced;
@@ -163,5 +204,47 @@ mod tests {
         for timing in [Range::TIMING, Put::TIMING, Txn::TIMING, Unlock::TIMING, Leader::TIMING, Status::TIMING] {
             assert_eq!(timing, Timing::Measured);
         }
+    }
+
+    #[test]
+    fn txn_written_follows_the_branch_taken_and_what_it_changed() {
+        let put =
+            |key: &str| RequestOp { request: Some(request_op::Request::RequestPut(PutRequest { key: key.into(), ..Default::default() })) };
+        let delete = |key: &str, end: &str| RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                key: key.into(),
+                range_end: end.into(),
+                ..Default::default()
+            })),
+        };
+        let answer = |response: response_op::Response| ResponseOp { response: Some(response) };
+        let put_answer = || answer(response_op::Response::ResponsePut(PutResponse::default()));
+        let deleted = |n: i64| answer(response_op::Response::ResponseDeleteRange(DeleteRangeResponse { deleted: n, ..Default::default() }));
+        let nested = TxnRequest { success: vec![put("/n")], failure: vec![put("/m")], ..Default::default() };
+        let request = TxnRequest {
+            success: vec![
+                put("/a"),
+                delete("/b", "/c"),
+                delete("/d", ""),
+                RequestOp { request: Some(request_op::Request::RequestTxn(nested)) },
+            ],
+            failure: vec![put("/x")],
+            ..Default::default()
+        };
+        let nested_answer = answer(response_op::Response::ResponseTxn(TxnResponse {
+            succeeded: false,
+            responses: vec![put_answer()],
+            ..Default::default()
+        }));
+        let succeeded =
+            TxnResponse { succeeded: true, responses: vec![put_answer(), deleted(2), deleted(0), nested_answer], ..Default::default() };
+        let keys = |written: Vec<KeyRange>| written.into_iter().map(|k| (k.start, k.end)).collect::<Vec<_>>();
+        assert_eq!(
+            keys(txn_written(&request, &succeeded)),
+            vec![(b"/a".to_vec(), vec![]), (b"/b".to_vec(), b"/c".to_vec()), (b"/m".to_vec(), vec![])],
+            "the put, the delete that deleted something, the nested txn's failure branch"
+        );
+        let failed = TxnResponse { succeeded: false, responses: vec![put_answer()], ..Default::default() };
+        assert_eq!(keys(txn_written(&request, &failed)), vec![(b"/x".to_vec(), vec![])]);
     }
 }
