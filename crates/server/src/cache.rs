@@ -12,10 +12,12 @@
 //!   as a linearizable read of one key on a member tells it (one such read serves every
 //!   request that arrived before it was sent). A hub that does not get there within
 //!   [`CATCH_UP_WAIT`] (writes outside the prefix move the cluster's revision without
-//!   events the hub would see) lets the read go to etcd, and linearizable reads then go
-//!   straight to etcd for [`MISSED_BACKOFF`]. Older revisions go to etcd.
+//!   events the hub would see; a stuck feed) lets the read go to etcd, and for
+//!   [`MISSED_BACKOFF`] then linearizable reads, and reads that need more than a hub holds,
+//!   go straight to etcd without waiting. Older revisions go to etcd.
 //! - A watch served by a hub is created once the hub holds those acknowledged writes too
-//!   (waiting at most [`CATCH_UP_WAIT`]), so that it starts after them as it would on etcd.
+//!   (waiting as a read does, then serving it anyway: the writes reach it as events), so
+//!   that it starts after them as it would on etcd.
 //! - The feed: a linearizable Range of the prefix, then one watch from the next revision
 //!   with prev_kv and progress notifications, relayed like a client's watch (it moves to
 //!   another member on failure and resumes where it stopped). Watch progress *requests* are
@@ -45,9 +47,10 @@ use crate::context::CallContext;
 const AUTH_OFF_PROOF_AGE: Duration = Duration::from_secs(1);
 /// JSON answers remembered (different requests at the current revision).
 const ENCODED_RESPONSES: usize = 8;
-/// After a linearizable read found its hub behind etcd (writes outside the cached prefixes
-/// move etcd's revision past any the hub sees), linearizable reads go straight to etcd for
-/// this long, so that such a cluster pays the wait once per period, not per read.
+/// After a hub failed to reach in time what a read needed (writes outside the cached
+/// prefixes move etcd's revision past any the hub sees; a stuck feed), linearizable reads
+/// and reads needing more than a hub holds go straight to etcd for this long, so that such
+/// a cluster pays the wait once per period, not per read.
 const MISSED_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a cached read waits for the hub to reach the revision it needs.
 const CATCH_UP_WAIT: Duration = Duration::from_millis(100);
@@ -73,7 +76,8 @@ pub struct Caches {
     /// The last few JSON answers, newest first.
     encoded: Mutex<VecDeque<Encoded>>,
     /// When a linearizable read last found its hub behind the cluster's revision.
-    linearizable_missed: Mutex<Option<Instant>>,
+    /// When a hub last failed to reach a revision a read or watch needed in time.
+    missed: Mutex<Option<Instant>>,
     max_request_bytes: usize,
 }
 
@@ -91,7 +95,7 @@ impl Caches {
             hubs,
             barrier,
             encoded: Mutex::new(VecDeque::new()),
-            linearizable_missed: Mutex::new(None),
+            missed: Mutex::new(None),
             max_request_bytes: config.max_request_bytes,
         })
     }
@@ -170,14 +174,32 @@ impl Caches {
         }
     }
 
-    /// Waits (at most [`CATCH_UP_WAIT`]) until `hub` holds every write acknowledged through
-    /// etcdgate into its keys, so that a watch created now starts after them, as on etcd.
-    /// A hub still behind then serves the watch anyway: the writes reach it as events.
+    /// Waits (as a read would) until `hub` holds every write acknowledged through etcdgate
+    /// into its keys, so that a watch created now starts after them, as on etcd. A hub still
+    /// behind then serves the watch anyway: the writes reach it as events.
     pub async fn catch_up(&self, hub: &Hub) {
-        let expected = hub.expected();
-        if hub.revision().is_some_and(|revision| revision < expected) {
-            hub.wait_for(expected, CATCH_UP_WAIT).await;
+        self.reaches(hub, hub.expected()).await;
+    }
+
+    /// Whether `hub` has reached `needed`, waiting for it at most [`CATCH_UP_WAIT`] — not at
+    /// all within [`MISSED_BACKOFF`] of a wait that failed: a hub that did not catch up then
+    /// is not waited for again on every read.
+    async fn reaches(&self, hub: &Hub, needed: i64) -> bool {
+        if hub.revision().is_some_and(|revision| revision >= needed) {
+            return true;
         }
+        if self.missed_recently() {
+            return false;
+        }
+        let reached = hub.wait_for(needed, CATCH_UP_WAIT).await;
+        if !reached {
+            *lock(&self.missed) = Some(Instant::now());
+        }
+        reached
+    }
+
+    fn missed_recently(&self) -> bool {
+        lock(&self.missed).is_some_and(|at| at.elapsed() < MISSED_BACKOFF)
     }
 
     /// The hub that may answer `request` now (see the module doc), once it has reached the
@@ -189,16 +211,13 @@ impl Caches {
             self.auth_off(ctx).await?;
             ctx.seen.get().max(hub.expected())
         } else {
-            if ctx.has_credentials() || lock(&self.linearizable_missed).is_some_and(|at| at.elapsed() < MISSED_BACKOFF) {
+            if ctx.has_credentials() || self.missed_recently() {
                 return None;
             }
             self.barrier.cluster_revision().await?
         };
-        if hub.revision()? < needed && !hub.wait_for(needed, CATCH_UP_WAIT).await {
+        if !self.reaches(hub, needed).await {
             crate::metrics::cache_read(false);
-            if !request.serializable {
-                *lock(&self.linearizable_missed) = Some(Instant::now());
-            }
             return None;
         }
         Some(hub)
