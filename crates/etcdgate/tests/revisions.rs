@@ -6,7 +6,8 @@
 //! served by members and for keys served from the watch cache (read-your-writes). Inside
 //! the watch cache that holds across connections too, as APISIX's HTTP/1.1 client needs: a
 //! put on one connection, then a serializable read and a new watch each on a connection of
-//! its own, both at the put's revision or later.
+//! its own, both at the put's revision or later. And linearizable cached reads from many
+//! clients at once see puts made straight to etcd just before them.
 
 mod common;
 
@@ -129,6 +130,37 @@ async fn cached_reads_and_watches_see_writes_made_on_other_connections() {
             assert_eq!(created["result"]["created"], true, "{version} round {i}: {created}");
             let watched_from = created["result"]["header"]["revision"].as_str().unwrap().parse::<i64>().unwrap();
             assert!(watched_from >= revision(&put), "{version} round {i}: a new watch starts at {watched_from}, before the put {put}");
+        }
+    }
+}
+
+/// Linearizable cached reads from many clients at once, each after a put made straight to
+/// etcd (so only the barrier read of etcd's revision can tell etcdgate about it): every read
+/// sees its put.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_linearizable_cached_reads_see_writes_made_elsewhere() {
+    for version in EtcdVersion::all() {
+        let cluster = Cluster::start(version, 1).await.unwrap();
+        let gateway = Etcdgate::start(&cluster.endpoints());
+        let mut clients = Vec::new();
+        for client in 0..8 {
+            let (etcd_url, gateway_url) = (cluster.client_url(0), gateway.url());
+            clients.push(tokio::spawn(async move {
+                let mut etcd = KvClient::connect(etcd_url).await.unwrap();
+                let mut through_gateway = KvClient::connect(gateway_url).await.unwrap();
+                for i in 0..ROUNDS / 2 {
+                    let key = format!("/apisix/linearizable/{client}").into_bytes();
+                    let value = format!("{i}").into_bytes();
+                    let put = etcd.put(PutRequest { key: key.clone(), value: value.clone(), ..Default::default() }).await.unwrap();
+                    let put_revision = put.into_inner().header.unwrap().revision;
+                    let read = through_gateway.range(RangeRequest { key, ..Default::default() }).await.unwrap().into_inner();
+                    assert!(read.header.unwrap().revision >= put_revision, "{version} client {client} round {i}");
+                    assert_eq!(read.kvs[0].value, value, "{version} client {client} round {i}: the read misses the put");
+                }
+            }));
+        }
+        for client in clients {
+            client.await.unwrap();
         }
     }
 }

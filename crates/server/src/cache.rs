@@ -37,7 +37,7 @@ use etcdgate_proto::etcdserverpb::{
 };
 use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::context::CallContext;
@@ -86,11 +86,10 @@ impl Caches {
     pub fn start(pool: Arc<Pool>, config: &CacheConfig) -> Arc<Caches> {
         let hubs: Vec<Arc<Hub>> = config.prefixes.iter().map(|p| Arc::new(Hub::new(KeyRange::prefix(p), config.limits))).collect();
         let barrier_key = hubs.first().map(|h| h.keys().request_key()).unwrap_or_else(|| vec![0]);
-        let barrier = Arc::new(Barrier::default());
+        let barrier = Arc::new(Barrier::new(barrier_key));
         for hub in &hubs {
             tokio::spawn(feed(pool.clone(), hub.clone()));
         }
-        tokio::spawn(run_barrier(pool, barrier.clone(), barrier_key));
         Arc::new(Caches {
             hubs,
             barrier,
@@ -120,29 +119,29 @@ impl Caches {
 
     /// `Some` when the cache may serve this client: it sends no credentials, and etcd has
     /// answered a read without credentials lately (auth is off). Asks etcd if it has not.
-    pub async fn auth_off(&self, ctx: &CallContext) -> Option<()> {
+    pub async fn auth_off(&self, pool: &Arc<Pool>, ctx: &CallContext) -> Option<()> {
         if ctx.has_credentials() {
             return None;
         }
         match self.barrier.last_answer() {
             Some((true, age)) if age < AUTH_OFF_PROOF_AGE => Some(()),
             Some((false, age)) if age < AUTH_OFF_PROOF_AGE => None,
-            _ => self.barrier.cluster_revision().await.map(|_| ()),
+            _ => self.barrier.cluster_revision(pool).await.map(|_| ()),
         }
     }
 
     /// Answers `request` from a hub if one holds its keys at the revision it must read (see
     /// the module doc); `None`: ask etcd.
-    pub async fn range(&self, ctx: &CallContext, request: &RangeRequest) -> Option<RangeResponse> {
-        let response = self.ready_hub(ctx, request).await?.range(request);
+    pub async fn range(&self, pool: &Arc<Pool>, ctx: &CallContext, request: &RangeRequest) -> Option<RangeResponse> {
+        let response = self.ready_hub(pool, ctx, request).await?.range(request);
         crate::metrics::cache_read(response.is_some());
         response
     }
 
     /// [`Caches::range`], as the JSON etcd's HTTP gateway would send: the same request at the
     /// same revision is encoded once (APISIX instances all read the same whole prefix).
-    pub async fn range_json(&self, ctx: &CallContext, request: &RangeRequest) -> Option<(Bytes, i64)> {
-        let hub = self.ready_hub(ctx, request).await?;
+    pub async fn range_json(&self, pool: &Arc<Pool>, ctx: &CallContext, request: &RangeRequest) -> Option<(Bytes, i64)> {
+        let hub = self.ready_hub(pool, ctx, request).await?;
         let header = hub.header()?;
         let remembered = lock(&self.encoded).iter().find(|e| e.request == *request && e.header == header).map(|e| e.json.clone());
         if let Some(json) = remembered {
@@ -204,17 +203,17 @@ impl Caches {
 
     /// The hub that may answer `request` now (see the module doc), once it has reached the
     /// revision the request must see; `None`: ask etcd.
-    async fn ready_hub(&self, ctx: &CallContext, request: &RangeRequest) -> Option<&Arc<Hub>> {
+    async fn ready_hub(&self, pool: &Arc<Pool>, ctx: &CallContext, request: &RangeRequest) -> Option<&Arc<Hub>> {
         let hub = self.hub_for(&request.key, &request.range_end)?;
         hub.revision()?;
         let needed = if request.serializable {
-            self.auth_off(ctx).await?;
+            self.auth_off(pool, ctx).await?;
             ctx.seen.get().max(hub.expected())
         } else {
             if ctx.has_credentials() || self.missed_recently() {
                 return None;
             }
-            self.barrier.cluster_revision().await?
+            self.barrier.cluster_revision(pool).await?
         };
         if !self.reaches(hub, needed).await {
             crate::metrics::cache_read(false);
@@ -237,57 +236,51 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Learns the cluster's current revision for linearizable cached reads: one read of one key
-/// on a member per round; a caller waits for a round that started after it asked.
+/// on a member per round, one round at a time; a caller waits for a round that started
+/// after it asked. The first caller waiting for the next round starts it, on its own
+/// worker thread and over that worker's pool (its own member connections): an unloaded
+/// read pays no hop to another thread, and under load one round serves every read that
+/// arrived during the last.
 #[derive(Debug)]
 struct Barrier {
+    /// The key read (the first cached prefix's first key).
+    key: Vec<u8>,
     /// Rounds started so far.
     started: AtomicU64,
-    /// Highest round a caller waits for.
-    wanted: AtomicU64,
-    wake: Notify,
     /// The last finished round and the revision it learned (`None`: the read failed).
     done: watch::Sender<(u64, Option<i64>)>,
     /// When the last round finished, and whether etcd answered it.
     last: Mutex<Option<(bool, Instant)>>,
 }
 
-impl Default for Barrier {
-    fn default() -> Self {
-        Barrier {
-            started: AtomicU64::new(0),
-            wanted: AtomicU64::new(0),
-            wake: Notify::new(),
-            done: watch::Sender::new((0, None)),
-            last: Mutex::new(None),
-        }
-    }
-}
-
 impl Barrier {
+    fn new(key: Vec<u8>) -> Barrier {
+        Barrier { key, started: AtomicU64::new(0), done: watch::Sender::new((0, None)), last: Mutex::new(None) }
+    }
+
     /// Whether the last round got an answer, and how long ago it finished.
     fn last_answer(&self) -> Option<(bool, Duration)> {
         let last = *lock(&self.last);
         last.map(|(answered, at)| (answered, at.elapsed()))
     }
 
-    async fn cluster_revision(&self) -> Option<i64> {
+    /// The revision a round started after the call learned; the round goes over `pool`, the
+    /// caller's worker's.
+    async fn cluster_revision(self: &Arc<Self>, pool: &Arc<Pool>) -> Option<i64> {
         let round = self.started.load(Ordering::Acquire) + 1;
-        self.wanted.fetch_max(round, Ordering::AcqRel);
         let mut done = self.done.subscribe();
-        self.wake.notify_one();
+        // The round before ours must finish first; then whoever gets there first starts ours.
+        done.wait_for(|(finished, _)| *finished + 1 >= round).await.ok()?;
+        if self.started.compare_exchange(round - 1, round, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            // A task of its own: the round finishes even if this caller goes away.
+            tokio::spawn(self.clone().run_round(pool.clone(), round));
+        }
         let finished = done.wait_for(|(finished, _)| *finished >= round).await.ok()?;
         finished.1
     }
-}
 
-async fn run_barrier(pool: Arc<Pool>, barrier: Arc<Barrier>, key: Vec<u8>) {
-    loop {
-        if barrier.wanted.load(Ordering::Acquire) <= barrier.started.load(Ordering::Acquire) {
-            barrier.wake.notified().await;
-            continue;
-        }
-        let round = barrier.started.fetch_add(1, Ordering::AcqRel) + 1;
-        let request = RangeRequest { key: key.clone(), count_only: true, ..Default::default() };
+    async fn run_round(self: Arc<Self>, pool: Arc<Pool>, round: u64) {
+        let request = RangeRequest { key: self.key.clone(), count_only: true, ..Default::default() };
         let revision = pool
             .call(&Target::Any, RetryPolicy::Read, Timing::Measured, |connection| {
                 let request = tonic::Request::new(request.clone());
@@ -297,8 +290,8 @@ async fn run_barrier(pool: Arc<Pool>, barrier: Arc<Barrier>, key: Vec<u8>) {
             .ok()
             .and_then(|response| response.into_inner().header.map(|h| h.revision));
         crate::metrics::barrier_round();
-        *lock(&barrier.last) = Some((revision.is_some(), Instant::now()));
-        barrier.done.send_replace((round, revision));
+        *lock(&self.last) = Some((revision.is_some(), Instant::now()));
+        self.done.send_replace((round, revision));
     }
 }
 

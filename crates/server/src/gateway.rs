@@ -68,7 +68,7 @@ impl Gateway {
     /// A Range answered from the watch cache, already encoded as etcd's HTTP gateway's JSON;
     /// `None` if the cache does not answer it.
     pub async fn cached_range_json(&self, ctx: &CallContext, request: &RangeRequest) -> Option<bytes::Bytes> {
-        let (json, revision) = self.caches.as_ref()?.range_json(ctx, request).await?;
+        let (json, revision) = self.caches.as_ref()?.range_json(&self.pool, ctx, request).await?;
         ctx.seen.saw(revision);
         crate::metrics::request_done::<()>("Range", &Ok(()));
         Some(json)
@@ -114,7 +114,7 @@ impl Gateway {
     /// The watch cache's answer, for an RPC it may answer (Range) inside a cached prefix.
     async fn answer_from_cache<R: UnaryRpc>(&self, ctx: &CallContext, message: &R::Req) -> Option<R::Resp> {
         let range = R::as_range(message)?;
-        self.caches.as_ref()?.range(ctx, range).await.and_then(R::from_range)
+        self.caches.as_ref()?.range(&self.pool, ctx, range).await.and_then(R::from_range)
     }
 
     /// Forwards a unary RPC. A balanced read answered by a member that has not applied the
