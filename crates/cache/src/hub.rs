@@ -131,6 +131,11 @@ impl Hub {
     pub fn reset(&self, kvs: Vec<KeyValue>, header: ResponseHeader) {
         let revision = header.revision;
         let mut cached = self.write();
+        if cached.as_ref().is_some_and(|c| c.store.revision() > revision) {
+            // The cluster's revisions went back (restored from a snapshot): writes expected
+            // at revisions of the old history will not come.
+            self.expected.store(0, Ordering::Release);
+        }
         let epoch = cached.as_ref().map_or(0, |c| c.epoch + 1);
         *cached = Some(Cached { store: Store::new(kvs, revision), history: History::new(revision, self.limits), header, epoch });
         drop(cached);
@@ -300,5 +305,25 @@ impl Hub {
             bytes: cached.history.bytes(),
             span: cached.history.span(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(revision: i64) -> ResponseHeader {
+        ResponseHeader { revision, ..Default::default() }
+    }
+
+    #[test]
+    fn expected_writes_survive_a_resync_but_not_a_cluster_gone_back() {
+        let hub = Hub::new(KeyRange::prefix(b"/a/"), HistoryLimits::default());
+        hub.reset(Vec::new(), header(10));
+        hub.expect(12);
+        hub.reset(Vec::new(), header(11));
+        assert_eq!(hub.expected(), 12, "a re-read after a compaction: the write's event still comes");
+        hub.reset(Vec::new(), header(3));
+        assert_eq!(hub.expected(), 0, "a restored cluster: revisions of the old history will not come");
     }
 }
