@@ -106,10 +106,7 @@ async fn reads_never_go_behind_what_the_connection_has_seen() {
         }
 
         let metrics = http_get(gateway.addr(), "/metrics");
-        let asked_again: Vec<&str> = metrics
-            .lines()
-            .filter(|l| l.starts_with("etcdgate_reads_behind_total") || l.starts_with("etcdgate_cache_reads_total"))
-            .collect();
+        let asked_again: Vec<&str> = metrics.lines().filter(|l| l.starts_with("etcdgate_reads_behind_total") || l.starts_with("etcdgate_cache_reads_total")).collect();
         eprintln!("{version}: reads asked again because their member was behind, and cache reads: {asked_again:?}");
     }
 }

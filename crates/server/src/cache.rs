@@ -75,7 +75,6 @@ pub struct Caches {
     barrier: Arc<Barrier>,
     /// The last few JSON answers, newest first.
     encoded: Mutex<VecDeque<Encoded>>,
-    /// When a linearizable read last found its hub behind the cluster's revision.
     /// When a hub last failed to reach a revision a read or watch needed in time.
     missed: Mutex<Option<Instant>>,
     max_request_bytes: usize,
