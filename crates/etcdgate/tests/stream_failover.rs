@@ -3,7 +3,8 @@
 //! revisions that never go back, and exactly the events etcd recorded — checked against a
 //! direct watch of the same range from the same revision once the writes are done. A lease
 //! keepalive stream, with its member killed: every keepalive is answered, none fails. An
-//! APISIX-style HTTP/JSON watch, with its member killed: the chunks go on, no error line.
+//! APISIX-style HTTP/JSON watch, with its member killed: the chunks go on, no error line. The
+//! cache's own watch, with its member hung and the probes too slow to see it: it moves.
 
 mod common;
 
@@ -20,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-use common::Etcdgate;
+use common::{metric, Etcdgate};
 
 const PREFIX: &[u8] = b"/wf/";
 const RANGE_END: &[u8] = b"/wf0";
@@ -157,6 +158,62 @@ async fn watch_survives_a_killed_leader() {
 async fn watch_survives_a_hung_member() {
     for version in EtcdVersion::all() {
         survives(version, Fault::Pause).await;
+    }
+}
+
+/// etcd's count of watchers on each member (`etcd_debugging_mvcc_watcher_total`).
+fn etcd_watchers(cluster: &Cluster) -> Vec<u64> {
+    let addrs: Vec<String> = cluster.client_urls().iter().map(|url| url.trim_start_matches("http://").to_string()).collect();
+    addrs.iter().map(|addr| metric(addr, "etcd_debugging_mvcc_watcher_total").unwrap_or(0)).collect()
+}
+
+/// The cache's upstream watch sits on a member that hangs (SIGSTOP), with probes every ten
+/// minutes so that only the feed itself can notice: a write acknowledged through etcdgate
+/// does not arrive, so the feed calls its watch stalled, the member suspect, and moves the
+/// watch. A client watch served from the cache gets the write.
+async fn cached_watch_leaves_a_silent_member(version: EtcdVersion) {
+    let mut cluster = Cluster::start(version, 3).await.unwrap();
+    let leader = cluster.wait_leader(Duration::from_secs(30)).await.unwrap();
+    let args = ["--cache-prefix", "/wf/", "--probe-interval-ms", "600000", "--probe-timeout-ms", "600000"];
+    // Balancing puts the cache's watch on any member; writes must reach the leader, so start
+    // etcdgate until the watch is on a follower.
+    let (gateway, victim) = loop {
+        let gateway = Etcdgate::start_with_args(&cluster.endpoints(), &args);
+        let watchers = loop {
+            let watchers = etcd_watchers(&cluster);
+            if metric(gateway.addr(), "etcdgate_cache_upstream_watches") == Some(1) && watchers.iter().sum::<u64>() == 1 {
+                break watchers;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let member = watchers.iter().position(|&count| count == 1).unwrap();
+        if member != leader {
+            break (gateway, member);
+        }
+    };
+    let (_keep_open, mut watch) = open_watch(gateway.url(), 0).await;
+    let created = watch.next().await.unwrap().unwrap();
+    assert!(created.created);
+    assert_eq!(etcd_watchers(&cluster).iter().sum::<u64>(), 1, "{version}: the client's watch is served from the cache");
+
+    cluster.pause(victim).unwrap();
+    let mut kv = KvClient::connect(gateway.url()).await.unwrap();
+    let put = PutRequest { key: b"/wf/after-pause".to_vec(), value: b"v".to_vec(), ..Default::default() };
+    let revision = kv.put(put).await.unwrap().into_inner().header.unwrap().revision;
+    let (events, _) = collect_events(&mut watch, 1).await;
+    assert_eq!(events, vec![(b"/wf/after-pause".to_vec(), revision, b"v".to_vec())], "{version}");
+    let stalls = metric(gateway.addr(), "etcdgate_cache_feed_stalls_total").unwrap_or(0);
+    let suspect = format!("etcdgate_member_state{{member=\"{}\",state=\"suspect\"}}", cluster.client_url(victim));
+    let victim_suspect = metric(gateway.addr(), &suspect);
+    cluster.resume(victim).unwrap();
+    assert!(stalls >= 1, "{version}: the cache's watch was not found stalled");
+    assert_eq!(victim_suspect, Some(1), "{version}: the stall made the member suspect (not a keep-alive timeout, hung)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_watch_leaves_a_member_that_goes_silent() {
+    for version in EtcdVersion::all() {
+        cached_watch_leaves_a_silent_member(version).await;
     }
 }
 

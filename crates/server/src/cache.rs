@@ -20,7 +20,10 @@
 //!   that it starts after them as it would on etcd.
 //! - The feed: a linearizable Range of the prefix, then one watch from the next revision
 //!   with prev_kv and progress notifications, relayed like a client's watch (it moves to
-//!   another member on failure and resumes where it stopped). Watch progress *requests* are
+//!   another member on failure and resumes where it stopped). A watch that delivers nothing
+//!   for [`STALL`] while its hub lacks a write etcd acknowledged through etcdgate (a member
+//!   hung or cut off from its peers answers the health probes for a while yet) is stalled:
+//!   its member becomes suspect and the watch moves at once. Watch progress *requests* are
 //!   never used to move the hub: etcd 3.4/3.5 may answer them before events of the
 //!   revision they name. If the watch is compacted (the gateway was cut off too long), the
 //!   prefix is read again and the history starts over.
@@ -41,6 +44,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::context::CallContext;
+use crate::resume::Stalled;
 
 /// How long a read of etcd without credentials proves that auth is off (the cache serves
 /// nothing while auth is on: it cannot check permissions).
@@ -56,6 +60,13 @@ const MISSED_BACKOFF: Duration = Duration::from_secs(1);
 const CATCH_UP_WAIT: Duration = Duration::from_millis(100);
 /// Pause before the feed tries again after etcd failed it.
 const FEED_RETRY: Duration = Duration::from_millis(200);
+/// A feed silent this long while its hub lacks an acknowledged write is stalled on its
+/// member (a follower applies a write the leader acknowledged within milliseconds) ...
+const STALL: Duration = Duration::from_millis(300);
+/// ... doubled for every move after which the feed still heard nothing, up to this factor.
+const STALL_MAX_FACTOR: u32 = 16;
+/// How often the feed looks for a stall.
+const STALL_CHECK: Duration = Duration::from_millis(50);
 
 /// What to cache.
 #[derive(Clone, Debug)]
@@ -341,10 +352,32 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>) {
         };
         let (requests, input) = mpsc::channel(1);
         let _ = requests.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
-        match crate::watch::watch(pool.clone(), CallContext::default(), ReceiverStream::new(input).boxed()).await {
+        let stalled = Stalled::default();
+        let input = ReceiverStream::new(input).boxed();
+        match crate::watch::watch_reporting_stalls(pool.clone(), CallContext::default(), input, stalled.clone()).await {
             Ok(mut responses) => {
                 crate::metrics::upstream_watches(1);
-                while let Some(response) = responses.next().await {
+                let mut silence = Silence::new();
+                let mut checks = tokio::time::interval(STALL_CHECK);
+                checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    let response = tokio::select! {
+                        response = responses.next() => response,
+                        _ = checks.tick() => {
+                            if silence.stalled(&hub) {
+                                tracing::warn!(
+                                    revision = hub.revision(),
+                                    expected = hub.expected(),
+                                    "cached prefix's watch went silent without an acknowledged write; moving it"
+                                );
+                                crate::metrics::feed_stalled();
+                                stalled.report();
+                            }
+                            continue;
+                        }
+                    };
+                    let Some(response) = response else { break };
+                    silence.heard();
                     match response {
                         Ok(response) if response.canceled => {
                             if response.compact_revision > 0 {
@@ -375,5 +408,44 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>) {
         }
         drop(requests);
         tokio::time::sleep(FEED_RETRY).await;
+    }
+}
+
+/// How long a feed has been silent while its hub lacked an acknowledged write.
+struct Silence {
+    /// When the feed last heard from etcd (or was last reported stalled).
+    quiet_since: Instant,
+    /// Since when (as the checks saw it) the hub has lacked an acknowledged write.
+    behind_since: Option<Instant>,
+    /// Stalls reported since the feed last heard from etcd.
+    reported: u32,
+}
+
+impl Silence {
+    fn new() -> Silence {
+        Silence { quiet_since: Instant::now(), behind_since: None, reported: 0 }
+    }
+
+    fn heard(&mut self) {
+        self.quiet_since = Instant::now();
+        self.reported = 0;
+    }
+
+    /// Whether the feed has been silent, and the hub behind, long enough to call it stalled
+    /// (see [`STALL`]); counts afresh from a stall it reports.
+    fn stalled(&mut self, hub: &Hub) -> bool {
+        if !hub.revision().is_some_and(|revision| revision < hub.expected()) {
+            self.behind_since = None;
+            return false;
+        }
+        let now = Instant::now();
+        let behind_since = *self.behind_since.get_or_insert(now);
+        let wait = STALL * (1 << self.reported.min(STALL_MAX_FACTOR.ilog2()));
+        if now.duration_since(behind_since.max(self.quiet_since)) < wait {
+            return false;
+        }
+        self.quiet_since = now;
+        self.reported += 1;
+        true
     }
 }

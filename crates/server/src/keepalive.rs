@@ -57,7 +57,7 @@ pub async fn keep_alive(
     input: BoxStream<'static, LeaseKeepAliveRequest>,
 ) -> Result<ResponseStream<LeaseKeepAliveResponse>, Status> {
     let keepalives = KeepAlives { seen: ctx.seen.clone(), ..KeepAlives::default() };
-    resume::relay(pool, ctx, input, keepalives).await
+    resume::relay(pool, ctx, input, keepalives, None).await
 }
 
 #[cfg(test)]

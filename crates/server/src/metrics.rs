@@ -34,6 +34,7 @@ struct ServerMetrics {
     cache_events_out: Counter,
     hub_watchers: Gauge,
     upstream_watches: Gauge,
+    feed_stalls: Counter,
     barrier_rounds: Counter,
     history: Family<PrefixLabels, Gauge>,
 }
@@ -98,6 +99,12 @@ pub fn upstream_watches(delta: i64) {
     metrics().upstream_watches.inc_by(delta);
 }
 
+/// A cached prefix's upstream watch went silent without a write etcd had acknowledged, and
+/// was moved to another member.
+pub fn feed_stalled() {
+    metrics().feed_stalls.inc();
+}
+
 /// A round of the linearizable-read barrier (one read of etcd's revision) finished.
 pub fn barrier_round() {
     metrics().barrier_rounds.inc();
@@ -150,6 +157,11 @@ fn registry() -> &'static Registry {
         registry.register("etcdgate_cache_watchers", "Client watches served from the cache", metrics.hub_watchers.clone());
         registry.register("etcdgate_cache_events_out", "Events sent to clients by watches served from the cache", metrics.cache_events_out.clone());
         registry.register("etcdgate_cache_upstream_watches", "The cache's watches on etcd that are open (one per cached prefix)", metrics.upstream_watches.clone());
+        registry.register(
+            "etcdgate_cache_feed_stalls",
+            "Upstream watches of the cache moved because they went silent without a write etcd had acknowledged",
+            metrics.feed_stalls.clone(),
+        );
         registry.register("etcdgate_cache_barrier_rounds", "Reads of etcd's revision for linearizable cached reads (each serves every read waiting)", metrics.barrier_rounds.clone());
         registry.register("etcdgate_cache_held", "What each cached prefix holds (keys, history events and bytes, history's oldest and newest revision)", metrics.history.clone());
         etcdgate_upstream::metrics::register(&mut registry);

@@ -4,7 +4,9 @@
 //! stream. When that stream fails because of the member — it died, hung (HTTP/2 keepalive
 //! gives up), or lost its leader (upstream streams carry `hasleader`, so etcd ends them) — a
 //! new stream is opened on another member and brought to where the client is by replaying
-//! requests; the client's stream stays open and sees no error. What to track and replay is
+//! requests; the client's stream stays open and sees no error. The stream's owner may also
+//! say that the member went silent with something to deliver ([`Stalled`]): the member is
+//! reported (it becomes suspect) and the stream moved at once. What to track and replay is
 //! each stream's own business ([`Resumable`]); answers etcd gives on purpose (auth, invalid
 //! requests) still end the client's stream as they would on etcd.
 
@@ -15,7 +17,7 @@ use etcdgate_upstream::{classify, Failure, MemberConnection, Pool, RetryPolicy, 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
@@ -34,6 +36,18 @@ const STREAM_BUFFER: usize = 64;
 pub type Outgoing<Req> = ReceiverStream<Req>;
 /// Opening a member's stream: resolves when the member answers the first time.
 pub type Opening<Resp> = BoxFuture<'static, Result<Response<Streaming<Resp>>, Status>>;
+
+/// Lets the owner of a relayed stream say that the member under it went silent while it had
+/// something to deliver; the relay then reports the member and moves the stream.
+#[derive(Clone, Debug, Default)]
+pub struct Stalled(Arc<Notify>);
+
+impl Stalled {
+    /// Moves the stream off its current member (once per call).
+    pub fn report(&self) {
+        self.0.notify_one();
+    }
+}
 
 /// The state one kind of stream keeps to be moved between members.
 pub trait Resumable: Send + 'static {
@@ -116,19 +130,21 @@ fn member_failed(status: &Status) -> bool {
     classify(status) != Failure::Answer
 }
 
-/// Serves one client stream with `state`; see the module doc.
+/// Serves one client stream with `state`; see the module doc. `stalled`, if given, moves the
+/// stream when its owner reports a stall.
 pub async fn relay<S: Resumable>(
     pool: Arc<Pool>,
     ctx: CallContext,
     mut input: BoxStream<'static, S::Req>,
     mut state: S,
+    stalled: Option<Stalled>,
 ) -> Result<ResponseStream<S::Resp>, Status> {
     // As etcd's gateway, answer nothing before the client asked something.
     let first: Vec<S::Req> = input.next().await.map(|request| state.outgoing(request)).into_iter().collect();
     let input_over = first.is_empty();
     let upstream = open::<S>(&pool, &ctx, first, input_over).await?;
     let (client, responses) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(run(pool, ctx, input, upstream, state, client, input_over));
+    tokio::spawn(run(pool, ctx, input, upstream, state, client, input_over, stalled));
     Ok(Box::pin(ReceiverStream::new(responses)))
 }
 
@@ -140,6 +156,7 @@ async fn run<S: Resumable>(
     mut state: S,
     client: mpsc::Sender<Result<S::Resp, Status>>,
     mut input_over: bool,
+    stalled: Option<Stalled>,
 ) {
     // `None` after a member failed with nothing to replay: the next member's stream is opened
     // with the client's next request (etcd answers nothing before a request, so opening an
@@ -151,6 +168,18 @@ async fn run<S: Resumable>(
             match &member {
                 Some(member) => member.left_rotation().await,
                 None => std::future::pending().await,
+            }
+        };
+        let has_upstream = upstream.is_some();
+        let stall = async {
+            match (&stalled, has_upstream) {
+                (Some(stalled), true) => {
+                    stalled.0.notified().await;
+                    if let Some(member) = &member {
+                        member.report_stalled(format!("a {} stream on it went silent with something to deliver", S::NAME));
+                    }
+                }
+                _ => std::future::pending().await,
             }
         };
         let answer = async {
@@ -192,6 +221,7 @@ async fn run<S: Resumable>(
                 tokio::select! {
                     answer = answer => answer,
                     _ = left_rotation => Some(Err(Status::unavailable("etcdgate: member left rotation"))),
+                    _ = stall => Some(Err(Status::unavailable("etcdgate: stream stalled on its member"))),
                 }
             } => match answer {
                 Some(Ok(response)) => {

@@ -23,7 +23,7 @@ use tonic::{Request, Status};
 
 use crate::context::{CallContext, SeenRevision};
 use crate::gateway::ResponseStream;
-use crate::resume::{self, Opening, Outgoing, Resumable};
+use crate::resume::{self, Opening, Outgoing, Resumable, Stalled};
 
 /// One watch the client has on its stream.
 #[derive(Debug, Clone)]
@@ -128,8 +128,28 @@ pub async fn watch(
     ctx: CallContext,
     input: BoxStream<'static, WatchRequest>,
 ) -> Result<ResponseStream<WatchResponse>, Status> {
+    relay(pool, ctx, input, None).await
+}
+
+/// [`watch`], for an owner that can tell when the stream stalls (the cache's feed knows
+/// which revisions must come): a report on `stalled` moves it to another member at once.
+pub async fn watch_reporting_stalls(
+    pool: Arc<Pool>,
+    ctx: CallContext,
+    input: BoxStream<'static, WatchRequest>,
+    stalled: Stalled,
+) -> Result<ResponseStream<WatchResponse>, Status> {
+    relay(pool, ctx, input, Some(stalled)).await
+}
+
+async fn relay(
+    pool: Arc<Pool>,
+    ctx: CallContext,
+    input: BoxStream<'static, WatchRequest>,
+    stalled: Option<Stalled>,
+) -> Result<ResponseStream<WatchResponse>, Status> {
     let watches = Watches { seen: ctx.seen.clone(), ..Watches::default() };
-    resume::relay(pool, ctx, input, watches).await
+    resume::relay(pool, ctx, input, watches, stalled).await
 }
 
 #[cfg(test)]

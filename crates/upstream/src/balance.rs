@@ -80,7 +80,6 @@ impl Load {
     }
 
     /// The latency estimate, `None` before the first sample.
-    #[cfg(test)]
     pub(crate) fn estimate(&self) -> Option<Duration> {
         unpack(self.estimate.load(Ordering::Relaxed)).0.map(|us| Duration::from_secs_f64(f64::from(us) / 1e6))
     }

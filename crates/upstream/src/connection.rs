@@ -132,6 +132,15 @@ impl MemberConnection {
         self.inner.member.as_ref().map(|member| member.state())
     }
 
+    /// Reports that a stream on this connection went silent while it had something to
+    /// deliver: the member becomes suspect (a fallback only, re-probed at once) unless it is
+    /// worse already. Does nothing for a connection made outside a pool.
+    pub fn report_stalled(&self, evidence: String) {
+        if let Some(member) = &self.inner.member {
+            member.stream_stalled(evidence);
+        }
+    }
+
     /// Resolves once the member this connection goes to is out of rotation for more than
     /// suspicion (hung, down, leaderless, lagging, learner, removed; see
     /// [`State::keeps_open_calls`]) — at once if it already is. Never resolves for a

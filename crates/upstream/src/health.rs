@@ -358,6 +358,16 @@ impl MemberHealth {
         }
     }
 
+    /// A stream on the member went silent while it had something to deliver (a cached
+    /// prefix's watch behind a write etcd acknowledged elsewhere): soft evidence, as a call
+    /// cut after it was sent — a healthy member becomes suspect (re-probed at once).
+    pub fn stream_stalled(&mut self, evidence: String) -> Option<Transition> {
+        match self.state {
+            State::Healthy | State::Suspect => self.set(State::Suspect, evidence),
+            _ => None,
+        }
+    }
+
     /// The member list names the member (as learner or voter).
     pub fn listed(&mut self, is_learner: bool) -> Option<Transition> {
         match (self.state, is_learner) {

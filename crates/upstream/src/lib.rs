@@ -18,6 +18,7 @@
 
 mod balance;
 mod connection;
+mod hedge;
 pub mod health;
 pub mod metrics;
 mod pool;

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the member pool: each member's state, its state changes, the client
-//! calls sent to it and the requests that failed over from it. One set per process, shared by every worker's pool;
-//! the server exposes them on `/metrics`.
+//! calls sent to it, the requests that failed over from it and the reads hedged against it.
+//! One set per process, shared by every worker's pool; the server exposes them on `/metrics`.
 
 use std::sync::OnceLock;
 
@@ -29,6 +29,7 @@ struct PoolMetrics {
     state_changes: Family<MemberState, Counter>,
     requests: Family<MemberLabel, Counter>,
     failovers: Family<MemberLabel, Counter>,
+    hedges: Family<MemberLabel, Counter>,
 }
 
 fn metrics() -> &'static PoolMetrics {
@@ -56,6 +57,11 @@ pub(crate) fn failed_over(member: &str) {
     metrics().failovers.get_or_create(&MemberLabel { member: member.to_string() }).inc();
 }
 
+/// A read slow on `member` was sent to another member as well.
+pub(crate) fn hedged(member: &str) {
+    metrics().hedges.get_or_create(&MemberLabel { member: member.to_string() }).inc();
+}
+
 /// Adds the pool's metrics to `registry`.
 pub fn register(registry: &mut Registry) {
     let metrics = metrics();
@@ -74,5 +80,10 @@ pub fn register(registry: &mut Registry) {
         "etcdgate_failovers",
         "Requests that failed on a member and were sent to another",
         metrics.failovers.clone(),
+    );
+    registry.register(
+        "etcdgate_hedged_reads",
+        "Reads a member was slow to answer, sent to a second member as well (by the slow member)",
+        metrics.hedges.clone(),
     );
 }

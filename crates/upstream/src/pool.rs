@@ -17,7 +17,8 @@
 //! the member stops keeping open calls (a probe found it hung, leaderless, ...; not merely
 //! suspect) is abandoned and failed over. A write is never abandoned: it may have reached the
 //! member, so it waits for its answer. After etcd's `too many requests` the next member is
-//! tried after a short pause (see [`crate::retry`]).
+//! tried after a short pause (see [`crate::retry`]). A read its member is slow to answer is
+//! also sent to the next healthy member, and the first answer wins (see [`crate::hedge`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -33,6 +34,7 @@ use tonic::Status;
 
 use crate::balance::{p2c_order, Load, Timing};
 use crate::connection::{ConnectOptions, MemberConnection};
+use crate::hedge;
 use crate::health::{
     plan_sync, Known, Limits, Listed, MemberHealth, ProbeFailure, Reference, State, StatusReport, SyncAction, Transition,
 };
@@ -217,6 +219,13 @@ impl Entry {
     /// Passive signal: a client call failed this way.
     fn call_failed(&self, failure: Failure, message: &str) {
         if self.update(|h| h.call_failed(failure, message)).is_some() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Passive signal: a stream on the member stalled (see [`MemberHealth::stream_stalled`]).
+    pub(crate) fn stream_stalled(&self, evidence: String) {
+        if self.update(|h| h.stream_stalled(evidence)).is_some() {
             self.wake.notify_one();
         }
     }
@@ -433,18 +442,14 @@ impl Member {
         until_left(&self.left, || self.state()).await
     }
 
-    /// Runs `call` on this member; a read still open when the member stops keeping open calls
-    /// is abandoned (the `bool` of the error then says so). A measured call counts as open on
-    /// the member while it runs, and its latency is a sample once the member answers (etcd's
-    /// own errors included; failures and abandoned calls are not answers).
-    async fn run<T, F, Fut>(&self, policy: RetryPolicy, timing: Timing, call: &mut F) -> Result<T, (Status, bool)>
-    where
-        F: FnMut(MemberConnection) -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
-    {
+    /// Runs `future`, a call made on this member's connection; a read still open when the
+    /// member stops keeping open calls is abandoned (the `bool` of the error then says so). A
+    /// measured call counts as open on the member while it runs, and its latency is a sample
+    /// once the member answers (etcd's own errors included; failures and abandoned calls are
+    /// not answers).
+    async fn run<T>(&self, policy: RetryPolicy, timing: Timing, future: impl Future<Output = Result<T, Status>>) -> Attempt<T> {
         self.entry.requests.inc();
         let in_flight = (timing == Timing::Measured).then(|| self.entry.load.start());
-        let future = call(self.connection.clone());
         let result = if policy != RetryPolicy::Read || !self.state().keeps_open_calls() {
             future.await.map_err(|status| (status, false))
         } else {
@@ -457,14 +462,24 @@ impl Member {
                 )),
             }
         };
-        let answered = match &result {
-            Ok(_) => true,
-            Err((status, abandoned)) => !abandoned && classify(status) == Failure::Answer,
-        };
-        if let (Some(in_flight), true) = (in_flight, answered) {
+        if let (Some(in_flight), true) = (in_flight, settles(&result)) {
             in_flight.answered();
         }
         result
+    }
+}
+
+/// A call's outcome on one member: an error carries whether the call was abandoned because
+/// the member left rotation.
+type Attempt<T> = Result<T, (Status, bool)>;
+
+/// Whether an attempt settles the call: a success, or an error etcd gave on purpose (an
+/// answer of the member's; any other failure leaves the call to another member, if its
+/// policy allows).
+fn settles<T>(attempt: &Attempt<T>) -> bool {
+    match attempt {
+        Ok(_) => true,
+        Err((status, abandoned)) => !abandoned && classify(status) == Failure::Answer,
     }
 }
 
@@ -492,6 +507,7 @@ struct Local {
 pub struct Pool {
     shared: Arc<Shared>,
     local: RwLock<Local>,
+    hedges: hedge::Budget,
 }
 
 /// Accepts `host:port` as well as `http://host:port`.
@@ -542,7 +558,7 @@ impl Pool {
     }
 
     fn with_shared(shared: Arc<Shared>) -> Pool {
-        Pool { shared, local: RwLock::new(Local { version: 0, members: Arc::new([]) }) }
+        Pool { shared, local: RwLock::new(Local { version: 0, members: Arc::new([]) }), hedges: hedge::Budget::default() }
     }
 
     /// A pool of the same family with its own connections (one pool per worker thread): it
@@ -689,6 +705,10 @@ impl Pool {
         Fut: Future<Output = Result<T, Status>>,
     {
         let give_up_at = Instant::now() + self.options().retry_budget;
+        let hedged = policy == RetryPolicy::Read && timing == Timing::Measured && *target == Target::Any;
+        if hedged {
+            self.hedges.deposit();
+        }
         let mut last_error = None;
         let mut overload = OverloadBackoff::default();
         let mut round_pause = FIRST_ROUND_PAUSE;
@@ -705,7 +725,8 @@ impl Pool {
             match members {
                 Ok(members) => {
                     let mut pause = None;
-                    for member in &members {
+                    let mut next = 0;
+                    while next < members.len() {
                         if last_error.is_some() && Instant::now() + pause.unwrap_or_default() >= give_up_at {
                             tracing::debug!(budget = ?self.options().retry_budget, "retry budget spent");
                             break;
@@ -713,28 +734,41 @@ impl Pool {
                         if let Some(pause) = pause.take() {
                             tokio::time::sleep(pause).await;
                         }
-                        match member.run(policy, timing, &mut call).await {
-                            Ok(value) => {
-                                member.entry.call_succeeded();
-                                if *target == Target::Leader {
-                                    // Leader-routed calls are membership changes (and move-leader).
-                                    self.resync_members();
-                                }
-                                return Ok(value);
+                        let partner = members.get(next + 1).filter(|m| hedged && m.state().in_rotation());
+                        let (attempts, tried) = match partner {
+                            Some(partner) => self.hedged(&members[next], partner, timing, give_up_at, &mut call).await,
+                            None => {
+                                let member = &members[next];
+                                (vec![(false, member.run(policy, timing, call(member.connection())).await)], 1)
                             }
-                            Err((status, abandoned)) => {
-                                let failure = if abandoned { Failure::Transport } else { classify(&status) };
-                                if !abandoned && failure.member_unhealthy() {
-                                    member.entry.call_failed(failure, status.message());
+                        };
+                        let first = next;
+                        next += tried;
+                        for (by_partner, attempt) in attempts {
+                            let member = &members[first + usize::from(by_partner)];
+                            match attempt {
+                                Ok(value) => {
+                                    member.entry.call_succeeded();
+                                    if *target == Target::Leader {
+                                        // Leader-routed calls are membership changes (and move-leader).
+                                        self.resync_members();
+                                    }
+                                    return Ok(value);
                                 }
-                                if !failure.may_retry(policy) {
-                                    return Err(status);
+                                Err((status, abandoned)) => {
+                                    let failure = if abandoned { Failure::Transport } else { classify(&status) };
+                                    if !abandoned && failure.member_unhealthy() {
+                                        member.entry.call_failed(failure, status.message());
+                                    }
+                                    if !failure.may_retry(policy) {
+                                        return Err(status);
+                                    }
+                                    tracing::debug!(member = %member.url(), error = %status.message(), "failing over");
+                                    crate::metrics::failed_over(member.url());
+                                    pause = overload.pause_after(&status);
+                                    overloaded |= is_overload(&status);
+                                    last_error = Some(status);
                                 }
-                                tracing::debug!(member = %member.url(), error = %status.message(), "failing over");
-                                crate::metrics::failed_over(member.url());
-                                pause = overload.pause_after(&status);
-                                overloaded |= is_overload(&status);
-                                last_error = Some(status);
                             }
                         }
                     }
@@ -752,6 +786,53 @@ impl Pool {
             round_pause = (round_pause * 2).min(MAX_ROUND_PAUSE);
         }
         Err(last_error.unwrap_or_else(|| Status::unavailable("etcdgate: no etcd member available")))
+    }
+
+    /// Runs a read on `first`; if `first` has not answered within the hedge delay and both
+    /// budgets allow (hedges, and the retry budget ending at `give_up_at`), on `partner` as
+    /// well (see [`crate::hedge`]). Returns the attempts that
+    /// finished, in order, each marked whether it was the partner's, and how many members
+    /// were tried: an attempt that settles the call ends the race (the other call is
+    /// dropped); one that fails waits for the other.
+    async fn hedged<T, F, Fut>(
+        &self,
+        first: &Member,
+        partner: &Member,
+        timing: Timing,
+        give_up_at: Instant,
+        call: &mut F,
+    ) -> (Vec<(bool, Attempt<T>)>, usize)
+    where
+        F: FnMut(MemberConnection) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let started = Instant::now();
+        let first_run = first.run(RetryPolicy::Read, timing, call(first.connection()));
+        tokio::pin!(first_run);
+        tokio::select! {
+            biased;
+            attempt = &mut first_run => return (vec![(false, attempt)], 1),
+            () = tokio::time::sleep(hedge::delay(first.entry.load.estimate())) => {}
+        }
+        if Instant::now() >= give_up_at || !self.hedges.withdraw() {
+            return (vec![(false, first_run.await)], 1);
+        }
+        crate::metrics::hedged(first.url());
+        let partner_run = partner.run(RetryPolicy::Read, timing, call(partner.connection()));
+        tokio::pin!(partner_run);
+        let (by_partner, attempt) = tokio::select! {
+            attempt = &mut first_run => (false, attempt),
+            attempt = &mut partner_run => (true, attempt),
+        };
+        if settles(&attempt) {
+            if by_partner {
+                // The dropped call gives no sample; it took at least this long.
+                first.entry.load.observe(started.elapsed());
+            }
+            return (vec![(by_partner, attempt)], 2);
+        }
+        let other = if by_partner { first_run.await } else { partner_run.await };
+        (vec![(by_partner, attempt), (!by_partner, other)], 2)
     }
 
     /// Asks the members that `ask` picks for their status now (within a probe deadline).
@@ -1049,6 +1130,43 @@ mod tests {
         assert_eq!(read.await.unwrap().unwrap(), "from 2", "the read moved to member 2");
         tokio::task::yield_now().await;
         assert!(!write.is_finished(), "a write that may have reached member 1 is not sent twice");
+        write.abort();
+    }
+
+    #[tokio::test]
+    async fn a_read_its_member_leaves_unanswered_is_hedged_and_a_write_is_not() {
+        let pool = Arc::new(pool(2));
+        make_healthy(&pool, 1);
+        make_healthy(&pool, 2);
+        // Member 2 looks slower, so that member 1 is tried first.
+        answers_in(&pool, 2, Duration::from_millis(5));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let hang_on_1 = |calls: Arc<Mutex<Vec<String>>>| {
+            move |connection: MemberConnection| {
+                lock(&calls).push(connection.url());
+                async move {
+                    if connection.url() == "http://127.0.0.1:1" {
+                        std::future::pending::<Result<&'static str, Status>>().await
+                    } else {
+                        Ok("from 2")
+                    }
+                }
+            }
+        };
+        let read = pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, hang_on_1(calls.clone())).await;
+        assert_eq!(read.unwrap(), "from 2");
+        assert_eq!(*lock(&calls), ["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        assert_eq!(entry(&pool, 1).state(), State::Healthy, "a slow answer is not evidence against the member");
+        assert!(entry(&pool, 1).load.estimate().unwrap() >= hedge::delay(None), "the dropped call counts as slow");
+
+        lock(&calls).clear();
+        let write = tokio::spawn({
+            let (pool, calls) = (pool.clone(), calls.clone());
+            async move { pool.call(&Target::Any, RetryPolicy::Write, Timing::Measured, hang_on_1(calls)).await }
+        });
+        tokio::time::sleep(hedge::delay(None) * 4).await;
+        assert!(!write.is_finished(), "a write that may have reached member 1 is not sent twice");
+        assert_eq!(*lock(&calls), ["http://127.0.0.1:1"]);
         write.abort();
     }
 
