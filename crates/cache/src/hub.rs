@@ -222,6 +222,16 @@ impl Hub {
         self.expected.fetch_max(revision, Ordering::AcqRel);
     }
 
+    /// Notes that etcd acknowledged revoking `lease` at `revision`, which deleted the keys
+    /// attached to it: expected here if this hub holds one of them, or may be about to (it
+    /// lacks a write it expects, which may attach one).
+    pub fn expect_lease_revoked(&self, lease: i64, revision: i64) {
+        let attached = self.read().as_ref().is_some_and(|c| c.store.holds_lease(lease) || c.store.revision() < self.expected());
+        if attached {
+            self.expect(revision);
+        }
+    }
+
     /// The highest revision [`Hub::expect`] was told of (0: none).
     pub fn expected(&self) -> i64 {
         self.expected.load(Ordering::Acquire)
@@ -325,5 +335,18 @@ mod tests {
         assert_eq!(hub.expected(), 12, "a re-read after a compaction: the write's event still comes");
         hub.reset(Vec::new(), header(3));
         assert_eq!(hub.expected(), 0, "a restored cluster: revisions of the old history will not come");
+    }
+
+    #[test]
+    fn a_revoked_lease_is_expected_where_its_keys_are() {
+        let hub = Hub::new(KeyRange::prefix(b"/a/"), HistoryLimits::default());
+        let leased = KeyValue { key: b"/a/x".to_vec(), lease: 7, mod_revision: 5, ..Default::default() };
+        hub.reset(vec![leased], header(5));
+        hub.expect_lease_revoked(8, 6);
+        assert_eq!(hub.expected(), 0, "no key of lease 8 here");
+        hub.expect_lease_revoked(7, 6);
+        assert_eq!(hub.expected(), 6);
+        hub.expect_lease_revoked(8, 7);
+        assert_eq!(hub.expected(), 7, "behind an expected write, which may have attached a key to lease 8");
     }
 }

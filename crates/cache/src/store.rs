@@ -52,6 +52,11 @@ impl Store {
         self.revision = self.revision.max(revision);
     }
 
+    /// Whether some key is attached to `lease`.
+    pub fn holds_lease(&self, lease: i64) -> bool {
+        self.kvs.values().any(|kv| kv.lease == lease)
+    }
+
     /// The value of `key`, if it exists.
     pub fn get(&self, key: &[u8]) -> Option<&KeyValue> {
         self.kvs.get(key)

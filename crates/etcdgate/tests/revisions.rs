@@ -131,6 +131,28 @@ async fn cached_reads_and_watches_see_writes_made_on_other_connections() {
     }
 }
 
+/// A lease revoked through etcdgate deletes its keys: a serializable read right after, on
+/// another connection, no longer finds them (the cache waits for the deletes as for any
+/// write it acknowledged).
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_reads_do_not_see_keys_of_a_lease_revoked_on_another_connection() {
+    use base64::Engine;
+    for version in EtcdVersion::all() {
+        let cluster = Cluster::start(version, 3).await.unwrap();
+        let gateway = Etcdgate::start(&cluster.endpoints());
+        for i in 0..ROUNDS {
+            let key = base64::engine::general_purpose::STANDARD.encode(format!("/apisix/leased/{i}"));
+            let lease = post_alone(gateway.addr(), "/v3/lease/grant", r#"{"TTL":"60"}"#)["ID"].as_str().unwrap().to_string();
+            post_alone(gateway.addr(), "/v3/kv/put", &format!(r#"{{"key":"{key}","value":"dg==","lease":"{lease}"}}"#));
+            let leased = post_alone(gateway.addr(), "/v3/kv/range", &format!(r#"{{"key":"{key}","serializable":true}}"#));
+            assert_eq!(leased["count"], "1", "{version} round {i}: {leased}");
+            let revoked = post_alone(gateway.addr(), "/v3/lease/revoke", &format!(r#"{{"ID":"{lease}"}}"#));
+            let read = post_alone(gateway.addr(), "/v3/kv/range", &format!(r#"{{"key":"{key}","serializable":true}}"#));
+            assert!(read.get("kvs").is_none(), "{version} round {i}: a read after the revoke {revoked} still finds the key: {read}");
+        }
+    }
+}
+
 /// Linearizable cached reads from many clients at once, each after a put made straight to
 /// etcd (so only the barrier read of etcd's revision can tell etcdgate about it): every read
 /// sees its put.

@@ -6,9 +6,10 @@
 //!   forwarded.
 //! - A Range wholly inside a cached prefix, at the current revision, is answered from the
 //!   hub: a serializable one once the hub has reached what the client's connection has seen
-//!   and every write into the prefix acknowledged through etcdgate (read-your-writes, also
-//!   across connections: an HTTP/1.1 client such as APISIX's Admin API may write on one and
-//!   read on another), a linearizable one once the hub has reached the cluster's revision
+//!   and every write into the prefix acknowledged through etcdgate (puts, deletes, txns,
+//!   and lease revokes that delete keys it holds; read-your-writes, also across
+//!   connections: an HTTP/1.1 client such as APISIX's Admin API may write on one and read
+//!   on another), a linearizable one once the hub has reached the cluster's revision
 //!   as a linearizable read of one key on a member tells it (one such read serves every
 //!   request that arrived before it was sent). A hub that does not get there within
 //!   [`CATCH_UP_WAIT`] (writes outside the prefix move the cluster's revision without
@@ -180,6 +181,14 @@ impl Caches {
             for hub in self.hubs.iter().filter(|hub| hub.keys().covers(keys)) {
                 hub.expect(revision);
             }
+        }
+    }
+
+    /// Notes that etcd acknowledged revoking `lease` at `revision`: hubs holding keys
+    /// attached to it expect their deletes (see [`Caches::expect`]).
+    pub fn expect_lease_revoked(&self, lease: i64, revision: i64) {
+        for hub in &self.hubs {
+            hub.expect_lease_revoked(lease, revision);
         }
     }
 

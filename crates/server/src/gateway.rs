@@ -105,6 +105,9 @@ impl Gateway {
             ctx.seen.saw(revision);
             if let Some(caches) = &self.caches {
                 caches.expect(&R::written(&message, response), revision);
+                if let Some(lease) = R::revoked_lease(&message) {
+                    caches.expect_lease_revoked(lease, revision);
+                }
             }
         }
         crate::metrics::request_done(R::NAME, &result);

@@ -49,6 +49,11 @@ pub trait UnaryRpc: Send + Sync + 'static {
     fn written(_request: &Self::Req, _response: &Self::Resp) -> Vec<KeyRange> {
         Vec::new()
     }
+    /// The lease a successful call revoked (deleting the keys attached to it at its
+    /// answer's revision), for LeaseRevoke.
+    fn revoked_lease(_request: &Self::Req) -> Option<i64> {
+        None
+    }
     /// The request as a Range, for RPCs the watch cache may answer.
     fn as_range(_request: &Self::Req) -> Option<&RangeRequest> {
         None
@@ -68,6 +73,10 @@ fn linearizable_range(request: &RangeRequest) -> Option<RangeRequest> {
 
 fn put_written(request: &PutRequest, _response: &PutResponse) -> Vec<KeyRange> {
     vec![KeyRange::new(&request.key, b"")]
+}
+
+fn lease_revoked(request: &LeaseRevokeRequest) -> Option<i64> {
+    Some(request.id)
 }
 
 /// A DeleteRange writes events only if it deleted something.
@@ -113,7 +122,7 @@ macro_rules! cached_range {
 macro_rules! unary_rpcs {
     (@timing) => { Timing::Measured };
     (@timing $timing:ident) => { Timing::$timing };
-    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, current: $current:path)? $(, wrote: $wrote:path)? $(, cache: $cached:ident)? $(, timing: $timing:ident)?;)*) => {$(
+    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, current: $current:path)? $(, wrote: $wrote:path)? $(, revokes: $revokes:path)? $(, cache: $cached:ident)? $(, timing: $timing:ident)?;)*) => {$(
         #[doc = concat!("`", stringify!($name), "`")]
         pub struct $name;
         impl UnaryRpc for $name {
@@ -132,6 +141,9 @@ macro_rules! unary_rpcs {
             $(fn written(request: &$req, response: &$resp) -> Vec<KeyRange> {
                 $wrote(request, response)
             })?
+            $(fn revoked_lease(request: &$req) -> Option<i64> {
+                $revokes(request)
+            })?
             $(cached_range!($cached);)?
             fn call(connection: MemberConnection, request: Request<$req>) -> BoxFuture<'static, Result<Response<$resp>, tonic::Status>> {
                 Box::pin(async move { $client::new(connection).max_decoding_message_size(usize::MAX).$method(request).await })
@@ -148,7 +160,7 @@ unary_rpcs! {
     Compact: KvClient.compact(CompactionRequest) -> CompactionResponse, Write, Balanced;
 
     LeaseGrant: LeaseClient.lease_grant(LeaseGrantRequest) -> LeaseGrantResponse, Write, Balanced;
-    LeaseRevoke: LeaseClient.lease_revoke(LeaseRevokeRequest) -> LeaseRevokeResponse, Write, Balanced;
+    LeaseRevoke: LeaseClient.lease_revoke(LeaseRevokeRequest) -> LeaseRevokeResponse, Write, Balanced, revokes: lease_revoked;
     LeaseTimeToLive: LeaseClient.lease_time_to_live(LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse, Read, Balanced;
     LeaseLeases: LeaseClient.lease_leases(LeaseLeasesRequest) -> LeaseLeasesResponse, Read, Balanced;
 
