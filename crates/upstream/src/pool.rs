@@ -739,12 +739,12 @@ impl Pool {
                             Some(partner) => self.hedged(&members[next], partner, timing, give_up_at, &mut call).await,
                             None => {
                                 let member = &members[next];
-                                (vec![(false, member.run(policy, timing, call(member.connection())).await)], 1)
+                                ([Some((false, member.run(policy, timing, call(member.connection())).await)), None], 1)
                             }
                         };
                         let first = next;
                         next += tried;
-                        for (by_partner, attempt) in attempts {
+                        for (by_partner, attempt) in attempts.into_iter().flatten() {
                             let member = &members[first + usize::from(by_partner)];
                             match attempt {
                                 Ok(value) => {
@@ -801,7 +801,7 @@ impl Pool {
         timing: Timing,
         give_up_at: Instant,
         call: &mut F,
-    ) -> (Vec<(bool, Attempt<T>)>, usize)
+    ) -> ([Option<(bool, Attempt<T>)>; 2], usize)
     where
         F: FnMut(MemberConnection) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -811,11 +811,11 @@ impl Pool {
         tokio::pin!(first_run);
         tokio::select! {
             biased;
-            attempt = &mut first_run => return (vec![(false, attempt)], 1),
+            attempt = &mut first_run => return ([Some((false, attempt)), None], 1),
             () = tokio::time::sleep(hedge::delay(first.entry.load.estimate())) => {}
         }
         if Instant::now() >= give_up_at || !self.hedges.withdraw() {
-            return (vec![(false, first_run.await)], 1);
+            return ([Some((false, first_run.await)), None], 1);
         }
         crate::metrics::hedged(first.url());
         let partner_run = partner.run(RetryPolicy::Read, timing, call(partner.connection()));
@@ -829,10 +829,10 @@ impl Pool {
                 // The dropped call gives no sample; it took at least this long.
                 first.entry.load.observe(started.elapsed());
             }
-            return (vec![(by_partner, attempt)], 2);
+            return ([Some((by_partner, attempt)), None], 2);
         }
         let other = if by_partner { first_run.await } else { partner_run.await };
-        (vec![(by_partner, attempt), (!by_partner, other)], 2)
+        ([Some((by_partner, attempt)), Some((!by_partner, other))], 2)
     }
 
     /// Asks the members that `ask` picks for their status now (within a probe deadline).
