@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ struct Cached {
     history: History,
     /// The last header etcd sent the feed (cluster and member ids, raft term).
     header: ResponseHeader,
-    /// Bumped by every reset: a watcher that saw another epoch must re-check its position.
+    /// Bumped by every reset.
     epoch: u64,
 }
 
@@ -106,11 +106,22 @@ pub struct Hub {
     /// The highest revision known to carry an event of these keys (a write into them that
     /// etcd acknowledged): the store reaches it once the upstream watch delivers that event.
     expected: AtomicI64,
+    /// The epoch of the last reset that found etcd's revision below the store's (0: none):
+    /// the cluster was restored from a snapshot or rebuilt, and what watchers of earlier
+    /// epochs were sent belongs to a history that is gone.
+    went_back: AtomicU64,
 }
 
 impl Hub {
     pub fn new(keys: KeyRange, limits: HistoryLimits) -> Hub {
-        Hub { keys, limits, cached: RwLock::new(None), revision: watch::Sender::new(0), expected: AtomicI64::new(0) }
+        Hub {
+            keys,
+            limits,
+            cached: RwLock::new(None),
+            revision: watch::Sender::new(0),
+            expected: AtomicI64::new(0),
+            went_back: AtomicU64::new(0),
+        }
     }
 
     /// The keys this hub holds.
@@ -127,16 +138,18 @@ impl Hub {
     }
 
     /// Loads the prefix as a Range read it (at `header.revision`), replacing what was held:
-    /// the history starts again from there, so watchers positioned before it are canceled.
+    /// the history starts again from there, so watchers positioned before it are canceled —
+    /// and, if the cluster's revision went back (restored from a snapshot, rebuilt), every
+    /// watcher created before.
     pub fn reset(&self, kvs: Vec<KeyValue>, header: ResponseHeader) {
         let revision = header.revision;
         let mut cached = self.write();
-        if cached.as_ref().is_some_and(|c| c.store.revision() > revision) {
-            // The cluster's revisions went back (restored from a snapshot): writes expected
-            // at revisions of the old history will not come.
-            self.expected.store(0, Ordering::Release);
-        }
         let epoch = cached.as_ref().map_or(0, |c| c.epoch + 1);
+        if cached.as_ref().is_some_and(|c| c.store.revision() > revision) {
+            // Writes expected at revisions of the old history will not come.
+            self.expected.store(0, Ordering::Release);
+            self.went_back.store(epoch, Ordering::Release);
+        }
         *cached = Some(Cached { store: Store::new(kvs, revision), history: History::new(revision, self.limits), header, epoch });
         drop(cached);
         self.revision.send_replace(revision);
@@ -180,6 +193,16 @@ impl Hub {
         let revision = cached.store.revision();
         drop(guard);
         self.revision.send_replace(revision);
+    }
+
+    /// Bumped by every [`Hub::reset`] (0 before the first).
+    pub fn epoch(&self) -> u64 {
+        self.read().as_ref().map_or(0, |c| c.epoch)
+    }
+
+    /// Whether the cluster's revision went back (see [`Hub::reset`]) after epoch `epoch`.
+    pub fn went_back_since(&self, epoch: u64) -> bool {
+        self.went_back.load(Ordering::Acquire) > epoch
     }
 
     /// The store's revision; `None` until the prefix is loaded.
@@ -335,6 +358,24 @@ mod tests {
         assert_eq!(hub.expected(), 12, "a re-read after a compaction: the write's event still comes");
         hub.reset(Vec::new(), header(3));
         assert_eq!(hub.expected(), 0, "a restored cluster: revisions of the old history will not come");
+    }
+
+    #[tokio::test]
+    async fn watchers_made_before_the_cluster_went_back_are_canceled() {
+        use crate::watcher::Watcher;
+        use etcdgate_proto::etcdserverpb::WatchCreateRequest;
+        let hub = Arc::new(Hub::new(KeyRange::prefix(b"/a/"), HistoryLimits::default()));
+        hub.reset(Vec::new(), header(20));
+        hub.reset(Vec::new(), header(25));
+        assert!(!hub.went_back_since(0), "a re-read at a later revision is not a cluster gone back");
+        let create = WatchCreateRequest { key: b"/a/".to_vec(), range_end: b"/a0".to_vec(), ..Default::default() };
+        let (mut before, _) = Watcher::create(&hub, 1, &create, 1 << 20).unwrap();
+        hub.reset(Vec::new(), header(4));
+        let (mut after, _) = Watcher::create(&hub, 2, &create, 1 << 20).unwrap();
+        let canceled = before.next().await.into_message();
+        assert!(canceled.canceled && canceled.compact_revision == 5, "{canceled:?}");
+        let waiting = tokio::time::timeout(Duration::from_millis(50), after.next()).await;
+        assert!(waiting.is_err(), "a watch made after the reset follows the new history");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! One client watch served by a [`Hub`]: a position in the hub's history (the next revision
 //! the client has not been sent), read forward at the client's own pace. Nothing is buffered
 //! per watcher; one that falls behind the history's start is canceled with etcd's
-//! `compact_revision`. Responses look like etcd's: one per revision when live, catch-ups
+//! `compact_revision`, as is every one created before the cluster's revision went back (a
+//! restore from a snapshot: what it was sent belongs to a history that is gone). Responses look like etcd's: one per revision when live, catch-ups
 //! grouped, filters and prev_kv applied, progress notifications every ten minutes (etcd's
 //! default) when asked for, and — for a watch created with `fragment` — a response larger
 //! than the request size limit split into fragments as etcd splits it.
@@ -43,6 +44,8 @@ pub struct Watcher {
     /// Fragments of a split response not sent yet.
     fragments: VecDeque<WatchResponse>,
     updates: watch::Receiver<i64>,
+    /// The hub's epoch when the watch was created.
+    epoch: u64,
 }
 
 impl Watcher {
@@ -57,6 +60,7 @@ impl Watcher {
         if create.key.is_empty() || !hub.keys().covers(&keys) {
             return None;
         }
+        let epoch = hub.epoch();
         let updates = hub.subscribe();
         let header = hub.header()?;
         let next = if create.start_revision > 0 { create.start_revision } else { header.revision + 1 };
@@ -76,6 +80,7 @@ impl Watcher {
             fragment_above: create.fragment.then_some(max_request_bytes),
             fragments: VecDeque::new(),
             updates,
+            epoch,
         };
         Some((watcher, WatchResponse { header: Some(header), watch_id: id, created: true, ..Default::default() }))
     }
@@ -123,7 +128,12 @@ impl Watcher {
             // Nothing to read before the hub passes this watcher's position (a reset that
             // moved it back cannot have lost events this watcher still needs either).
             let revision = *self.updates.borrow_and_update();
-            let read = (revision >= self.next).then(|| self.hub.read_since(self.next, &self.keys, MAX_RESPONSE_BYTES));
+            let read = if self.hub.went_back_since(self.epoch) {
+                // The new history starts after the revision the hub read the prefix at.
+                Some(Read::Compacted(self.hub.revision().unwrap_or(revision) + 1))
+            } else {
+                (revision >= self.next).then(|| self.hub.read_since(self.next, &self.keys, MAX_RESPONSE_BYTES))
+            };
             match read {
                 Some(Read::Compacted(compact_revision)) => {
                     return WatchResponse {

@@ -28,6 +28,11 @@
 //!   never used to move the hub: etcd 3.4/3.5 may answer them before events of the
 //!   revision they name. If the watch is compacted (the gateway was cut off too long), the
 //!   prefix is read again and the history starts over.
+//! - Continuity: every [`CONTINUITY_CHECK`], and at once when a linearizable read finds it,
+//!   the feed compares the hub's revision with the cluster's (a barrier round begun after
+//!   it looked): a cluster behind the hub was restored from a snapshot or rebuilt, and the
+//!   prefix is read again (the hub then cancels every watch made before, see `Hub::reset`);
+//!   meanwhile linearizable reads go to etcd.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,7 +46,7 @@ use etcdgate_proto::etcdserverpb::{
 };
 use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::context::CallContext;
@@ -68,6 +73,10 @@ const STALL: Duration = Duration::from_millis(300);
 const STALL_MAX_FACTOR: u32 = 16;
 /// How often the feed looks for a stall.
 const STALL_CHECK: Duration = Duration::from_millis(50);
+/// How often the feed checks that etcd's revision has not gone below the hub's ...
+const CONTINUITY_CHECK: Duration = Duration::from_secs(5);
+/// ... waiting this long at most for etcd's answer.
+const CONTINUITY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What to cache.
 #[derive(Clone, Debug)]
@@ -89,6 +98,8 @@ pub struct Caches {
     encoded: Mutex<VecDeque<Encoded>>,
     /// When a hub last failed to reach a revision a read or watch needed in time.
     missed: Mutex<Option<Instant>>,
+    /// Asks every feed to check its continuity now.
+    doubt: Arc<Notify>,
     max_request_bytes: usize,
 }
 
@@ -98,14 +109,16 @@ impl Caches {
         let hubs: Vec<Arc<Hub>> = config.prefixes.iter().map(|p| Arc::new(Hub::new(KeyRange::prefix(p), config.limits))).collect();
         let barrier_key = hubs.first().map(|h| h.keys().request_key()).unwrap_or_else(|| vec![0]);
         let barrier = Arc::new(Barrier::new(barrier_key));
+        let doubt = Arc::new(Notify::new());
         for hub in &hubs {
-            tokio::spawn(feed(pool.clone(), hub.clone()));
+            tokio::spawn(feed(pool.clone(), hub.clone(), barrier.clone(), doubt.clone()));
         }
         Arc::new(Caches {
             hubs,
             barrier,
             encoded: Mutex::new(VecDeque::new()),
             missed: Mutex::new(None),
+            doubt,
             max_request_bytes: config.max_request_bytes,
         })
     }
@@ -153,8 +166,10 @@ impl Caches {
     /// same revision is encoded once (APISIX instances all read the same whole prefix).
     pub async fn range_json(&self, pool: &Arc<Pool>, ctx: &CallContext, request: &RangeRequest) -> Option<(Bytes, i64)> {
         let hub = self.ready_hub(pool, ctx, request).await?;
+        let epoch = hub.epoch();
         let header = hub.header()?;
-        let remembered = lock(&self.encoded).iter().find(|e| e.request == *request && e.header == header).map(|e| e.json.clone());
+        let remembered =
+            lock(&self.encoded).iter().find(|e| e.request == *request && e.header == header && e.epoch == epoch).map(|e| e.json.clone());
         if let Some(json) = remembered {
             crate::metrics::cache_read(true);
             return Some((json, header.revision));
@@ -169,7 +184,7 @@ impl Caches {
         }
         let header = response.header.unwrap_or_default();
         let revision = header.revision;
-        encoded.push_front(Encoded { request: request.clone(), header, json: json.clone() });
+        encoded.push_front(Encoded { request: request.clone(), header, epoch, json: json.clone() });
         Some((json, revision))
     }
 
@@ -232,7 +247,16 @@ impl Caches {
             if ctx.has_credentials() || self.missed_recently() {
                 return None;
             }
-            self.barrier.cluster_revision(pool).await?
+            let held = hub.revision()?;
+            let cluster = self.barrier.cluster_revision(pool).await?;
+            if cluster < held {
+                // The cluster went back (restored): what connections saw is gone, and the
+                // feed reads the prefix again.
+                crate::context::history_restarted();
+                self.doubt.notify_waiters();
+                return None;
+            }
+            cluster
         };
         if !self.reaches(hub, needed).await {
             crate::metrics::cache_read(false);
@@ -242,11 +266,13 @@ impl Caches {
     }
 }
 
-/// A cached Range answer encoded as JSON, for the request and the header it was made at.
+/// A cached Range answer encoded as JSON, for the request and the header it was made at
+/// (in its hub's epoch: a cluster restored from a snapshot reuses revisions).
 #[derive(Debug)]
 struct Encoded {
     request: RangeRequest,
     header: ResponseHeader,
+    epoch: u64,
     json: Bytes,
 }
 
@@ -320,8 +346,17 @@ fn report_held(hub: &Hub) {
     }
 }
 
+/// Whether etcd's revision has gone below the hub's (the cluster was restored or rebuilt);
+/// `false` when etcd does not answer in time.
+async fn went_back(pool: &Arc<Pool>, hub: &Hub, barrier: &Arc<Barrier>) -> bool {
+    let Some(held) = hub.revision() else { return false };
+    // The round starts after `held` was read: a cluster that has not gone back is at least there.
+    let cluster = tokio::time::timeout(CONTINUITY_CHECK_TIMEOUT, barrier.cluster_revision(pool)).await;
+    matches!(cluster, Ok(Some(cluster)) if cluster < held)
+}
+
 /// Follows one prefix from etcd into its hub, for as long as the process runs.
-async fn feed(pool: Arc<Pool>, hub: Arc<Hub>) {
+async fn feed(pool: Arc<Pool>, hub: Arc<Hub>, barrier: Arc<Barrier>, doubt: Arc<Notify>) {
     let keys = hub.keys().clone();
     let mut reload = true;
     loop {
@@ -339,7 +374,11 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>) {
                     let header = response.header.unwrap_or_default();
                     tracing::info!(prefix = %String::from_utf8_lossy(&keys.start), keys = response.kvs.len(), revision = header.revision, "cached prefix loaded");
                     crate::metrics::cache_loaded();
+                    let epoch = hub.epoch();
                     hub.reset(response.kvs, header);
+                    if hub.went_back_since(epoch) {
+                        crate::context::history_restarted();
+                    }
                     report_held(&hub);
                     reload = false;
                 }
@@ -369,9 +408,22 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>) {
                 let mut silence = Silence::new();
                 let mut checks = tokio::time::interval(STALL_CHECK);
                 checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut continuity = tokio::time::interval(CONTINUITY_CHECK);
+                continuity.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     let response = tokio::select! {
                         response = responses.next() => response,
+                        _ = async { tokio::select! { _ = continuity.tick() => {}, () = doubt.notified() => {} } } => {
+                            if went_back(&pool, &hub, &barrier).await {
+                                tracing::warn!(
+                                    revision = hub.revision(),
+                                    "etcd's revision is below the cached prefix's (restored from a snapshot?); reading it again"
+                                );
+                                reload = true;
+                                break;
+                            }
+                            continue;
+                        }
                         _ = checks.tick() => {
                             if silence.stalled(&hub) {
                                 tracing::warn!(

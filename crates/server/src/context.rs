@@ -4,7 +4,7 @@
 //! accept loop puts in every request's extensions), applied to the request etcdgate sends
 //! upstream.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,22 +19,51 @@ const FORWARDED_KEYS: &[&str] = &["token", "authorization", "hasleader"];
 /// Names the member a maintenance call should reach (client URL or hex member ID).
 pub const MEMBER_KEY: &str = "etcdgate-member";
 
+/// Bumped when etcd's revision was found below one etcdgate had seen (the cluster was
+/// restored from a snapshot or rebuilt): the revisions connections saw before belong to a
+/// history that is gone.
+static HISTORY: AtomicU64 = AtomicU64::new(0);
+
+/// Notes that etcd's revisions went back (see [`HISTORY`]): every connection's
+/// [`SeenRevision`] starts again from 0.
+pub fn history_restarted() {
+    HISTORY.fetch_add(1, Ordering::AcqRel);
+}
+
 /// The highest `header.revision` one client connection has been shown. Every revision a
-/// member reports is committed, so the cluster never really goes below it: answers from a
-/// member that has not applied that far yet are asked again elsewhere (reads) or carry this
-/// revision instead of the member's (stream messages), so that the client never sees its
-/// revisions go backwards when it is moved between members.
+/// member reports is committed, so the cluster never really goes below it (unless it is
+/// restored from a snapshot, see [`history_restarted`]): answers from a member that has not
+/// applied that far yet are asked again elsewhere (reads) or carry this revision instead of
+/// the member's (stream messages), so that the client never sees its revisions go backwards
+/// when it is moved between members.
 #[derive(Clone, Debug, Default)]
-pub struct SeenRevision(Arc<AtomicI64>);
+pub struct SeenRevision(Arc<Seen>);
+
+#[derive(Debug, Default)]
+struct Seen {
+    revision: AtomicI64,
+    /// The [`HISTORY`] `revision` belongs to.
+    history: AtomicU64,
+}
 
 impl SeenRevision {
+    /// The revision, forgotten first if it belongs to a history that is gone.
+    fn current(&self) -> &AtomicI64 {
+        let history = HISTORY.load(Ordering::Acquire);
+        if self.0.history.load(Ordering::Acquire) != history {
+            self.0.revision.store(0, Ordering::Release);
+            self.0.history.store(history, Ordering::Release);
+        }
+        &self.0.revision
+    }
+
     pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Acquire)
+        self.current().load(Ordering::Acquire)
     }
 
     /// Records that the client has been shown `revision`.
     pub fn saw(&self, revision: i64) {
-        self.0.fetch_max(revision, Ordering::AcqRel);
+        self.current().fetch_max(revision, Ordering::AcqRel);
     }
 
     /// For a stream message: lifts `header.revision` to what the client has already seen (the
@@ -42,7 +71,7 @@ impl SeenRevision {
     /// cancel) is left as etcd sent it.
     pub fn lift(&self, header: &mut Option<ResponseHeader>) {
         if let Some(header) = header.as_mut().filter(|header| header.revision > 0) {
-            let seen = self.0.fetch_max(header.revision, Ordering::AcqRel);
+            let seen = self.current().fetch_max(header.revision, Ordering::AcqRel);
             header.revision = header.revision.max(seen);
         }
     }

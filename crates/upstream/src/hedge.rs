@@ -43,9 +43,9 @@ impl Default for Budget {
 impl Budget {
     /// A read that may be hedged starts.
     pub(crate) fn deposit(&self) {
-        let _ = self.tenths.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tenths| {
-            (tenths < MAX_SAVED * READS_PER_HEDGE).then_some(tenths + 1)
-        });
+        let _ = self
+            .tenths
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tenths| (tenths < MAX_SAVED * READS_PER_HEDGE).then_some(tenths + 1));
     }
 
     /// Takes one hedge from the budget; false if there is none.
