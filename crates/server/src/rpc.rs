@@ -1,6 +1,8 @@
 //! The table of etcd's unary RPCs: for each, its request and response types, how to call it
 //! on a member, where it must go, whether it may be retried, and whether its latency says how
-//! busy its member is (not for Lock and Campaign, which wait for a lock or an election). Both front ends (gRPC and
+//! busy its member is (not for Lock and Campaign, which wait for a lock or an election, nor
+//! for Authenticate, Hash and HashKV, slow by design: a password hash, the whole store);
+//! only reads whose latency does are hedged. Both front ends (gRPC and
 //! HTTP/JSON) serve every RPC through this one table, so the rules live in one place.
 
 use etcdgate_cache::KeyRange;
@@ -173,15 +175,15 @@ unary_rpcs! {
     Alarm: MaintenanceClient.alarm(AlarmRequest) -> AlarmResponse, Write, MemberOrBalanced;
     Status: MaintenanceClient.status(StatusRequest) -> StatusResponse, Read, MemberOrBalanced;
     Defragment: MaintenanceClient.defragment(DefragmentRequest) -> DefragmentResponse, Write, MemberOrBalanced;
-    Hash: MaintenanceClient.hash(HashRequest) -> HashResponse, Read, MemberOrBalanced;
-    HashKv: MaintenanceClient.hash_kv(HashKvRequest) -> HashKvResponse, Read, MemberOrBalanced;
+    Hash: MaintenanceClient.hash(HashRequest) -> HashResponse, Read, MemberOrBalanced, timing: Unmeasured;
+    HashKv: MaintenanceClient.hash_kv(HashKvRequest) -> HashKvResponse, Read, MemberOrBalanced, timing: Unmeasured;
     MoveLeader: MaintenanceClient.move_leader(MoveLeaderRequest) -> MoveLeaderResponse, Write, Leader;
     Downgrade: MaintenanceClient.downgrade(DowngradeRequest) -> DowngradeResponse, Write, Leader;
 
     AuthEnable: AuthClient.auth_enable(AuthEnableRequest) -> AuthEnableResponse, Write, Balanced;
     AuthDisable: AuthClient.auth_disable(AuthDisableRequest) -> AuthDisableResponse, Write, Balanced;
     AuthStatus: AuthClient.auth_status(AuthStatusRequest) -> AuthStatusResponse, Read, Balanced;
-    Authenticate: AuthClient.authenticate(AuthenticateRequest) -> AuthenticateResponse, Read, Balanced;
+    Authenticate: AuthClient.authenticate(AuthenticateRequest) -> AuthenticateResponse, Read, Balanced, timing: Unmeasured;
     UserAdd: AuthClient.user_add(AuthUserAddRequest) -> AuthUserAddResponse, Write, Balanced;
     UserGet: AuthClient.user_get(AuthUserGetRequest) -> AuthUserGetResponse, Read, Balanced;
     UserList: AuthClient.user_list(AuthUserListRequest) -> AuthUserListResponse, Read, Balanced;

@@ -34,8 +34,9 @@ pub enum Timing {
     /// call counts as open on its member while it runs, and its latency is a sample.
     Measured,
     /// The answer waits for something other than the member: a stream's first message (Watch,
-    /// LeaseKeepAlive, Snapshot, Observe), a lock or an election (Lock, Campaign). Neither
-    /// counted nor timed.
+    /// LeaseKeepAlive, Snapshot, Observe), a lock or an election (Lock, Campaign); or it is
+    /// slow by design (Authenticate's password hash, Hash and HashKV of the whole store).
+    /// Neither counted nor timed, nor hedged.
     Unmeasured,
 }
 
