@@ -429,7 +429,7 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>, barrier: Arc<Barrier>, doubt: Arc<
                                 tracing::warn!(
                                     revision = hub.revision(),
                                     expected = hub.expected(),
-                                    "cached prefix's watch went silent without an acknowledged write; moving it"
+                                    "cached prefix's watch is silent and a write etcd acknowledged has not come; moving it"
                                 );
                                 crate::metrics::feed_stalled();
                                 stalled.report();
