@@ -169,9 +169,11 @@ fn etcd_watchers(cluster: &Cluster) -> Vec<u64> {
 
 /// The cache's upstream watch sits on a member that hangs (SIGSTOP), with probes every ten
 /// minutes so that only the feed itself can notice: a write acknowledged through etcdgate
-/// does not arrive, so the feed calls its watch stalled, the member suspect, and moves the
-/// watch. A client watch served from the cache gets the write.
-async fn cached_watch_leaves_a_silent_member(version: EtcdVersion) {
+/// does not arrive — or, for a write made straight to etcd, a read waits for it in vain and
+/// the member does not answer a progress request at the cluster's revision — so the feed
+/// calls its watch stalled, the member suspect, and moves the watch. A client watch served
+/// from the cache gets the write.
+async fn cached_watch_leaves_a_silent_member(version: EtcdVersion, write_through_etcdgate: bool) {
     let mut cluster = Cluster::start(version, 3).await.unwrap();
     let leader = cluster.wait_leader(Duration::from_secs(30)).await.unwrap();
     let args = ["--cache-prefix", "/wf/", "--probe-interval-ms", "600000", "--probe-timeout-ms", "600000"];
@@ -196,24 +198,45 @@ async fn cached_watch_leaves_a_silent_member(version: EtcdVersion) {
     assert!(created.created);
     assert_eq!(etcd_watchers(&cluster).iter().sum::<u64>(), 1, "{version}: the client's watch is served from the cache");
 
+    let writer = if write_through_etcdgate { gateway.url() } else { cluster.client_url((victim + 1) % 3) };
+    let mut kv = KvClient::connect(writer).await.unwrap();
+    // A write the feed brings just before the pause: its connection to the victim has just
+    // heard from it, so HTTP/2 keep-alive would not notice the pause for seconds.
+    let put = PutRequest { key: b"/wf/before-pause".to_vec(), value: b"v".to_vec(), ..Default::default() };
+    kv.put(put).await.unwrap();
+    collect_events(&mut watch, 1).await;
+
     cluster.pause(victim).unwrap();
-    let mut kv = KvClient::connect(gateway.url()).await.unwrap();
     let put = PutRequest { key: b"/wf/after-pause".to_vec(), value: b"v".to_vec(), ..Default::default() };
     let revision = kv.put(put).await.unwrap().into_inner().header.unwrap().revision;
+    if !write_through_etcdgate {
+        // A linearizable read through etcdgate waits for the cache in vain, and has the
+        // feed check its member.
+        let mut reader = KvClient::connect(gateway.url()).await.unwrap();
+        reader.range(etcdgate_proto::etcdserverpb::RangeRequest { key: b"/wf/after-pause".to_vec(), ..Default::default() }).await.unwrap();
+    }
     let (events, _) = collect_events(&mut watch, 1).await;
     assert_eq!(events, vec![(b"/wf/after-pause".to_vec(), revision, b"v".to_vec())], "{version}");
     let stalls = metric(gateway.addr(), "etcdgate_cache_feed_stalls_total").unwrap_or(0);
     let suspect = format!("etcdgate_member_state{{member=\"{}\",state=\"suspect\"}}", cluster.client_url(victim));
     let victim_suspect = metric(gateway.addr(), &suspect);
     cluster.resume(victim).unwrap();
-    assert!(stalls >= 1, "{version}: the cache's watch was not found stalled");
-    assert_eq!(victim_suspect, Some(1), "{version}: the stall made the member suspect (not a keep-alive timeout, hung)");
+    let how = if write_through_etcdgate { "written through etcdgate" } else { "written straight to etcd" };
+    assert!(stalls >= 1, "{version}, {how}: the cache's watch was not found stalled");
+    assert_eq!(victim_suspect, Some(1), "{version}, {how}: the stall made the member suspect (not a keep-alive timeout, hung)");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cached_watch_leaves_a_member_that_goes_silent() {
     for version in EtcdVersion::all() {
-        cached_watch_leaves_a_silent_member(version).await;
+        cached_watch_leaves_a_silent_member(version, true).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_watch_leaves_a_member_that_goes_silent_with_writes_made_past_etcdgate() {
+    for version in EtcdVersion::all() {
+        cached_watch_leaves_a_silent_member(version, false).await;
     }
 }
 

@@ -28,11 +28,15 @@
 //!   never used to move the hub: etcd 3.4/3.5 may answer them before events of the
 //!   revision they name. If the watch is compacted (the gateway was cut off too long), the
 //!   prefix is read again and the history starts over.
-//! - Continuity: every [`CONTINUITY_CHECK`], and at once when a linearizable read finds it,
-//!   the feed compares the hub's revision with the cluster's (a barrier round begun after
+//! - Continuity: every [`CONTINUITY_CHECK`], and at once when a read waited for the hub in
+//!   vain or a linearizable read found the cluster behind it, the feed compares the hub's revision with the cluster's (a barrier round begun after
 //!   it looked): a cluster behind the hub was restored from a snapshot or rebuilt, and the
 //!   prefix is read again (the hub then cancels every watch made before, see `Hub::reset`);
-//!   meanwhile linearizable reads go to etcd.
+//!   meanwhile linearizable reads go to etcd. A cluster ahead of the hub may only have had
+//!   writes elsewhere — or the watch's member may be silent with writes made past etcdgate:
+//!   the feed asks that member for progress, and one that does not answer within
+//!   [`PROGRESS_ANSWER_WAIT`] at the cluster's revision or later counts as stalled. (Its
+//!   answer only proves the member alive and caught up; it never moves the hub.)
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +81,10 @@ const STALL_CHECK: Duration = Duration::from_millis(50);
 const CONTINUITY_CHECK: Duration = Duration::from_secs(5);
 /// ... waiting this long at most for etcd's answer.
 const CONTINUITY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the watch's member may take to answer a progress request.
+const PROGRESS_ANSWER_WAIT: Duration = Duration::from_secs(1);
+/// The watch ID of etcd's answer to a progress request (no watch's own).
+const PROGRESS_ANSWER_ID: i64 = -1;
 
 /// What to cache.
 #[derive(Clone, Debug)]
@@ -227,6 +235,8 @@ impl Caches {
         let reached = hub.wait_for(needed, CATCH_UP_WAIT).await;
         if !reached {
             *lock(&self.missed) = Some(Instant::now());
+            // Writes elsewhere, or a feed stalled on its member: the feeds check.
+            self.doubt.notify_waiters();
         }
         reached
     }
@@ -346,13 +356,13 @@ fn report_held(hub: &Hub) {
     }
 }
 
-/// Whether etcd's revision has gone below the hub's (the cluster was restored or rebuilt);
-/// `false` when etcd does not answer in time.
-async fn went_back(pool: &Arc<Pool>, hub: &Hub, barrier: &Arc<Barrier>) -> bool {
-    let Some(held) = hub.revision() else { return false };
-    // The round starts after `held` was read: a cluster that has not gone back is at least there.
-    let cluster = tokio::time::timeout(CONTINUITY_CHECK_TIMEOUT, barrier.cluster_revision(pool)).await;
-    matches!(cluster, Ok(Some(cluster)) if cluster < held)
+/// The hub's revision and the cluster's, learned by a barrier round begun after the hub's
+/// was read (so a cluster that has not gone back is at least there); `None` when the hub
+/// is not loaded or etcd does not answer in time.
+async fn revisions(pool: &Arc<Pool>, hub: &Hub, barrier: &Arc<Barrier>) -> Option<(i64, i64)> {
+    let held = hub.revision()?;
+    let cluster = tokio::time::timeout(CONTINUITY_CHECK_TIMEOUT, barrier.cluster_revision(pool)).await.ok()??;
+    Some((held, cluster))
 }
 
 /// Follows one prefix from etcd into its hub, for as long as the process runs.
@@ -406,6 +416,10 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>, barrier: Arc<Barrier>, doubt: Arc<
             Ok(mut responses) => {
                 crate::metrics::upstream_watches(1);
                 let mut silence = Silence::new();
+                // A progress request sent to the watch's member: the cluster's revision then,
+                // and when it was sent.
+                let mut asked: Option<(i64, Instant)> = None;
+                let mut ask_again = false;
                 let mut checks = tokio::time::interval(STALL_CHECK);
                 checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut continuity = tokio::time::interval(CONTINUITY_CHECK);
@@ -414,25 +428,42 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>, barrier: Arc<Barrier>, doubt: Arc<
                     let response = tokio::select! {
                         response = responses.next() => response,
                         _ = async { tokio::select! { _ = continuity.tick() => {}, () = doubt.notified() => {} } } => {
-                            if went_back(&pool, &hub, &barrier).await {
-                                tracing::warn!(
-                                    revision = hub.revision(),
-                                    "etcd's revision is below the cached prefix's (restored from a snapshot?); reading it again"
-                                );
-                                reload = true;
-                                break;
+                            match revisions(&pool, &hub, &barrier).await {
+                                Some((held, cluster)) if cluster < held => {
+                                    tracing::warn!(
+                                        revision = held,
+                                        cluster,
+                                        "etcd's revision is below the cached prefix's (restored from a snapshot?); reading it again"
+                                    );
+                                    reload = true;
+                                    break;
+                                }
+                                Some((held, cluster)) if cluster > held && asked.is_none() => {
+                                    let progress = WatchRequest { request_union: Some(RequestUnion::ProgressRequest(Default::default())) };
+                                    if requests.try_send(progress).is_ok() {
+                                        asked = Some((cluster, Instant::now()));
+                                    }
+                                }
+                                _ => {}
                             }
                             continue;
                         }
                         _ = checks.tick() => {
-                            if silence.stalled(&hub) {
+                            if std::mem::take(&mut ask_again) && asked.is_some() {
+                                let progress = WatchRequest { request_union: Some(RequestUnion::ProgressRequest(Default::default())) };
+                                let _ = requests.try_send(progress);
+                            }
+                            let unanswered = asked.is_some_and(|(_, at)| at.elapsed() >= PROGRESS_ANSWER_WAIT);
+                            if silence.stalled(&hub) || unanswered {
                                 tracing::warn!(
                                     revision = hub.revision(),
                                     expected = hub.expected(),
-                                    "cached prefix's watch is silent and a write etcd acknowledged has not come; moving it"
+                                    unanswered,
+                                    "cached prefix's watch is silent: a write etcd acknowledged has not come, or its member did not answer a progress request at the cluster's revision; moving it"
                                 );
                                 crate::metrics::feed_stalled();
                                 stalled.report();
+                                asked = None;
                             }
                             continue;
                         }
@@ -440,6 +471,18 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>, barrier: Arc<Barrier>, doubt: Arc<
                     let Some(response) = response else { break };
                     silence.heard();
                     match response {
+                        Ok(response) if response.watch_id == PROGRESS_ANSWER_ID && response.events.is_empty() => {
+                            // Proves the member alive and caught up; never moves the hub
+                            // (etcd 3.4/3.5 may answer ahead of events).
+                            let revision = response.header.map_or(0, |h| h.revision);
+                            match asked {
+                                Some((cluster, _)) if revision >= cluster => asked = None,
+                                // A follower may apply a committed write a heartbeat later:
+                                // ask again at the next check, until the wait is over.
+                                Some(_) => ask_again = true,
+                                None => {}
+                            }
+                        }
                         Ok(response) if response.canceled => {
                             if response.compact_revision > 0 {
                                 tracing::warn!(
