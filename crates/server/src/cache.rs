@@ -469,7 +469,11 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>, barrier: Arc<Barrier>, doubt: Arc<
                         }
                     };
                     let Some(response) = response else { break };
-                    silence.heard();
+                    // An answer to a progress request is no sign of life: a member cut off
+                    // from its peers answers at once, at a revision it no longer leaves.
+                    if !matches!(&response, Ok(r) if r.watch_id == PROGRESS_ANSWER_ID && r.events.is_empty()) {
+                        silence.heard();
+                    }
                     match response {
                         Ok(response) if response.watch_id == PROGRESS_ANSWER_ID && response.events.is_empty() => {
                             // Proves the member alive and caught up; never moves the hub
