@@ -734,18 +734,14 @@ impl Pool {
                         if let Some(pause) = pause.take() {
                             tokio::time::sleep(pause).await;
                         }
-                        let partner = members.get(next + 1).filter(|m| hedged && m.state().in_rotation());
-                        let (attempts, tried) = match partner {
-                            Some(partner) => self.hedged(&members[next], partner, timing, give_up_at, &mut call).await,
-                            None => {
-                                let member = &members[next];
-                                ([Some((false, member.run(policy, timing, call(member.connection())).await)), None], 1)
-                            }
+                        let member = &members[next];
+                        next += 1;
+                        let attempts = if hedged {
+                            self.hedged(member, timing, give_up_at, &mut call).await
+                        } else {
+                            [Some((member.clone(), member.run(policy, timing, call(member.connection())).await)), None]
                         };
-                        let first = next;
-                        next += tried;
-                        for (by_partner, attempt) in attempts.into_iter().flatten() {
-                            let member = &members[first + usize::from(by_partner)];
+                        for (member, attempt) in attempts.into_iter().flatten() {
                             match attempt {
                                 Ok(value) => {
                                     member.entry.call_succeeded();
@@ -789,19 +785,19 @@ impl Pool {
     }
 
     /// Runs a read on `first`; if `first` has not answered within the hedge delay and both
-    /// budgets allow (hedges, and the retry budget ending at `give_up_at`), on `partner` as
-    /// well (see [`crate::hedge`]). Returns the attempts that
-    /// finished, in order, each marked whether it was the partner's, and how many members
-    /// were tried: an attempt that settles the call ends the race (the other call is
-    /// dropped); one that fails waits for the other.
+    /// budgets allow (hedges, and the retry budget ending at `give_up_at`), on a healthy
+    /// partner as well (see [`crate::hedge`]) — the first other member healthy then, or, if
+    /// none is, the first to become healthy (a read stuck on a fallback member during an
+    /// election goes to the new leader's side as soon as the probes see it). Returns the
+    /// attempts that finished, in order, with their members: an attempt that settles the
+    /// call ends the race (the other call is dropped); one that fails waits for the other.
     async fn hedged<T, F, Fut>(
         &self,
-        first: &Member,
-        partner: &Member,
+        first: &Arc<Member>,
         timing: Timing,
         give_up_at: Instant,
         call: &mut F,
-    ) -> ([Option<(bool, Attempt<T>)>; 2], usize)
+    ) -> [Option<(Arc<Member>, Attempt<T>)>; 2]
     where
         F: FnMut(MemberConnection) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -811,28 +807,44 @@ impl Pool {
         tokio::pin!(first_run);
         tokio::select! {
             biased;
-            attempt = &mut first_run => return ([Some((false, attempt)), None], 1),
+            attempt = &mut first_run => return [Some((first.clone(), attempt)), None],
             () = tokio::time::sleep(hedge::delay(first.entry.load.estimate())) => {}
         }
+        let partner = loop {
+            let changed = self.family().changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let healthy = self.candidates().into_iter().find(|m| m.state().in_rotation() && !Arc::ptr_eq(m, first));
+            if let Some(partner) = healthy {
+                break partner;
+            }
+            tokio::select! {
+                biased;
+                attempt = &mut first_run => return [Some((first.clone(), attempt)), None],
+                () = changed => {}
+                () = tokio::time::sleep_until(give_up_at) => return [Some((first.clone(), first_run.await)), None],
+            }
+        };
         if Instant::now() >= give_up_at || !self.hedges.withdraw() {
-            return ([Some((false, first_run.await)), None], 1);
+            return [Some((first.clone(), first_run.await)), None];
         }
         crate::metrics::hedged(first.url());
         let partner_run = partner.run(RetryPolicy::Read, timing, call(partner.connection()));
         tokio::pin!(partner_run);
-        let (by_partner, attempt) = tokio::select! {
-            attempt = &mut first_run => (false, attempt),
-            attempt = &mut partner_run => (true, attempt),
+        let (winner, attempt) = tokio::select! {
+            attempt = &mut first_run => (first.clone(), attempt),
+            attempt = &mut partner_run => (partner.clone(), attempt),
         };
+        let by_partner = Arc::ptr_eq(&winner, &partner);
         if settles(&attempt) {
             if by_partner {
                 // The dropped call gives no sample; it took at least this long.
                 first.entry.load.observe(started.elapsed());
             }
-            return ([Some((by_partner, attempt)), None], 2);
+            return [Some((winner, attempt)), None];
         }
-        let other = if by_partner { first_run.await } else { partner_run.await };
-        ([Some((by_partner, attempt)), Some((!by_partner, other))], 2)
+        let other = if by_partner { (first.clone(), first_run.await) } else { (partner.clone(), partner_run.await) };
+        [Some((winner, attempt)), Some(other)]
     }
 
     /// Asks the members that `ask` picks for their status now (within a probe deadline).
@@ -1168,6 +1180,32 @@ mod tests {
         assert!(!write.is_finished(), "a write that may have reached member 1 is not sent twice");
         assert_eq!(*lock(&calls), ["http://127.0.0.1:1"]);
         write.abort();
+    }
+
+    #[tokio::test]
+    async fn a_read_stuck_on_a_fallback_member_is_hedged_once_another_is_healthy() {
+        let pool = Arc::new(pool(2));
+        for port in 1..=2 {
+            pool.family().probe_failed(&entry(&pool, port), ProbeFailure::Error("etcdserver: no leader".into()));
+        }
+        assert!(pool.candidates().iter().all(|m| m.state() == State::Leaderless));
+        let read = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, |connection: MemberConnection| async move {
+                    if connection.url() == "http://127.0.0.1:1" {
+                        std::future::pending::<Result<&'static str, Status>>().await
+                    } else {
+                        Ok("from 2")
+                    }
+                })
+                .await
+            }
+        });
+        tokio::time::sleep(hedge::delay(None) * 4).await;
+        assert!(!read.is_finished(), "no healthy member to hedge to yet");
+        make_healthy(&pool, 2);
+        assert_eq!(read.await.unwrap().unwrap(), "from 2", "hedged as soon as member 2 is healthy");
     }
 
     #[tokio::test]
