@@ -952,6 +952,15 @@ mod tests {
         url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0)
     }
 
+    /// A call that member 1 never answers and member 2 answers at once.
+    async fn hang_on_1(connection: MemberConnection) -> Result<&'static str, Status> {
+        if connection.url() == "http://127.0.0.1:1" {
+            std::future::pending().await
+        } else {
+            Ok("from 2")
+        }
+    }
+
     /// Latency samples that make the member at `port` look that slow to balancing.
     fn answers_in(pool: &Pool, port: u16, latency: Duration) {
         entry(pool, port).load.observe(latency);
@@ -1120,13 +1129,6 @@ mod tests {
         make_healthy(&pool, 2);
         // Member 2 looks slow, so that member 1 is tried first.
         answers_in(&pool, 2, Duration::from_secs(1));
-        let hang_on_1 = |connection: MemberConnection| async move {
-            if connection.url() == "http://127.0.0.1:1" {
-                std::future::pending::<Result<&'static str, Status>>().await
-            } else {
-                Ok("from 2")
-            }
-        };
         let read = tokio::spawn({
             let pool = pool.clone();
             async move { pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, hang_on_1).await }
@@ -1153,19 +1155,13 @@ mod tests {
         // Member 2 looks slower, so that member 1 is tried first.
         answers_in(&pool, 2, Duration::from_millis(5));
         let calls = Arc::new(Mutex::new(Vec::new()));
-        let hang_on_1 = |calls: Arc<Mutex<Vec<String>>>| {
+        let noted = |calls: Arc<Mutex<Vec<String>>>| {
             move |connection: MemberConnection| {
                 lock(&calls).push(connection.url());
-                async move {
-                    if connection.url() == "http://127.0.0.1:1" {
-                        std::future::pending::<Result<&'static str, Status>>().await
-                    } else {
-                        Ok("from 2")
-                    }
-                }
+                hang_on_1(connection)
             }
         };
-        let read = pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, hang_on_1(calls.clone())).await;
+        let read = pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, noted(calls.clone())).await;
         assert_eq!(read.unwrap(), "from 2");
         assert_eq!(*lock(&calls), ["http://127.0.0.1:1", "http://127.0.0.1:2"]);
         assert_eq!(entry(&pool, 1).state(), State::Healthy, "a slow answer is not evidence against the member");
@@ -1174,7 +1170,7 @@ mod tests {
         lock(&calls).clear();
         let write = tokio::spawn({
             let (pool, calls) = (pool.clone(), calls.clone());
-            async move { pool.call(&Target::Any, RetryPolicy::Write, Timing::Measured, hang_on_1(calls)).await }
+            async move { pool.call(&Target::Any, RetryPolicy::Write, Timing::Measured, noted(calls)).await }
         });
         tokio::time::sleep(hedge::delay(None) * 4).await;
         assert!(!write.is_finished(), "a write that may have reached member 1 is not sent twice");
@@ -1192,14 +1188,7 @@ mod tests {
         let read = tokio::spawn({
             let pool = pool.clone();
             async move {
-                pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, |connection: MemberConnection| async move {
-                    if connection.url() == "http://127.0.0.1:1" {
-                        std::future::pending::<Result<&'static str, Status>>().await
-                    } else {
-                        Ok("from 2")
-                    }
-                })
-                .await
+                pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, hang_on_1).await
             }
         });
         tokio::time::sleep(hedge::delay(None) * 4).await;
@@ -1364,14 +1353,7 @@ mod tests {
         let read = tokio::spawn({
             let pool = pool.clone();
             async move {
-                pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, |connection: MemberConnection| async move {
-                    if connection.url() == "http://127.0.0.1:1" {
-                        std::future::pending::<Result<&'static str, Status>>().await
-                    } else {
-                        Ok("from 2")
-                    }
-                })
-                .await
+                pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, hang_on_1).await
             }
         });
         tokio::task::yield_now().await;
