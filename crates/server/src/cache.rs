@@ -439,8 +439,7 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>, barrier: Arc<Barrier>, doubt: Arc<
                                     break;
                                 }
                                 Some((held, cluster)) if cluster > held && asked.is_none() => {
-                                    let progress = WatchRequest { request_union: Some(RequestUnion::ProgressRequest(Default::default())) };
-                                    if requests.try_send(progress).is_ok() {
+                                    if requests.try_send(progress_request()).is_ok() {
                                         asked = Some((cluster, Instant::now()));
                                     }
                                 }
@@ -450,8 +449,7 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>, barrier: Arc<Barrier>, doubt: Arc<
                         }
                         _ = checks.tick() => {
                             if std::mem::take(&mut ask_again) && asked.is_some() {
-                                let progress = WatchRequest { request_union: Some(RequestUnion::ProgressRequest(Default::default())) };
-                                let _ = requests.try_send(progress);
+                                let _ = requests.try_send(progress_request());
                             }
                             let unanswered = asked.is_some_and(|(_, at)| at.elapsed() >= PROGRESS_ANSWER_WAIT);
                             if silence.stalled(&hub) || unanswered {
@@ -469,13 +467,14 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>, barrier: Arc<Barrier>, doubt: Arc<
                         }
                     };
                     let Some(response) = response else { break };
+                    let progress_answer = matches!(&response, Ok(r) if r.watch_id == PROGRESS_ANSWER_ID && r.events.is_empty());
                     // An answer to a progress request is no sign of life: a member cut off
                     // from its peers answers at once, at a revision it no longer leaves.
-                    if !matches!(&response, Ok(r) if r.watch_id == PROGRESS_ANSWER_ID && r.events.is_empty()) {
+                    if !progress_answer {
                         silence.heard();
                     }
                     match response {
-                        Ok(response) if response.watch_id == PROGRESS_ANSWER_ID && response.events.is_empty() => {
+                        Ok(response) if progress_answer => {
                             // Proves the member alive and caught up; never moves the hub
                             // (etcd 3.4/3.5 may answer ahead of events).
                             let revision = response.header.map_or(0, |h| h.revision);
@@ -517,6 +516,10 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>, barrier: Arc<Barrier>, doubt: Arc<
         drop(requests);
         tokio::time::sleep(FEED_RETRY).await;
     }
+}
+
+fn progress_request() -> WatchRequest {
+    WatchRequest { request_union: Some(RequestUnion::ProgressRequest(Default::default())) }
 }
 
 /// How long a feed has been silent while its hub lacked an acknowledged write.
