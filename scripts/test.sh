@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Full test run, as CI does it (.ci/run): installs etcd 3.4 + 3.5, builds every target of the
-# workspace, then runs every test with nextest. Tests start many real etcd processes, so at
-# most two run at a time.
+# Full test run, as CI does it (.ci/run): installs etcd 3.4 + 3.5 and the client libraries
+# the client tests run, builds every target of the workspace, then runs every test with
+# nextest. Tests start many real etcd processes, so at most two run at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-etcd.sh
+bash scripts/install-clients.sh
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
