@@ -1,5 +1,6 @@
 //! Compiles etcdgate's own .proto files (no system protoc: protox parses them) into prost
-//! messages, tonic server and client stubs, and pbjson serde impls.
+//! messages, tonic server and client stubs, and pbjson serde impls (their base64 decoding
+//! replaced by Go's, see src/go_base64.rs).
 use std::{env, path::PathBuf};
 
 const PROTOS: &[&str] = &[
@@ -26,5 +27,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .preserve_proto_field_names()
         .ignore_unknown_fields()
         .build(PACKAGES)?;
+
+    // `bytes` fields decode as etcd's gateway decodes them (see src/go_base64.rs).
+    for package in PACKAGES {
+        let path = out.join(format!("{}.serde.rs", package.trim_start_matches('.')));
+        let code = std::fs::read_to_string(&path)?;
+        std::fs::write(&path, code.replace("::pbjson::private::BytesDeserialize", "crate::go_base64::Base64Bytes"))?;
+    }
     Ok(())
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{b64, HttpReply, Pair, Which, MALFORMED_BODIES, WAIT};
+use common::{b64, HttpReply, Pair, Which, BAD_BASE64_BODIES, MALFORMED_BODIES, WAIT};
 use etcdgate_server::ServerConfig;
 use etcdgate_testkit::EtcdVersion;
 use serde_json::{json, Value};
@@ -45,10 +45,24 @@ async fn malformed_unary_bodies() {
                 same_status_and_code(&p, &format!("POST {path} {body:?}"), &etcd, &gateway);
             }
         }
-        // Truncated JSON has etcd's own words, and an empty body is the empty message.
+        // Base64 etcd refuses is refused with etcd's words (range and delete ignore `value`).
         for path in ["/v3/kv/put", "/v3/kv/range", "/v3/kv/deleterange"] {
+            for (body, message) in BAD_BASE64_BODIES {
+                let [etcd, gateway] = p.post_both(path, *body).await;
+                let error = |reply: &HttpReply| serde_json::from_slice::<Value>(&reply.body).ok().map(|v| v["error"].clone());
+                same_status_and_code(&p, &format!("POST {path} {body:?}"), &etcd, &gateway);
+                assert_eq!(error(&gateway), error(&etcd), "{} POST {path} {body:?}: etcd {}", p.version, etcd.raw());
+                if path == "/v3/kv/put" {
+                    assert_eq!(error(&gateway), Some(json!(message)), "{} POST {path} {body:?}", p.version);
+                }
+            }
+        }
+        // Truncated JSON has etcd's own words, and an empty body, or `null`, is the empty
+        // message.
+        for path in ["/v3/kv/put", "/v3/kv/range", "/v3/kv/deleterange", "/v3/lease/leases"] {
             p.http(path, r#"{"key":"YQ=="#).await;
             p.http(path, "").await;
+            p.http(path, "null").await;
         }
         assert_eq!(p.revision(Which::Gateway).await, p.revision(Which::Etcd).await);
     })

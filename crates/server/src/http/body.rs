@@ -49,8 +49,9 @@ pub fn decode_one<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Statu
     }
 }
 
-/// etcd's gateway (Go's jsonpb) reads a field given as `null` as not set; pbjson refuses it.
-/// So a message that failed to decode is tried once more with its `null` members removed.
+/// etcd's gateway (Go's jsonpb) reads a field given as `null` as not set, and a message given
+/// as `null` as the empty one; pbjson refuses both. So a message that failed to decode is
+/// tried once more with its `null` members removed (or as `{}`).
 /// Returns the message and the length of the JSON value it was read from; `Ok(None)` if
 /// that does not help, and the parse error if `body` does not start with a whole JSON value.
 fn decode_without_nulls<T: DeserializeOwned>(body: &[u8]) -> Result<Option<(T, usize)>, serde_json::Error> {
@@ -72,7 +73,9 @@ fn decode_without_nulls<T: DeserializeOwned>(body: &[u8]) -> Result<Option<(T, u
     let mut values = serde_json::Deserializer::from_slice(body).into_iter::<Value>();
     let Some(mut value) = values.next().transpose()? else { return Ok(None) };
     let used = values.byte_offset();
-    if !strip(&mut value) {
+    if value.is_null() {
+        value = Value::Object(serde_json::Map::new());
+    } else if !strip(&mut value) {
         return Ok(None);
     }
     Ok(T::deserialize(value).ok().map(|message| (message, used)))
@@ -160,6 +163,16 @@ mod tests {
         let nulls: RangeRequest = decode_one(br#"{"key":"YQ==","limit":null,"revision":null}"#).unwrap();
         assert_eq!((nulls.key.as_slice(), nulls.limit), (&b"a"[..], 0));
         assert_eq!((numbers.limit, numbers.revision, numbers.sort_order, numbers.sort_target), (5, 7, 2, 2));
+        assert_eq!(decode_one::<RangeRequest>(b"null").unwrap(), RangeRequest::default());
+        // Base64 as Go's StdEncoding reads it, refused with Go's message and no position.
+        for (body, message) in [
+            (r#"{"key":"YQ"}"#, "illegal base64 data at input byte 0"),
+            (r#"{"key":"YQ=","range_end":"AA=="}"#, "illegal base64 data at input byte 3"),
+            (r#"{"key":"_-8="}"#, "illegal base64 data at input byte 0"),
+        ] {
+            let refused = decode_one::<RangeRequest>(body.as_bytes()).unwrap_err();
+            assert_eq!((refused.code(), refused.message()), (Code::InvalidArgument, message), "{body}");
+        }
     }
 
     #[tokio::test]

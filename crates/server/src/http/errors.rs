@@ -129,13 +129,20 @@ pub fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> R
 }
 
 /// Turns a JSON decoding failure into the status etcd's gateway would report, with Go's
-/// wording where the cause is the same (`unexpected EOF` for a truncated body).
+/// wording where the cause is the same (`unexpected EOF` for a truncated body, Go's base64
+/// errors without serde's position).
 pub fn decode_error(code: Code, error: &serde_json::Error) -> Status {
     if error.is_eof() {
-        Status::new(code, "unexpected EOF")
-    } else {
-        Status::new(code, error.to_string())
+        return Status::new(code, "unexpected EOF");
     }
+    let message = error.to_string();
+    if message.starts_with(etcdgate_proto::go_base64::ERROR_PREFIX) {
+        let position = format!(" at line {} column {}", error.line(), error.column());
+        if let Some(go_message) = message.strip_suffix(&position) {
+            return Status::new(code, go_message);
+        }
+    }
+    Status::new(code, message)
 }
 
 #[cfg(test)]

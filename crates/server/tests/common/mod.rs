@@ -666,3 +666,12 @@ pub const MALFORMED_BODIES: &[&str] = &[
     "\u{0}\u{1}\u{2}",
 ];
 
+/// Base64 that etcd's gateway (Go's `StdEncoding`) refuses, with the message it gives:
+/// unpadded, the URL-safe alphabet, padding cut short.
+pub const BAD_BASE64_BODIES: &[(&str, &str)] = &[
+    (r#"{"key":"YQ","value":"YQ=="}"#, "illegal base64 data at input byte 0"),
+    (r#"{"key":"_-8=","value":"YQ=="}"#, "illegal base64 data at input byte 0"),
+    (r#"{"key":"YQ==","value":"YWI=YQ=="}"#, "illegal base64 data at input byte 4"),
+    (r#"{"key":"YQ==","value":"YQ="}"#, "illegal base64 data at input byte 3"),
+];
+
