@@ -1,6 +1,6 @@
 //! Compiles etcdgate's own .proto files (no system protoc: protox parses them) into prost
-//! messages, tonic server and client stubs, and pbjson serde impls (their base64 decoding
-//! replaced by Go's, see src/go_base64.rs).
+//! messages, tonic server and client stubs, and pbjson serde impls (reading base64 and enum
+//! numbers as Go does, see src/go_json.rs).
 use std::{env, path::PathBuf};
 
 const PROTOS: &[&str] = &[
@@ -28,11 +28,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ignore_unknown_fields()
         .build(PACKAGES)?;
 
-    // `bytes` fields decode as etcd's gateway decodes them (see src/go_base64.rs).
+    // `bytes` and enum fields are read as etcd's gateway reads them (see src/go_json.rs).
     for package in PACKAGES {
         let path = out.join(format!("{}.serde.rs", package.trim_start_matches('.')));
         let code = std::fs::read_to_string(&path)?;
-        std::fs::write(&path, code.replace("::pbjson::private::BytesDeserialize", "crate::go_base64::Base64Bytes"))?;
+        let code = code.replace("::pbjson::private::BytesDeserialize", "crate::go_json::Base64Bytes");
+        std::fs::write(&path, open_enums(&code))?;
     }
     Ok(())
+}
+
+/// Each `map_.next_value::<Enum>()? as i32` (a singular enum field) as
+/// `map_.next_value::<crate::go_json::OpenEnum<Enum>>()?.0`.
+fn open_enums(code: &str) -> String {
+    const START: &str = "map_.next_value::<";
+    const END: &str = ">()? as i32";
+    let open = |line: &str| match (line.find(START), line.find(END)) {
+        (Some(start), Some(end)) if start < end => {
+            let enum_type = &line[start + START.len()..end];
+            format!("{}{START}crate::go_json::OpenEnum<{enum_type}>>()?.0{}", &line[..start], &line[end + END.len()..])
+        }
+        _ => line.to_string(),
+    };
+    code.lines().map(open).collect::<Vec<_>>().join("\n")
 }

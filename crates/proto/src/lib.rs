@@ -2,12 +2,12 @@
 //! stubs for `etcdserverpb` (KV, Watch, Lease, Cluster, Maintenance, Auth), `mvccpb`,
 //! `authpb`, `v3lockpb` and `v3electionpb`, plus the proto3-JSON mapping etcd's HTTP gateway
 //! uses (original field names on output, lowerCamel or original accepted on input, 64-bit
-//! integers as strings, enums by name, bytes as base64 — decoded as Go decodes it —, zero
-//! values omitted).
+//! integers as strings, enums by name, bytes as base64, zero values omitted), reading base64
+//! and enums as etcd's gateway (Go) reads them.
 
 #![allow(clippy::all, missing_docs)]
 
-pub mod go_base64;
+pub mod go_json;
 
 pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));

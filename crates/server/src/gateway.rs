@@ -68,6 +68,9 @@ impl Gateway {
     /// A Range answered from the watch cache, already encoded as etcd's HTTP gateway's JSON;
     /// `None` if the cache does not answer it.
     pub async fn cached_range_json(&self, ctx: &CallContext, request: &RangeRequest) -> Option<bytes::Bytes> {
+        if crate::rpc::Range::refused(request).is_some() {
+            return None;
+        }
         let (json, revision) = self.caches.as_ref()?.range_json(&self.pool, ctx, request).await?;
         ctx.seen.saw(revision);
         crate::metrics::request_done::<()>("Range", &Ok(()));
@@ -87,6 +90,11 @@ impl Gateway {
     }
 
     async fn answer<R: UnaryRpc>(&self, ctx: &CallContext, message: R::Req, ask_cache: bool) -> Result<R::Resp, Status> {
+        if let Some(refusal) = R::refused(&message) {
+            let refused = Err(refusal);
+            crate::metrics::request_done(R::NAME, &refused);
+            return refused;
+        }
         let call = async {
             if ask_cache {
                 if let Some(response) = self.answer_from_cache::<R>(ctx, &message).await {

@@ -8,6 +8,7 @@ mod context;
 mod gateway;
 mod grpc;
 mod grpc_watch;
+mod guard;
 mod http;
 mod hub_watch;
 mod keepalive;

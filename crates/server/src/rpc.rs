@@ -6,6 +6,8 @@
 //! HTTP/JSON) serve every RPC through this one table, so the rules live in one place.
 
 use etcdgate_cache::KeyRange;
+
+use crate::guard;
 use etcdgate_proto::etcdserverpb::{
     auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, *,
@@ -54,6 +56,11 @@ pub trait UnaryRpc: Send + Sync + 'static {
     /// The lease a successful call revoked (deleting the keys attached to it at its
     /// answer's revision), for LeaseRevoke.
     fn revoked_lease(_request: &Self::Req) -> Option<i64> {
+        None
+    }
+    /// The error to answer instead of sending a request etcd would crash on (see
+    /// [`crate::guard`]); `None` for any other request.
+    fn refused(_request: &Self::Req) -> Option<tonic::Status> {
         None
     }
     /// The request as a Range, for RPCs the watch cache may answer.
@@ -124,7 +131,7 @@ macro_rules! cached_range {
 macro_rules! unary_rpcs {
     (@timing) => { Timing::Measured };
     (@timing $timing:ident) => { Timing::$timing };
-    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, current: $current:path)? $(, wrote: $wrote:path)? $(, revokes: $revokes:path)? $(, cache: $cached:ident)? $(, timing: $timing:ident)?;)*) => {$(
+    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, current: $current:path)? $(, wrote: $wrote:path)? $(, revokes: $revokes:path)? $(, cache: $cached:ident)? $(, timing: $timing:ident)? $(, refuse: $refuse:path)?;)*) => {$(
         #[doc = concat!("`", stringify!($name), "`")]
         pub struct $name;
         impl UnaryRpc for $name {
@@ -146,6 +153,9 @@ macro_rules! unary_rpcs {
             $(fn revoked_lease(request: &$req) -> Option<i64> {
                 $revokes(request)
             })?
+            $(fn refused(request: &$req) -> Option<tonic::Status> {
+                $refuse(request)
+            })?
             $(cached_range!($cached);)?
             fn call(connection: MemberConnection, request: Request<$req>) -> BoxFuture<'static, Result<Response<$resp>, tonic::Status>> {
                 Box::pin(async move { $client::new(connection).max_decoding_message_size(usize::MAX).$method(request).await })
@@ -155,10 +165,10 @@ macro_rules! unary_rpcs {
 }
 
 unary_rpcs! {
-    Range: KvClient.range(RangeRequest) -> RangeResponse, Read, Balanced, current: linearizable_range, cache: cached;
+    Range: KvClient.range(RangeRequest) -> RangeResponse, Read, Balanced, current: linearizable_range, cache: cached, refuse: guard::range;
     Put: KvClient.put(PutRequest) -> PutResponse, Write, Balanced, wrote: put_written;
     DeleteRange: KvClient.delete_range(DeleteRangeRequest) -> DeleteRangeResponse, Write, Balanced, wrote: delete_written;
-    Txn: KvClient.txn(TxnRequest) -> TxnResponse, Write, Balanced, wrote: txn_written;
+    Txn: KvClient.txn(TxnRequest) -> TxnResponse, Write, Balanced, wrote: txn_written, refuse: guard::txn;
     Compact: KvClient.compact(CompactionRequest) -> CompactionResponse, Write, Balanced;
 
     LeaseGrant: LeaseClient.lease_grant(LeaseGrantRequest) -> LeaseGrantResponse, Write, Balanced;
@@ -172,7 +182,7 @@ unary_rpcs! {
     MemberList: ClusterClient.member_list(MemberListRequest) -> MemberListResponse, Read, Balanced;
     MemberPromote: ClusterClient.member_promote(MemberPromoteRequest) -> MemberPromoteResponse, Write, Leader;
 
-    Alarm: MaintenanceClient.alarm(AlarmRequest) -> AlarmResponse, Write, MemberOrBalanced;
+    Alarm: MaintenanceClient.alarm(AlarmRequest) -> AlarmResponse, Write, MemberOrBalanced, refuse: guard::alarm;
     Status: MaintenanceClient.status(StatusRequest) -> StatusResponse, Read, MemberOrBalanced;
     Defragment: MaintenanceClient.defragment(DefragmentRequest) -> DefragmentResponse, Write, MemberOrBalanced;
     Hash: MaintenanceClient.hash(HashRequest) -> HashResponse, Read, MemberOrBalanced, timing: Unmeasured;
@@ -195,7 +205,7 @@ unary_rpcs! {
     RoleGet: AuthClient.role_get(AuthRoleGetRequest) -> AuthRoleGetResponse, Read, Balanced;
     RoleList: AuthClient.role_list(AuthRoleListRequest) -> AuthRoleListResponse, Read, Balanced;
     RoleDelete: AuthClient.role_delete(AuthRoleDeleteRequest) -> AuthRoleDeleteResponse, Write, Balanced;
-    RoleGrantPermission: AuthClient.role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse, Write, Balanced;
+    RoleGrantPermission: AuthClient.role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse, Write, Balanced, refuse: guard::role_grant_permission;
     RoleRevokePermission: AuthClient.role_revoke_permission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse, Write, Balanced;
 
     Lock: LockClient.lock(LockRequest) -> LockResponse, Write, Balanced, timing: Unmeasured;

@@ -136,7 +136,7 @@ pub fn decode_error(code: Code, error: &serde_json::Error) -> Status {
         return Status::new(code, "unexpected EOF");
     }
     let message = error.to_string();
-    if message.starts_with(etcdgate_proto::go_base64::ERROR_PREFIX) {
+    if message.starts_with(etcdgate_proto::go_json::BASE64_ERROR_PREFIX) {
         let position = format!(" at line {} column {}", error.line(), error.column());
         if let Some(go_message) = message.strip_suffix(&position) {
             return Status::new(code, go_message);

@@ -1,17 +1,21 @@
-//! `bytes` fields of the JSON mapping, decoded as etcd's HTTP gateway decodes them (Go's
-//! `encoding/json`, `base64.StdEncoding`): the standard alphabet with `=` padding, line
-//! breaks skipped, non-zero trailing bits allowed; anything else is refused with Go's
-//! message, `illegal base64 data at input byte N`. (pbjson's own decoder also takes the
-//! URL-safe alphabet and missing padding, so a body etcd refuses would be executed.) The
-//! generated serde code is pointed here by `build.rs`.
+//! JSON values that etcd's HTTP gateway (Go's `encoding/json` and jsonpb) reads differently
+//! from pbjson, read here as the gateway reads them; `build.rs` points the generated serde
+//! code here.
+//!
+//! - `bytes` fields: Go's `base64.StdEncoding` — the standard alphabet with `=` padding,
+//!   line breaks skipped, non-zero trailing bits allowed; anything else is refused with Go's
+//!   message, `illegal base64 data at input byte N`. (pbjson also takes the URL-safe
+//!   alphabet and missing padding, so a body etcd refuses would be executed.)
+//! - enum fields: a name, or any 32-bit number, known or not, as jsonpb takes it (pbjson
+//!   refuses unknown numbers). The request then meets the same checks as over gRPC.
 
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::{self, Deserialize, Deserializer, Visitor};
+use serde::de::{self, Deserialize, Deserializer, Unexpected, Visitor};
 
-/// The start of every error message this module produces (Go's `base64.CorruptInputError`).
-pub const ERROR_PREFIX: &str = "illegal base64 data at input byte ";
+/// The start of every base64 error message (Go's `base64.CorruptInputError`).
+pub const BASE64_ERROR_PREFIX: &str = "illegal base64 data at input byte ";
 
 /// A `bytes` field's value, decoded from base64 as Go decodes it.
 pub struct Base64Bytes<T>(pub T);
@@ -25,10 +29,35 @@ impl<'de, T: From<Vec<u8>>> Deserialize<'de> for Base64Bytes<T> {
                 formatter.write_str("a base64 string")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
-                decode(s.as_bytes()).map(T::from).map_err(|at| E::custom(format_args!("{ERROR_PREFIX}{at}")))
+                decode(s.as_bytes()).map(T::from).map_err(|at| E::custom(format_args!("{BASE64_ERROR_PREFIX}{at}")))
             }
         }
         deserializer.deserialize_str(Base64Visitor(PhantomData)).map(Base64Bytes)
+    }
+}
+
+/// An enum field's value: one of `E`'s names, or any 32-bit number.
+pub struct OpenEnum<E>(pub i32, PhantomData<E>);
+
+impl<'de, E: Deserialize<'de> + Into<i32>> Deserialize<'de> for OpenEnum<E> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EnumVisitor<E>(PhantomData<E>);
+        impl<'de, E: Deserialize<'de> + Into<i32>> Visitor<'de> for EnumVisitor<E> {
+            type Value = i32;
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("an enum name or a 32-bit number")
+            }
+            fn visit_str<Err: de::Error>(self, name: &str) -> Result<i32, Err> {
+                E::deserialize(de::value::StrDeserializer::<Err>::new(name)).map(Into::into)
+            }
+            fn visit_i64<Err: de::Error>(self, number: i64) -> Result<i32, Err> {
+                i32::try_from(number).map_err(|_| Err::invalid_value(Unexpected::Signed(number), &self))
+            }
+            fn visit_u64<Err: de::Error>(self, number: u64) -> Result<i32, Err> {
+                i32::try_from(number).map_err(|_| Err::invalid_value(Unexpected::Unsigned(number), &self))
+            }
+        }
+        deserializer.deserialize_any(EnumVisitor::<E>(PhantomData)).map(|value| OpenEnum(value, PhantomData))
     }
 }
 
@@ -136,6 +165,19 @@ mod tests {
         assert_eq!(decode(b"YQ==YQ=="), Err(4));
         assert_eq!(decode(b"YQ=x"), Err(2));
         assert_eq!(decode(b"YWI=="), Err(4));
+    }
+
+    #[test]
+    fn enums_take_names_and_any_32_bit_number() {
+        use crate::etcdserverpb::range_request::SortTarget;
+        let read = |json: &str| serde_json::from_str::<OpenEnum<SortTarget>>(json).map(|value| value.0);
+        assert_eq!(read(r#""MOD""#).unwrap(), 3);
+        assert_eq!(read("4").unwrap(), 4);
+        assert_eq!(read("99").unwrap(), 99);
+        assert_eq!(read("-1").unwrap(), -1);
+        assert!(read(r#""BOGUS""#).is_err());
+        assert!(read("2147483648").is_err());
+        assert!(read("1.5").is_err());
     }
 
     #[test]

@@ -1,0 +1,156 @@
+//! Requests that crash etcd members, refused before they leave etcdgate.
+//!
+//! etcd 3.4 and 3.5 (measured on 3.4.23 and 3.5.1) pass these requests through their own
+//! checks and then panic serving them. Sent to etcd directly, one request kills one member
+//! (a read) or every member at once (a write: each applies it; etcd 3.4 panics again at
+//! every restart on an alarm `ACTIVATE` of `NONE`). Through a proxy that retries reads on
+//! the next member when their member drops the connection, one read would kill them all.
+//! Each is refused here with the error a later etcd release gives, or a clear one of
+//! etcdgate's where etcd has none:
+//!
+//! | request | crashes | answer |
+//! |---|---|---|
+//! | Range, or a range in a Txn at any depth, with a sort target or order etcd does not know | 3.4, 3.5.0–3.5.1 (etcd-io/etcd#13554; order: refused since) | `etcdserver: invalid sort option` |
+//! | Alarm with an action etcd does not know | 3.4, 3.5 | `etcdgate: unknown alarm action N` |
+//! | Alarm `ACTIVATE` of `NONE` (3.5 ignores it) or of a type etcd does not know | 3.4 / 3.5 | `etcdgate: ...` |
+//! | RoleGrantPermission without a permission | 3.4 (3.5 refuses it) | `etcdserver: permission not given` |
+//!
+//! Requests etcd refuses on its own anyway (an empty key before the bad sort option, say)
+//! are left for etcd to answer, so that the error is the one etcd gives.
+
+use etcdgate_proto::etcdserverpb::alarm_request::AlarmAction;
+use etcdgate_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+use etcdgate_proto::etcdserverpb::{request_op, AlarmRequest, AlarmType, AuthRoleGrantPermissionRequest, RangeRequest, TxnRequest};
+use tonic::Status;
+
+/// What checking a request found.
+enum Found {
+    /// Nothing that crashes etcd.
+    Nothing,
+    /// Something etcd refuses itself before it gets to what would crash it.
+    RefusedByEtcd,
+    /// A request of death, and the answer to give instead.
+    Refuse(Status),
+}
+
+fn invalid_sort_option() -> Status {
+    Status::invalid_argument("etcdserver: invalid sort option")
+}
+
+fn check_range(request: &RangeRequest) -> Found {
+    if request.key.is_empty() {
+        return Found::RefusedByEtcd;
+    }
+    if SortOrder::try_from(request.sort_order).is_err() || SortTarget::try_from(request.sort_target).is_err() {
+        return Found::Refuse(invalid_sort_option());
+    }
+    Found::Nothing
+}
+
+/// A Txn's compares and operations in the order etcd checks them.
+fn check_txn(request: &TxnRequest) -> Found {
+    if request.compare.iter().any(|compare| compare.key.is_empty()) {
+        return Found::RefusedByEtcd;
+    }
+    for op in request.success.iter().chain(&request.failure) {
+        let found = match &op.request {
+            Some(request_op::Request::RequestRange(range)) => check_range(range),
+            Some(request_op::Request::RequestPut(put)) if put.key.is_empty() => Found::RefusedByEtcd,
+            Some(request_op::Request::RequestDeleteRange(delete)) if delete.key.is_empty() => Found::RefusedByEtcd,
+            Some(request_op::Request::RequestTxn(txn)) => check_txn(txn),
+            _ => Found::Nothing,
+        };
+        if !matches!(found, Found::Nothing) {
+            return found;
+        }
+    }
+    Found::Nothing
+}
+
+fn refused(found: Found) -> Option<Status> {
+    match found {
+        Found::Refuse(status) => Some(status),
+        Found::Nothing | Found::RefusedByEtcd => None,
+    }
+}
+
+/// The refusal of a Range etcd would crash on.
+pub fn range(request: &RangeRequest) -> Option<Status> {
+    refused(check_range(request))
+}
+
+/// The refusal of a Txn etcd would crash on.
+pub fn txn(request: &TxnRequest) -> Option<Status> {
+    refused(check_txn(request))
+}
+
+/// The refusal of an Alarm request etcd would crash on.
+pub fn alarm(request: &AlarmRequest) -> Option<Status> {
+    let Ok(action) = AlarmAction::try_from(request.action) else {
+        return Some(Status::invalid_argument(format!("etcdgate: unknown alarm action {}", request.action)));
+    };
+    if action != AlarmAction::Activate {
+        return None;
+    }
+    match AlarmType::try_from(request.alarm) {
+        Ok(AlarmType::None) => Some(Status::invalid_argument(
+            "etcdgate: an alarm to activate needs a type, NOSPACE or CORRUPT (etcd 3.4 crashes on NONE)",
+        )),
+        Ok(_) => None,
+        Err(_) => Some(Status::invalid_argument(format!("etcdgate: unknown alarm type {}", request.alarm))),
+    }
+}
+
+/// The refusal of a RoleGrantPermission without a permission, in etcd 3.5's words.
+pub fn role_grant_permission(request: &AuthRoleGrantPermissionRequest) -> Option<Status> {
+    request.perm.is_none().then(|| Status::invalid_argument("etcdserver: permission not given"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcdgate_proto::etcdserverpb::{Compare, PutRequest, RequestOp};
+
+    fn sorted(key: &str, order: i32, target: i32) -> RangeRequest {
+        RangeRequest { key: key.into(), sort_order: order, sort_target: target, ..Default::default() }
+    }
+
+    fn op(request: request_op::Request) -> RequestOp {
+        RequestOp { request: Some(request) }
+    }
+
+    #[test]
+    fn ranges_with_a_sort_etcd_does_not_know_are_refused_in_its_words() {
+        assert!(range(&sorted("a", 2, 4)).is_none());
+        assert!(range(&sorted("a", 0, 0)).is_none());
+        for (order, target) in [(1, 99), (0, 5), (3, 0), (-1, 0), (0, -1)] {
+            let status = range(&sorted("a", order, target)).expect("refused");
+            assert_eq!((status.code(), status.message()), (tonic::Code::InvalidArgument, "etcdserver: invalid sort option"));
+        }
+        assert!(range(&sorted("", 1, 99)).is_none(), "etcd refuses an empty key first");
+    }
+
+    #[test]
+    fn txns_are_checked_at_every_depth_in_etcds_order() {
+        let bad = op(request_op::Request::RequestRange(sorted("a", 1, 99)));
+        let put = |key: &str| op(request_op::Request::RequestPut(PutRequest { key: key.into(), ..Default::default() }));
+        let nested = TxnRequest { failure: vec![bad.clone()], ..Default::default() };
+        assert!(txn(&TxnRequest { success: vec![put("w"), bad.clone()], ..Default::default() }).is_some());
+        assert!(txn(&TxnRequest { success: vec![op(request_op::Request::RequestTxn(nested))], ..Default::default() }).is_some());
+        assert!(txn(&TxnRequest { success: vec![put(""), bad.clone()], ..Default::default() }).is_none());
+        let empty_compare = Compare { key: Vec::new(), ..Default::default() };
+        assert!(txn(&TxnRequest { compare: vec![empty_compare], failure: vec![bad], ..Default::default() }).is_none());
+        assert!(txn(&TxnRequest { success: vec![put("w"), RequestOp::default()], ..Default::default() }).is_none());
+    }
+
+    #[test]
+    fn alarms_etcd_crashes_on_are_refused() {
+        let alarm_request = |action: i32, alarm: i32| AlarmRequest { action, alarm, member_id: 0 };
+        assert!(alarm(&alarm_request(0, 0)).is_none(), "GET");
+        assert!(alarm(&alarm_request(1, 1)).is_none(), "ACTIVATE NOSPACE");
+        assert!(alarm(&alarm_request(2, 0)).is_none(), "DEACTIVATE NONE");
+        for (action, kind) in [(3, 0), (99, 1), (1, 0), (1, 3), (1, -1)] {
+            assert_eq!(alarm(&alarm_request(action, kind)).expect("refused").code(), tonic::Code::InvalidArgument);
+        }
+    }
+}
