@@ -43,7 +43,8 @@ pub fn decode_one<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Statu
         Some(Ok(message)) => Ok(message),
         Some(Err(error)) => match decode_without_nulls(body) {
             Ok(Some((message, _))) => Ok(message),
-            _ => Err(decode_error(Code::InvalidArgument, &error)),
+            Ok(None) => Err(decode_error(Code::InvalidArgument, &error)),
+            Err(without_nulls) => Err(decode_error(Code::InvalidArgument, &without_nulls)),
         },
         None => Ok(T::default()),
     }
@@ -53,7 +54,8 @@ pub fn decode_one<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Statu
 /// as `null` as the empty one; pbjson refuses both. So a message that failed to decode is
 /// tried once more with its `null` members removed (or as `{}`).
 /// Returns the message and the length of the JSON value it was read from; `Ok(None)` if
-/// that does not help, and the parse error if `body` does not start with a whole JSON value.
+/// there is no `null` to remove; the parse error if `body` does not start with a whole JSON
+/// value, or why the message without its `null`s is refused (what etcd refuses it for).
 fn decode_without_nulls<T: DeserializeOwned>(body: &[u8]) -> Result<Option<(T, usize)>, serde_json::Error> {
     fn strip(value: &mut Value) -> bool {
         match value {
@@ -78,7 +80,7 @@ fn decode_without_nulls<T: DeserializeOwned>(body: &[u8]) -> Result<Option<(T, u
     } else if !strip(&mut value) {
         return Ok(None);
     }
-    Ok(T::deserialize(value).ok().map(|message| (message, used)))
+    T::deserialize(value).map(|message| Some((message, used)))
 }
 
 /// Splits a streaming request body into JSON messages as they arrive. A message may span
@@ -114,8 +116,9 @@ pub fn decode_stream<T: DeserializeOwned + Send + 'static>(body: Body, limit: us
                             return Some((Ok(message), state));
                         }
                         Err(incomplete) if incomplete.is_eof() && !state.ended => {}
-                        _ => {
+                        refused => {
                             state.failed = true;
+                            let error = refused.err().unwrap_or(error);
                             return Some((Err(decode_error(Code::Unknown, &error)), state));
                         }
                     },
@@ -173,6 +176,9 @@ mod tests {
             let refused = decode_one::<RangeRequest>(body.as_bytes()).unwrap_err();
             assert_eq!((refused.code(), refused.message()), (Code::InvalidArgument, message), "{body}");
         }
+        // A `null` is not what is wrong with a body (etcd reads it as unset): the error is.
+        let refused = decode_one::<RangeRequest>(br#"{"range_end":null,"key":"YQ"}"#).unwrap_err();
+        assert_eq!(refused.message(), "illegal base64 data at input byte 0");
     }
 
     #[tokio::test]
