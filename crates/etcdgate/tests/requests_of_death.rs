@@ -2,7 +2,9 @@
 //! etcdgate, over gRPC and HTTP/JSON, inside and outside the cached prefix, with the error a
 //! later etcd release gives; nothing is written and every member still runs. Sent straight to
 //! a member, the first of them kills it: on etcd 3.4.23 and 3.5.1 the guard is what keeps a
-//! client's bad request from taking the cluster down.
+//! client's bad request from taking the cluster down. And a read that two members die
+//! serving (as a request of death not known yet would kill them) is not sent to the third,
+//! and is held back while they come back.
 
 mod common;
 
@@ -16,7 +18,7 @@ use etcdgate_testkit::{Cluster, EtcdVersion};
 use tonic::transport::Channel;
 use tonic::Code;
 
-use common::Etcdgate;
+use common::{metric, Etcdgate};
 
 /// A Range sorted by a target etcd does not know.
 fn bad_sort(key: &str) -> RangeRequest {
@@ -121,6 +123,71 @@ async fn requests_of_death_are_refused(version: EtcdVersion) {
         assert!(std::time::Instant::now() < deadline, "etcd {} survived a Range sorted by target 99", version.label());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Member 2 down, members 0 and 1 paused; a read goes to one and is hedged to the other;
+/// both are killed under it. The read fails at once without going further, the same read is
+/// held back once the cluster is whole again, and other reads are served.
+async fn a_read_two_members_die_serving_is_held_back(version: EtcdVersion) {
+    let mut cluster = Cluster::start(version, 3).await.unwrap();
+    let gateway = Etcdgate::start(&cluster.endpoints());
+    let channel = Channel::from_shared(gateway.url()).unwrap().connect().await.unwrap();
+    let mut kv = KvClient::new(channel);
+    kv.put(PutRequest { key: b"k".to_vec(), value: b"1".to_vec(), ..Default::default() }).await.unwrap();
+    let read = RangeRequest { key: b"k".to_vec(), serializable: true, ..Default::default() };
+
+    cluster.kill(2);
+    let down = format!("etcdgate_member_state{{member=\"{}\",state=\"down\"}}", cluster.client_url(2));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(gateway.addr(), &down) != Some(1) {
+        assert!(std::time::Instant::now() < deadline, "etcdgate did not see member 2 down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.pause(0).unwrap();
+    cluster.pause(1).unwrap();
+    let in_flight = tokio::spawn({
+        let (mut kv, read) = (kv.clone(), read.clone());
+        async move { kv.range(read).await }
+    });
+    // Once the read is hedged to the other member, before the probes call them hung.
+    let hedged = || {
+        common::http_get(gateway.addr(), "/metrics")
+            .lines()
+            .filter(|line| line.starts_with("etcdgate_hedged_reads_total{"))
+            .any(|line| line.rsplit(' ').next() != Some("0"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !hedged() {
+        assert!(std::time::Instant::now() < deadline, "the read was not hedged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.kill(0);
+    cluster.kill(1);
+    let failed = in_flight.await.unwrap().expect_err("a read with no member left was answered");
+    assert_eq!(failed.code(), Code::Unavailable);
+    assert!(failed.message().starts_with("etcdgate: two etcd members failed while serving this request"), "{}", failed.message());
+
+    for i in 0..3 {
+        cluster.respawn(i).unwrap();
+    }
+    for i in 0..3 {
+        cluster.wait_member_ready(i, Duration::from_secs(30)).await.unwrap();
+    }
+    let other = RangeRequest { key: b"k".to_vec(), ..Default::default() };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while kv.range(other.clone()).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "reads are not served again after the members came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = kv.range(read).await.expect_err("the read two members died serving was sent again at once");
+    assert_eq!(held.code(), Code::Unavailable);
+    assert!(held.message().starts_with("etcdgate: request held back"), "{}", held.message());
+    assert_eq!(metric(gateway.addr(), "etcdgate_requests_held_back_total{rpc=\"Range\"}"), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_two_members_die_serving_is_held_back_on_etcd_3_5() {
+    a_read_two_members_die_serving_is_held_back(EtcdVersion::V3_5).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -90,7 +90,7 @@ impl Gateway {
     }
 
     async fn answer<R: UnaryRpc>(&self, ctx: &CallContext, message: R::Req, ask_cache: bool) -> Result<R::Resp, Status> {
-        if let Some(refusal) = R::refused(&message) {
+        if let Some(refusal) = R::refused(&message).or_else(|| crate::guard::held_back(R::NAME, &message)) {
             let refused = Err(refusal);
             crate::metrics::request_done(R::NAME, &refused);
             return refused;
@@ -109,6 +109,9 @@ impl Gateway {
                 .unwrap_or_else(|_| Err(Status::deadline_exceeded("context deadline exceeded"))),
             None => call.await,
         };
+        if result.as_ref().is_err_and(|status| status.message().starts_with(etcdgate_upstream::CUT_TWICE)) {
+            crate::guard::hold_back(R::NAME, &message);
+        }
         if let Some((response, revision)) = result.as_ref().ok().and_then(|r| Some((r, R::header_revision(r)?))) {
             ctx.seen.saw(revision);
             if let Some(caches) = &self.caches {

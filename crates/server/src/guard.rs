@@ -17,6 +17,19 @@
 //!
 //! Requests etcd refuses on its own anyway (an empty key before the bad sort option, say)
 //! are left for etcd to answer, so that the error is the one etcd gives.
+//!
+//! Requests of death not known yet: a read that two members failed in transit while serving
+//! it, both found down right after, is not sent to a third (see
+//! `etcdgate_upstream::CUT_TWICE`), and the same client request (same RPC, same bytes) is
+//! then held back for [`HOLD`], long enough for a supervisor to restart the members: a client
+//! that retries it cannot kill them again as they come back. etcdgate's own reads (the
+//! cache's loads and barriers) are never held back.
+
+use std::collections::VecDeque;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use etcdgate_proto::etcdserverpb::alarm_request::AlarmAction;
 use etcdgate_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
@@ -106,6 +119,59 @@ pub fn role_grant_permission(request: &AuthRoleGrantPermissionRequest) -> Option
     request.perm.is_none().then(|| Status::invalid_argument("etcdserver: permission not given"))
 }
 
+/// How long a request two members failed while serving it is held back.
+pub const HOLD: Duration = Duration::from_secs(30);
+/// Requests held back at most (the oldest is let go first).
+const MAX_HELD: usize = 64;
+
+/// Requests held back: their fingerprints and until when.
+static HELD: Mutex<VecDeque<(u64, Instant)>> = Mutex::new(VecDeque::new());
+/// How many there are, read without the lock on every call.
+static HELD_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+fn fingerprint<M: prost::Message>(rpc: &str, message: &M) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    rpc.hash(&mut hasher);
+    message.encode_to_vec().hash(&mut hasher);
+    hasher.finish()
+}
+
+fn with_held<T>(f: impl FnOnce(&mut VecDeque<(u64, Instant)>) -> T) -> T {
+    let mut held = HELD.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = Instant::now();
+    held.retain(|(_, until)| *until > now);
+    let result = f(&mut held);
+    HELD_COUNT.store(held.len(), Ordering::Relaxed);
+    result
+}
+
+/// Holds back `message` (an `rpc` call) for [`HOLD`]: two members failed while serving it.
+pub fn hold_back<M: prost::Message>(rpc: &'static str, message: &M) {
+    let fingerprint = fingerprint(rpc, message);
+    tracing::warn!(rpc, hold_secs = HOLD.as_secs(), "two etcd members failed while serving the same request: holding it back");
+    crate::metrics::held_back(rpc);
+    with_held(|held| {
+        held.retain(|(held, _)| *held != fingerprint);
+        if held.len() == MAX_HELD {
+            held.pop_front();
+        }
+        held.push_back((fingerprint, Instant::now() + HOLD));
+    });
+}
+
+/// The refusal of a request that is held back.
+pub fn held_back<M: prost::Message>(rpc: &str, message: &M) -> Option<Status> {
+    if HELD_COUNT.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let fingerprint = fingerprint(rpc, message);
+    let until = with_held(|held| held.iter().find(|(held, _)| *held == fingerprint).map(|(_, until)| *until))?;
+    Some(Status::unavailable(format!(
+        "etcdgate: request held back for {}s more: two etcd members failed while serving it",
+        until.saturating_duration_since(Instant::now()).as_secs() + 1
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +207,17 @@ mod tests {
         let empty_compare = Compare { key: Vec::new(), ..Default::default() };
         assert!(txn(&TxnRequest { compare: vec![empty_compare], failure: vec![bad], ..Default::default() }).is_none());
         assert!(txn(&TxnRequest { success: vec![put("w"), RequestOp::default()], ..Default::default() }).is_none());
+    }
+
+    #[test]
+    fn a_request_held_back_is_refused_and_others_are_not() {
+        let request = sorted("/held", 1, 1);
+        assert!(held_back("Range", &request).is_none());
+        hold_back("Range", &request);
+        let refused = held_back("Range", &request).expect("held back");
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert!(held_back("Range", &sorted("/held", 1, 2)).is_none(), "another request");
+        assert!(held_back("DeleteRange", &request).is_none(), "another RPC");
     }
 
     #[test]

@@ -28,6 +28,7 @@ struct ServerMetrics {
     requests: Family<RequestLabels, Counter>,
     stream_moves: Family<StreamLabels, Counter>,
     reads_behind: Family<RpcLabels, Counter>,
+    held_back: Family<RpcLabels, Counter>,
     cache_reads: Family<CacheReadLabels, Counter>,
     cache_loads: Counter,
     cache_events_in: Counter,
@@ -67,6 +68,11 @@ pub fn request_done<T>(rpc: &'static str, result: &Result<T, Status>) {
         Err(status) => format!("{:?}", status.code()),
     };
     metrics().requests.get_or_create(&RequestLabels { rpc, code }).inc();
+}
+
+/// A request two members failed while serving it was held back (see [`crate::guard`]).
+pub fn held_back(rpc: &'static str) {
+    metrics().held_back.get_or_create(&RpcLabels { rpc }).inc();
 }
 
 /// A read was answered from behind what its client had seen, and asked again.
@@ -150,6 +156,11 @@ fn registry() -> &'static Registry {
             "etcdgate_reads_behind",
             "Reads answered by a member behind a revision the client had already seen, asked again",
             metrics.reads_behind.clone(),
+        );
+        registry.register(
+            "etcdgate_requests_held_back",
+            "Requests held back after two members failed while serving them (a request etcd crashes on?)",
+            metrics.held_back.clone(),
         );
         registry.register("etcdgate_cache_reads", "Ranges inside a cached prefix, by whether the cache answered", metrics.cache_reads.clone());
         registry.register("etcdgate_cache_loads", "Full reads of a cached prefix from etcd (start, resync after compaction)", metrics.cache_loads.clone());

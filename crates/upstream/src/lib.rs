@@ -28,5 +28,5 @@ mod retry;
 pub use balance::Timing;
 pub use connection::{ConnectOptions, MemberConnection};
 pub use health::State;
-pub use pool::{Member, Pool, PoolOptions, Target};
+pub use pool::{Member, Pool, PoolOptions, Target, CUT_TWICE};
 pub use retry::{classify, Failure, RetryPolicy};

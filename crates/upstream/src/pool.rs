@@ -19,6 +19,8 @@
 //! member, so it waits for its answer. After etcd's `too many requests` the next member is
 //! tried after a short pause (see [`crate::retry`]). A read its member is slow to answer is
 //! also sent to the next healthy member, and the first answer wins (see [`crate::hedge`]).
+//! A read that two members failed in transit while serving it, and that were then found
+//! down, is not sent to a third (see [`CUT_TWICE`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -103,6 +105,16 @@ impl PoolOptions {
 const FIRST_ROUND_PAUSE: Duration = Duration::from_millis(100);
 /// The longest such pause.
 const MAX_ROUND_PAUSE: Duration = Duration::from_secs(1);
+/// The start of the error of a read that two members failed in transit (connection lost or
+/// reset) while serving it, both found down right after (their connections refused: the
+/// process is gone, not merely the network), and that is therefore not sent to another.
+/// Two members dying under the same request is more likely the request's doing than chance
+/// — etcd has panicked on requests that passed its checks — and a third attempt could take
+/// the cluster's last quorum member with it.
+pub const CUT_TWICE: &str = "etcdgate: two etcd members failed while serving this request";
+/// How long the members that failed a read in transit may take to be found down (they are
+/// re-probed at once; a crashed member refuses the connection).
+const CONFIRM_DOWN: Duration = Duration::from_millis(500);
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -710,6 +722,8 @@ impl Pool {
             self.hedges.deposit();
         }
         let mut last_error = None;
+        // Members that failed in transit while serving this call.
+        let mut cut_by: Vec<Arc<Member>> = Vec::new();
         let mut overload = OverloadBackoff::default();
         let mut round_pause = FIRST_ROUND_PAUSE;
         loop {
@@ -758,6 +772,13 @@ impl Pool {
                                     }
                                     if !failure.may_retry(policy) {
                                         return Err(status);
+                                    }
+                                    if !abandoned && failure == Failure::Transport {
+                                        cut_by.push(member.clone());
+                                        if cut_by.len() >= 2 && self.all_down(&cut_by).await {
+                                            tracing::warn!(member = %member.url(), error = %status.message(), "{CUT_TWICE}; not sent to another");
+                                            return Err(Status::unavailable(format!("{CUT_TWICE}; not sent to another: {}", status.message())));
+                                        }
                                     }
                                     tracing::debug!(member = %member.url(), error = %status.message(), "failing over");
                                     crate::metrics::failed_over(member.url());
@@ -845,6 +866,22 @@ impl Pool {
         }
         let other = if by_partner { (first.clone(), first_run.await) } else { (partner.clone(), partner_run.await) };
         [Some((winner, attempt)), Some(other)]
+    }
+
+    /// Whether every one of `members` is found down within [`CONFIRM_DOWN`].
+    async fn all_down(&self, members: &[Arc<Member>]) -> bool {
+        let deadline = Instant::now() + CONFIRM_DOWN;
+        loop {
+            let changed = self.family().changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if members.iter().all(|member| member.state() == State::Down) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Asks the members that `ask` picks for their status now (within a probe deadline).
@@ -1120,6 +1157,50 @@ mod tests {
         assert_eq!(port1_calls.load(Ordering::Relaxed), 1, "out of rotation after its first failure");
         assert_eq!(entry(&pool, 1).state(), State::Down);
         assert!(entry(&pool, 1).evidence().starts_with("call failed: "));
+    }
+
+    #[tokio::test]
+    async fn a_read_two_members_die_serving_is_not_sent_to_a_third() {
+        let pool = pool(3);
+        // Member 3 is only a fallback (not probed yet): the healthy two are tried first.
+        let third_calls = &AtomicUsize::new(0);
+        let read = |cut_on: &'static [&'static str], dies: bool| {
+            let pool = &pool;
+            pool.call(&Target::Any, RetryPolicy::Read, Timing::Measured, move |connection| {
+                let url = connection.url().to_string();
+                if url == "http://127.0.0.1:3" {
+                    third_calls.fetch_add(1, Ordering::Relaxed);
+                }
+                let cut = cut_on.contains(&url.as_str());
+                if cut && dies {
+                    // As the re-probe finds a member whose process is gone.
+                    let port = url.rsplit(':').next().unwrap().parse().unwrap();
+                    entry(pool, port).call_failed(Failure::NotSent, "connect: Connection refused");
+                }
+                async move {
+                    match cut {
+                        true => Err(Status::unavailable("error reading a body from connection: connection reset")),
+                        false => Ok(url),
+                    }
+                }
+            })
+        };
+        let both = &["http://127.0.0.1:1", "http://127.0.0.1:2"];
+        // Cut by two members that are still there (the network, say): the read goes on.
+        make_healthy(&pool, 1);
+        make_healthy(&pool, 2);
+        assert_eq!(read(both, false).await.unwrap(), "http://127.0.0.1:3");
+        // Cut by two members that died: not sent to a third.
+        make_healthy(&pool, 1);
+        make_healthy(&pool, 2);
+        third_calls.store(0, Ordering::Relaxed);
+        let cut_twice = read(both, true).await.unwrap_err();
+        assert!(cut_twice.message().starts_with(CUT_TWICE), "{}", cut_twice.message());
+        assert_eq!(third_calls.load(Ordering::Relaxed), 0, "the read went on to a third member");
+        // One member dying is a member failing, not the request: the read fails over.
+        make_healthy(&pool, 1);
+        make_healthy(&pool, 2);
+        assert_ne!(read(&["http://127.0.0.1:1"], true).await.unwrap(), "http://127.0.0.1:1");
     }
 
     #[tokio::test]
