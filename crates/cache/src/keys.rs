@@ -43,6 +43,12 @@ impl KeyRange {
         }
     }
 
+    /// Whether the range ends at or before its start, so holds no key (etcd refuses to watch
+    /// it: `mvcc: watcher range is empty`).
+    pub fn is_empty(&self) -> bool {
+        !self.is_single_key() && !self.open_ended() && self.start >= self.end
+    }
+
     fn is_single_key(&self) -> bool {
         self.end.is_empty()
     }

@@ -51,13 +51,14 @@ pub struct Watcher {
 impl Watcher {
     /// A watch for `create` with ID `id`, and its `created` response; `None` when the hub
     /// cannot serve it: keys outside the prefix, the prefix not loaded yet, or a start
-    /// revision from which an event of its keys has left the history (etcd must answer that
-    /// one: it may still have the events, or it says compacted).
+    /// revision from which an event of its keys has left the history, or below 0 (etcd must
+    /// answer that one: it may still have the events, or it says compacted, with its own
+    /// compaction revision).
     /// `max_request_bytes` is the server's request size limit, which etcd also uses to split
     /// the responses of watches created with `fragment`.
     pub fn create(hub: &Arc<Hub>, id: i64, create: &WatchCreateRequest, max_request_bytes: usize) -> Option<(Watcher, WatchResponse)> {
         let keys = KeyRange::new(&create.key, &create.range_end);
-        if create.key.is_empty() || !hub.keys().covers(&keys) {
+        if create.key.is_empty() || keys.is_empty() || create.start_revision < 0 || !hub.keys().covers(&keys) {
             return None;
         }
         let epoch = hub.epoch();

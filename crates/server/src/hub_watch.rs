@@ -41,6 +41,9 @@ const RELAY_BUFFER: usize = 16;
 const MAX_READY: usize = 16;
 /// etcd's answer to a create with a watch ID the stream already uses.
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// etcd's answer to a create whose range ends at or before its key (checked before an ID
+/// is given).
+const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 
 fn lock(ids: &Mutex<Ids>) -> std::sync::MutexGuard<'_, Ids> {
     ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -121,18 +124,21 @@ impl Mux {
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
-                let at_hub = {
+                let at = {
                     let mut ids = lock(&self.ids);
-                    let at_hub = ids.live.get(&cancel.watch_id) == Some(&At::Hub);
-                    if at_hub {
+                    let at = ids.live.get(&cancel.watch_id).copied();
+                    if at == Some(At::Hub) {
                         ids.live.remove(&cancel.watch_id);
                     }
-                    at_hub
+                    at
                 };
-                if at_hub {
-                    self.effects.push(Effect::Stop(cancel.watch_id));
-                } else {
-                    self.send_to_etcd(WatchRequest { request_union: Some(RequestUnion::CancelRequest(cancel)) }).await;
+                match at {
+                    Some(At::Hub) => self.effects.push(Effect::Stop(cancel.watch_id)),
+                    Some(At::Etcd) => {
+                        self.send_to_etcd(WatchRequest { request_union: Some(RequestUnion::CancelRequest(cancel)) }).await
+                    }
+                    // etcd ignores the cancel of a watch the stream does not have.
+                    None => {}
                 }
             }
             Some(RequestUnion::ProgressRequest(progress)) => {
@@ -151,7 +157,17 @@ impl Mux {
         self.caches.hubs().first().and_then(|hub| hub.header())
     }
 
+    /// etcd's answer to a create it refuses: created and canceled at once, with ID -1.
+    fn refuse_create(&mut self, reason: &str) {
+        let header = self.header();
+        let refused = WatchResponse { header, watch_id: -1, created: true, canceled: true, cancel_reason: reason.into(), ..Default::default() };
+        self.send(refused);
+    }
+
     async fn create(&mut self, mut create: WatchCreateRequest) {
+        if etcdgate_cache::KeyRange::new(&create.key, &create.range_end).is_empty() {
+            return self.refuse_create(EMPTY_RANGE);
+        }
         {
             let mut ids = lock(&self.ids);
             if create.watch_id == 0 {
@@ -162,16 +178,7 @@ impl Mux {
                 ids.next += 1;
             } else if ids.live.get(&create.watch_id) == Some(&At::Hub) {
                 drop(ids);
-                let header = self.header();
-                let refused = WatchResponse {
-                    header,
-                    watch_id: -1,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: DUPLICATE_ID.into(),
-                    ..Default::default()
-                };
-                return self.send(refused);
+                return self.refuse_create(DUPLICATE_ID);
             }
         }
         let id = create.watch_id;

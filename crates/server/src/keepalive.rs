@@ -28,9 +28,9 @@ impl Resumable for KeepAlives {
     const NAME: &'static str = "keepalive";
     const ENDS_WITH_CLIENT_INPUT: bool = true;
 
-    fn outgoing(&mut self, request: LeaseKeepAliveRequest) -> LeaseKeepAliveRequest {
+    fn outgoing(&mut self, request: LeaseKeepAliveRequest) -> Option<LeaseKeepAliveRequest> {
         self.unanswered.push_back(request.id);
-        request
+        Some(request)
     }
 
     fn incoming(&mut self, mut response: LeaseKeepAliveResponse) -> Option<LeaseKeepAliveResponse> {

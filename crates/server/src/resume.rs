@@ -59,8 +59,10 @@ pub trait Resumable: Send + 'static {
     /// than staying open (Watch).
     const ENDS_WITH_CLIENT_INPUT: bool;
 
-    /// Records a client request; returns what to send upstream.
-    fn outgoing(&mut self, request: Self::Req) -> Self::Req;
+    /// Records a client request; returns what to send upstream, `None` for a request etcd
+    /// would neither answer nor act on (a cancel of a watch the stream does not have): not
+    /// sent, as a stream opened with it would wait for an answer that never comes.
+    fn outgoing(&mut self, request: Self::Req) -> Option<Self::Req>;
     /// Records a member's answer; `None` if the client must not see it.
     fn incoming(&mut self, response: Self::Resp) -> Option<Self::Resp>;
     /// What a new member must be sent to continue where the old one stopped.
@@ -140,7 +142,13 @@ pub async fn relay<S: Resumable>(
     stalled: Option<Stalled>,
 ) -> Result<ResponseStream<S::Resp>, Status> {
     // As etcd's gateway, answer nothing before the client asked something.
-    let first: Vec<S::Req> = input.next().await.map(|request| state.outgoing(request)).into_iter().collect();
+    let mut first: Vec<S::Req> = Vec::new();
+    while let Some(request) = input.next().await {
+        if let Some(outgoing) = state.outgoing(request) {
+            first.push(outgoing);
+            break;
+        }
+    }
     let input_over = first.is_empty();
     let upstream = open::<S>(&pool, &ctx, first, input_over).await?;
     let (client, responses) = mpsc::channel(STREAM_BUFFER);
@@ -191,14 +199,13 @@ async fn run<S: Resumable>(
         tokio::select! {
             request = input.next(), if !input_over => match (request, upstream.as_mut()) {
                 (Some(request), Some(current)) => {
-                    let outgoing = state.outgoing(request);
-                    if let Some(requests) = &current.requests {
+                    if let (Some(outgoing), Some(requests)) = (state.outgoing(request), &current.requests) {
                         // A failed send means the stream just failed: the answer arm moves it.
                         let _ = requests.send(outgoing).await;
                     }
                 }
                 (Some(request), None) => {
-                    let outgoing = state.outgoing(request);
+                    let Some(outgoing) = state.outgoing(request) else { continue };
                     match open::<S>(&pool, &ctx, vec![outgoing], false).await {
                         Ok(next) => upstream = Some(next),
                         Err(status) => {

@@ -46,9 +46,10 @@ struct Watches {
 }
 
 impl Watches {
-    /// Gives an automatic create its ID, as etcd would: the lowest free one from the counter.
+    /// Gives an automatic create its ID, as etcd would: the lowest free one from the counter
+    /// (none for a range that holds no key, which etcd refuses before giving an ID).
     fn assign_id(&mut self, mut create: WatchCreateRequest) -> WatchCreateRequest {
-        if create.watch_id == 0 {
+        if create.watch_id == 0 && !etcdgate_cache::KeyRange::new(&create.key, &create.range_end).is_empty() {
             while self.live.contains_key(&self.next_id) || self.pending.iter().any(|p| p.watch_id == self.next_id) {
                 self.next_id += 1;
             }
@@ -65,15 +66,21 @@ impl Resumable for Watches {
     const NAME: &'static str = "watch";
     const ENDS_WITH_CLIENT_INPUT: bool = false;
 
-    /// What goes upstream for a client's request.
-    fn outgoing(&mut self, request: WatchRequest) -> WatchRequest {
+    /// What goes upstream for a client's request (nothing for the cancel of a watch the
+    /// stream does not have, which etcd ignores).
+    fn outgoing(&mut self, request: WatchRequest) -> Option<WatchRequest> {
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => {
                 let create = self.assign_id(create);
                 self.pending.push_back(create.clone());
-                WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }
+                Some(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) })
             }
-            other => WatchRequest { request_union: other },
+            Some(RequestUnion::CancelRequest(cancel))
+                if !self.live.contains_key(&cancel.watch_id) && !self.pending.iter().any(|p| p.watch_id == cancel.watch_id) =>
+            {
+                None
+            }
+            other => Some(WatchRequest { request_union: other }),
         }
     }
 
@@ -155,7 +162,7 @@ async fn relay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etcdgate_proto::etcdserverpb::ResponseHeader;
+    use etcdgate_proto::etcdserverpb::{ResponseHeader, WatchCancelRequest};
     use etcdgate_proto::mvccpb::{Event, KeyValue};
 
     fn create(key: &str, start_revision: i64) -> WatchRequest {
@@ -183,10 +190,22 @@ mod tests {
     }
 
     #[test]
+    fn cancels_of_watches_the_stream_does_not_have_are_not_sent() {
+        let mut watches = Watches::default();
+        let cancel = |watch_id| WatchRequest { request_union: Some(RequestUnion::CancelRequest(WatchCancelRequest { watch_id })) };
+        assert!(watches.outgoing(cancel(0)).is_none(), "etcd answers nothing: a stream opened with it would wait");
+        watches.outgoing(create("a", 0)).unwrap();
+        assert!(watches.outgoing(cancel(0)).is_some(), "pending");
+        watches.incoming(WatchResponse { created: true, ..answer(0, 10) });
+        assert!(watches.outgoing(cancel(0)).is_some(), "live");
+        assert!(watches.outgoing(cancel(5)).is_none());
+    }
+
+    #[test]
     fn ids_are_assigned_like_etcd_and_kept_across_a_move() {
         let mut watches = Watches::default();
-        assert_eq!(sent_id(&watches.outgoing(create("a", 0))), 0);
-        assert_eq!(sent_id(&watches.outgoing(create("b", 7))), 1);
+        assert_eq!(sent_id(&watches.outgoing(create("a", 0)).unwrap()), 0);
+        assert_eq!(sent_id(&watches.outgoing(create("b", 7)).unwrap()), 1);
         assert!(watches.incoming(WatchResponse { created: true, ..answer(0, 10) }).is_some());
         assert!(watches.incoming(WatchResponse { created: true, ..answer(1, 10) }).is_some());
         assert!(watches.incoming(event_at(0, 12)).is_some());
@@ -211,19 +230,19 @@ mod tests {
     #[test]
     fn canceled_and_refused_watches_are_not_replayed() {
         let mut watches = Watches::default();
-        watches.outgoing(create("a", 0));
-        watches.outgoing(create("b", 0));
+        watches.outgoing(create("a", 0)).unwrap();
+        watches.outgoing(create("b", 0)).unwrap();
         watches.incoming(WatchResponse { created: true, canceled: true, ..answer(0, 5) });
         watches.incoming(WatchResponse { created: true, ..answer(1, 5) });
         watches.incoming(WatchResponse { canceled: true, compact_revision: 3, ..answer(1, 5) });
         assert!(watches.replay().is_empty());
-        assert_eq!(sent_id(&watches.outgoing(create("c", 0))), 2, "IDs are not reused while the counter runs");
+        assert_eq!(sent_id(&watches.outgoing(create("c", 0)).unwrap()), 2, "IDs are not reused while the counter runs");
     }
 
     #[test]
     fn fragments_move_the_resume_point_only_when_complete() {
         let mut watches = Watches::default();
-        watches.outgoing(create("a", 0));
+        watches.outgoing(create("a", 0)).unwrap();
         watches.incoming(WatchResponse { created: true, ..answer(0, 4) });
         watches.incoming(WatchResponse { fragment: true, ..event_at(0, 6) });
         assert_eq!(watches.live[&0].next_revision, 5);

@@ -380,7 +380,8 @@ async fn read_entries(stream: &mut WatchStream, n: usize) -> Vec<String> {
 }
 
 /// Every watch feature on one stream: history from a start revision with prev_kv, a second
-/// watch with a filter, live events, progress, cancel, a compacted start, explicit ids.
+/// watch with a filter, live events, progress, cancel, a compacted start, an empty range, a
+/// negative start, explicit ids.
 async fn watch_scenario(side: Side) -> Vec<Vec<String>> {
     let mut kv = KvClient::new(side.channel.clone());
     macro_rules! write {
@@ -431,6 +432,13 @@ async fn watch_scenario(side: Side) -> Vec<Vec<String>> {
     } else {
         transcript.push(compacted_start);
     }
+
+    // A range that holds no key is refused before it gets an ID; the next watch gets the ID
+    // it would have had. A negative start revision is answered with etcd's compaction.
+    stream.send(create_watch(WatchCreateRequest { key: "c".into(), range_end: "b".into(), ..Default::default() })).await;
+    transcript.push(read_entries(&mut stream, 1).await);
+    stream.send(create_watch(WatchCreateRequest { key: "a".into(), start_revision: -5, ..Default::default() })).await;
+    transcript.push(read_entries(&mut stream, 2).await);
 
     let explicit = WatchCreateRequest { key: "e".into(), watch_id: 100, ..Default::default() };
     stream.send(create_watch(explicit.clone())).await;
