@@ -4,7 +4,7 @@
 //!
 //! - `bytes` fields: Go's `base64.StdEncoding` — the standard alphabet with `=` padding,
 //!   line breaks skipped, non-zero trailing bits allowed; anything else is refused with Go's
-//!   message, `illegal base64 data at input byte N`. (pbjson also takes the URL-safe
+//!   message, `illegal base64 data at input byte N`. Go also takes an array of byte values. (pbjson also takes the URL-safe
 //!   alphabet and missing padding, so a body etcd refuses would be executed.)
 //! - enum fields: a name, or any 32-bit number, known or not, as jsonpb takes it (pbjson
 //!   refuses unknown numbers). The request then meets the same checks as over gRPC.
@@ -23,7 +23,7 @@ pub struct Base64Bytes<T>(pub T);
 impl<'de, T: From<Vec<u8>>> Deserialize<'de> for Base64Bytes<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Base64Visitor<T>(PhantomData<T>);
-        impl<T: From<Vec<u8>>> Visitor<'_> for Base64Visitor<T> {
+        impl<'de, T: From<Vec<u8>>> Visitor<'de> for Base64Visitor<T> {
             type Value = T;
             fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
                 formatter.write_str("a base64 string")
@@ -31,8 +31,16 @@ impl<'de, T: From<Vec<u8>>> Deserialize<'de> for Base64Bytes<T> {
             fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
                 decode(s.as_bytes()).map(T::from).map_err(|at| E::custom(format_args!("{BASE64_ERROR_PREFIX}{at}")))
             }
+            /// Go also reads a `[]byte` from an array of byte values.
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut items: A) -> Result<T, A::Error> {
+                let mut bytes = Vec::with_capacity(items.size_hint().unwrap_or(0).min(4096));
+                while let Some(byte) = items.next_element::<u8>()? {
+                    bytes.push(byte);
+                }
+                Ok(T::from(bytes))
+            }
         }
-        deserializer.deserialize_str(Base64Visitor(PhantomData)).map(Base64Bytes)
+        deserializer.deserialize_any(Base64Visitor(PhantomData)).map(Base64Bytes)
     }
 }
 
@@ -204,5 +212,9 @@ mod tests {
         assert_eq!(ok.0, b"a");
         let error = serde_json::from_str::<Base64Bytes<Vec<u8>>>(r#""YQ""#).err().unwrap();
         assert!(error.to_string().starts_with("illegal base64 data at input byte 0"), "{error}");
+        let array: Base64Bytes<Vec<u8>> = serde_json::from_str("[97, 98]").unwrap();
+        assert_eq!(array.0, b"ab");
+        assert!(serde_json::from_str::<Base64Bytes<Vec<u8>>>("[300]").is_err());
+        assert!(serde_json::from_str::<Base64Bytes<Vec<u8>>>("5").is_err());
     }
 }

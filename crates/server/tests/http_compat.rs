@@ -139,6 +139,8 @@ async fn json_input_forms() {
         p.http("/v3/kv/txn", txn.to_string()).await;
         p.http("/v3/kv/range", json!({"key": b64("t")}).to_string()).await;
         p.http("/v3/kv/range", json!({"key": b64("a"), "limit": null, "revision": null}).to_string()).await;
+        // Go reads bytes from an array of byte values too.
+        p.http("/v3/kv/range", json!({"key": [97], "range_end": [122]}).to_string()).await;
 
         // Malformed input. etcd's own message exists for a truncated body ("unexpected EOF");
         // for the others etcdgate words the error as serde does (a documented difference):
