@@ -722,7 +722,7 @@ impl Pool {
             self.hedges.deposit();
         }
         let mut last_error = None;
-        // Members that failed in transit while serving this call.
+        // The members that failed in transit while serving this call, each once.
         let mut cut_by: Vec<Arc<Member>> = Vec::new();
         let mut overload = OverloadBackoff::default();
         let mut round_pause = FIRST_ROUND_PAUSE;
@@ -773,9 +773,9 @@ impl Pool {
                                     if !failure.may_retry(policy) {
                                         return Err(status);
                                     }
-                                    if !abandoned && failure == Failure::Transport {
+                                    if !abandoned && failure == Failure::Transport && !cut_by.iter().any(|m| Arc::ptr_eq(m, &member)) {
                                         cut_by.push(member.clone());
-                                        if cut_by.len() >= 2 && self.all_down(&cut_by).await {
+                                        if cut_by.len() >= 2 && self.found_down(&cut_by, 2).await {
                                             tracing::warn!(member = %member.url(), error = %status.message(), "{CUT_TWICE}; not sent to another");
                                             return Err(Status::unavailable(format!("{CUT_TWICE}; not sent to another: {}", status.message())));
                                         }
@@ -868,14 +868,14 @@ impl Pool {
         [Some((winner, attempt)), Some(other)]
     }
 
-    /// Whether every one of `members` is found down within [`CONFIRM_DOWN`].
-    async fn all_down(&self, members: &[Arc<Member>]) -> bool {
+    /// Whether at least `count` of `members` are found down within [`CONFIRM_DOWN`].
+    async fn found_down(&self, members: &[Arc<Member>], count: usize) -> bool {
         let deadline = Instant::now() + CONFIRM_DOWN;
         loop {
             let changed = self.family().changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if members.iter().all(|member| member.state() == State::Down) {
+            if members.iter().filter(|member| member.state() == State::Down).count() >= count {
                 return true;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
