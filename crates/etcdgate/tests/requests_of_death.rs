@@ -18,7 +18,7 @@ use etcdgate_testkit::{Cluster, EtcdVersion};
 use tonic::transport::Channel;
 use tonic::Code;
 
-use common::{metric, Etcdgate};
+use common::{http_get, http_post, metric, Etcdgate};
 
 /// A Range sorted by a target etcd does not know.
 fn bad_sort(key: &str) -> RangeRequest {
@@ -27,18 +27,6 @@ fn bad_sort(key: &str) -> RangeRequest {
 
 fn op(request: request_op::Request) -> RequestOp {
     RequestOp { request: Some(request) }
-}
-
-/// `POST path body` on a connection of its own: the status code and the body.
-fn http_post(addr: &str, path: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "POST {path} HTTP/1.1\r\nHost: etcdgate\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
-    (status, body)
 }
 
 fn assert_refused<T: std::fmt::Debug>(what: &str, result: Result<T, tonic::Status>, message: &str) {
@@ -151,7 +139,7 @@ async fn a_read_two_members_die_serving_is_held_back(version: EtcdVersion) {
     });
     // Once the read is hedged to the other member, before the probes call them hung.
     let hedged = || {
-        common::http_get(gateway.addr(), "/metrics")
+        http_get(gateway.addr(), "/metrics")
             .lines()
             .filter(|line| line.starts_with("etcdgate_hedged_reads_total{"))
             .any(|line| line.rsplit(' ').next() != Some("0"))

@@ -4,8 +4,9 @@
 //!
 //! - `bytes` fields: Go's `base64.StdEncoding` — the standard alphabet with `=` padding,
 //!   line breaks skipped, non-zero trailing bits allowed; anything else is refused with Go's
-//!   message, `illegal base64 data at input byte N`. Go also takes an array of byte values. (pbjson also takes the URL-safe
-//!   alphabet and missing padding, so a body etcd refuses would be executed.)
+//!   message, `illegal base64 data at input byte N` (pbjson also takes the URL-safe alphabet
+//!   and missing padding, so a body etcd refuses would be executed). Go also takes an array
+//!   of byte values.
 //! - enum fields: a name, or any 32-bit number, known or not, as jsonpb takes it (pbjson
 //!   refuses unknown numbers). The request then meets the same checks as over gRPC.
 
@@ -84,7 +85,7 @@ fn sextet(c: u8) -> Option<u8> {
 /// Decodes `src` as Go's `base64.StdEncoding.Decode` does; the error is the offset Go
 /// reports. Canonical base64 (what every client sends) takes the base64 crate's fast path,
 /// which agrees with Go on it.
-pub fn decode(src: &[u8]) -> Result<Vec<u8>, usize> {
+fn decode(src: &[u8]) -> Result<Vec<u8>, usize> {
     use base64::Engine;
     if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(src) {
         return Ok(decoded);
@@ -96,6 +97,12 @@ pub fn decode(src: &[u8]) -> Result<Vec<u8>, usize> {
 /// bits, errors and their offsets.
 fn decode_as_go(src: &[u8]) -> Result<Vec<u8>, usize> {
     let is_line_break = |c: u8| c == b'\n' || c == b'\r';
+    let skip_line_breaks = |mut at: usize| {
+        while at < src.len() && is_line_break(src[at]) {
+            at += 1;
+        }
+        at
+    };
     let mut out = Vec::with_capacity(src.len() / 4 * 3);
     let mut si = 0;
     loop {
@@ -126,9 +133,7 @@ fn decode_as_go(src: &[u8]) -> Result<Vec<u8>, usize> {
             }
             if len == 2 {
                 // "==" is expected: the first "=" is consumed.
-                while si < src.len() && is_line_break(src[si]) {
-                    si += 1;
-                }
+                si = skip_line_breaks(si);
                 if si == src.len() {
                     return Err(src.len());
                 }
@@ -137,9 +142,7 @@ fn decode_as_go(src: &[u8]) -> Result<Vec<u8>, usize> {
                 }
                 si += 1;
             }
-            while si < src.len() && is_line_break(src[si]) {
-                si += 1;
-            }
+            si = skip_line_breaks(si);
             if si < src.len() {
                 // Something after the padding.
                 return Err(si);

@@ -29,10 +29,11 @@
 //!   revision they name. If the watch is compacted (the gateway was cut off too long), the
 //!   prefix is read again and the history starts over.
 //! - Continuity: every [`CONTINUITY_CHECK`], and at once when a read waited for the hub in
-//!   vain or a linearizable read found the cluster behind it, the feed compares the hub's revision with the cluster's (a barrier round begun after
-//!   it looked): a cluster behind the hub was restored from a snapshot or rebuilt, and the
-//!   prefix is read again (the hub then cancels every watch made before, see `Hub::reset`);
-//!   meanwhile linearizable reads go to etcd. A cluster ahead of the hub may only have had
+//!   vain or a linearizable read found the cluster behind it, the feed compares the hub's
+//!   revision with the cluster's (a barrier round begun after it looked): a cluster behind
+//!   the hub was restored from a snapshot or rebuilt, and the prefix is read again (the hub
+//!   then cancels every watch made before, see `Hub::reset`); meanwhile linearizable reads
+//!   go to etcd. A cluster ahead of the hub may only have had
 //!   writes elsewhere — or the watch's member may be silent with writes made past etcdgate:
 //!   the feed asks that member for progress, and one that does not answer within
 //!   [`PROGRESS_ANSWER_WAIT`] at the cluster's revision or later counts as stalled. (Its

@@ -6,8 +6,6 @@
 //! HTTP/JSON) serve every RPC through this one table, so the rules live in one place.
 
 use etcdgate_cache::KeyRange;
-
-use crate::guard;
 use etcdgate_proto::etcdserverpb::{
     auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, *,
@@ -18,6 +16,8 @@ use etcdgate_upstream::MemberConnection;
 use etcdgate_upstream::{RetryPolicy, Timing};
 use futures::future::BoxFuture;
 use tonic::{Request, Response};
+
+use crate::guard;
 
 /// Where an RPC must be sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

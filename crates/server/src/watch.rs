@@ -50,13 +50,18 @@ impl Watches {
     /// (none for a range that holds no key, which etcd refuses before giving an ID).
     fn assign_id(&mut self, mut create: WatchCreateRequest) -> WatchCreateRequest {
         if create.watch_id == 0 && !etcdgate_cache::KeyRange::new(&create.key, &create.range_end).is_empty() {
-            while self.live.contains_key(&self.next_id) || self.pending.iter().any(|p| p.watch_id == self.next_id) {
+            while self.uses_id(self.next_id) {
                 self.next_id += 1;
             }
             create.watch_id = self.next_id;
             self.next_id += 1;
         }
         create
+    }
+
+    /// Whether a watch of the stream has `id`, created or being created.
+    fn uses_id(&self, id: i64) -> bool {
+        self.live.contains_key(&id) || self.pending.iter().any(|p| p.watch_id == id)
     }
 }
 
@@ -75,11 +80,7 @@ impl Resumable for Watches {
                 self.pending.push_back(create.clone());
                 Some(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) })
             }
-            Some(RequestUnion::CancelRequest(cancel))
-                if !self.live.contains_key(&cancel.watch_id) && !self.pending.iter().any(|p| p.watch_id == cancel.watch_id) =>
-            {
-                None
-            }
+            Some(RequestUnion::CancelRequest(cancel)) if !self.uses_id(cancel.watch_id) => None,
             other => Some(WatchRequest { request_union: other }),
         }
     }

@@ -46,10 +46,10 @@ async fn malformed_unary_bodies() {
             }
         }
         // Base64 etcd refuses is refused with etcd's words (range and delete ignore `value`).
+        let error = |reply: &HttpReply| serde_json::from_slice::<Value>(&reply.body).ok().map(|v| v["error"].clone());
         for path in ["/v3/kv/put", "/v3/kv/range", "/v3/kv/deleterange"] {
             for (body, message) in BAD_BASE64_BODIES {
                 let [etcd, gateway] = p.post_both(path, *body).await;
-                let error = |reply: &HttpReply| serde_json::from_slice::<Value>(&reply.body).ok().map(|v| v["error"].clone());
                 same_status_and_code(&p, &format!("POST {path} {body:?}"), &etcd, &gateway);
                 assert_eq!(error(&gateway), error(&etcd), "{} POST {path} {body:?}: etcd {}", p.version, etcd.raw());
                 if path == "/v3/kv/put" {

@@ -692,21 +692,29 @@ impl Pool {
         {
             return candidates;
         }
-        let family = self.family();
-        let deadline = Instant::now() + family.options.probe_timeout;
+        let deadline = Instant::now() + self.family().options.probe_timeout;
+        self.until_states(deadline, || {
+            let members = self.local();
+            members.iter().any(|m| m.state().in_rotation()) || !members.iter().any(|m| m.state() == State::New)
+        })
+        .await;
+        self.candidates()
+    }
+
+    /// Waits until `holds` (a condition on member states) is true, looking again at every
+    /// state change, or until `deadline`; whether it held.
+    async fn until_states(&self, deadline: Instant, holds: impl Fn() -> bool) -> bool {
         loop {
-            let changed = family.changed.notified();
+            let changed = self.family().changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let members = self.local();
-            if members.iter().any(|m| m.state().in_rotation()) || !members.iter().any(|m| m.state() == State::New) {
-                break;
+            if holds() {
+                return true;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                break;
+                return false;
             }
         }
-        self.candidates()
     }
 
     /// Runs `call` on a member chosen for `target`, failing over as `policy` allows; `timing`
@@ -870,18 +878,8 @@ impl Pool {
 
     /// Whether at least `count` of `members` are found down within [`CONFIRM_DOWN`].
     async fn found_down(&self, members: &[Arc<Member>], count: usize) -> bool {
-        let deadline = Instant::now() + CONFIRM_DOWN;
-        loop {
-            let changed = self.family().changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if members.iter().filter(|member| member.state() == State::Down).count() >= count {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return false;
-            }
-        }
+        let down = || members.iter().filter(|member| member.state() == State::Down).count() >= count;
+        self.until_states(Instant::now() + CONFIRM_DOWN, down).await
     }
 
     /// Asks the members that `ask` picks for their status now (within a probe deadline).
@@ -1174,8 +1172,7 @@ mod tests {
                 let cut = cut_on.contains(&url.as_str());
                 if cut && dies {
                     // As the re-probe finds a member whose process is gone.
-                    let port = url.rsplit(':').next().unwrap().parse().unwrap();
-                    entry(pool, port).call_failed(Failure::NotSent, "connect: Connection refused");
+                    entry(pool, port(&url)).call_failed(Failure::NotSent, "connect: Connection refused");
                 }
                 async move {
                     match cut {
