@@ -1,6 +1,6 @@
 //! Compiles etcdgate's own .proto files (no system protoc: protox parses them) into prost
-//! messages, tonic server and client stubs, and pbjson serde impls (reading base64 and enum
-//! numbers as Go does, see src/go_json.rs).
+//! messages, tonic server and client stubs, and pbjson serde impls (reading base64, integers and
+//! enum numbers as Go does, see src/go_json.rs).
 use std::{env, path::PathBuf};
 
 const PROTOS: &[&str] = &[
@@ -28,11 +28,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ignore_unknown_fields()
         .build(PACKAGES)?;
 
-    // `bytes` and enum fields are read as etcd's gateway reads them (see src/go_json.rs).
+    // `bytes`, integer and enum fields are read as etcd's gateway reads them (see src/go_json.rs).
     for package in PACKAGES {
         let path = out.join(format!("{}.serde.rs", package.trim_start_matches('.')));
         let code = std::fs::read_to_string(&path)?;
-        let code = code.replace("::pbjson::private::BytesDeserialize", "crate::go_json::Base64Bytes");
+        let code = code
+            .replace("::pbjson::private::BytesDeserialize", "crate::go_json::Base64Bytes")
+            .replace("::pbjson::private::NumberDeserialize", "crate::go_json::GoNumber");
         std::fs::write(&path, open_enums(&code))?;
     }
     Ok(())

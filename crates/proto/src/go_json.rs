@@ -9,6 +9,11 @@
 //!   of byte values.
 //! - enum fields: a name, or any 32-bit number, known or not, as jsonpb takes it (pbjson
 //!   refuses unknown numbers). The request then meets the same checks as over gRPC.
+//! - integer fields: a number, or a string holding one with spaces around it allowed
+//!   (`" 2"`, which pbjson refuses); a fraction, an exponent or a value out of the
+//!   field's range is refused with Go's message (pbjson's is about an "untagged enum").
+//!
+//! Errors here are worded as Go's (see [`is_go_message`]).
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -16,7 +21,7 @@ use std::marker::PhantomData;
 use serde::de::{self, Deserialize, Deserializer, Unexpected, Visitor};
 
 /// The start of every base64 error message (Go's `base64.CorruptInputError`).
-pub const BASE64_ERROR_PREFIX: &str = "illegal base64 data at input byte ";
+const BASE64_ERROR_PREFIX: &str = "illegal base64 data at input byte ";
 
 /// A `bytes` field's value, decoded from base64 as Go decodes it.
 pub struct Base64Bytes<T>(pub T);
@@ -39,6 +44,21 @@ impl<'de, T: From<Vec<u8>>> Deserialize<'de> for Base64Bytes<T> {
                     bytes.push(byte);
                 }
                 Ok(T::from(bytes))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<T, E> {
+                Err(cannot_unmarshal("number", "[]uint8"))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<T, E> {
+                Err(cannot_unmarshal("number", "[]uint8"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<T, E> {
+                Err(cannot_unmarshal("number", "[]uint8"))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<T, E> {
+                Err(cannot_unmarshal("bool", "[]uint8"))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<T, A::Error> {
+                Err(cannot_unmarshal("object", "[]uint8"))
             }
         }
         deserializer.deserialize_any(Base64Visitor(PhantomData)).map(Base64Bytes)
@@ -68,6 +88,140 @@ impl<'de, E: Deserialize<'de> + Into<i32>> Deserialize<'de> for OpenEnum<E> {
         }
         deserializer.deserialize_any(EnumVisitor::<E>(PhantomData)).map(|value| OpenEnum(value, PhantomData))
     }
+}
+
+/// An integer field's value, read as jsonpb reads it: a JSON number, or a string holding
+/// one (spaces around it allowed), which must be an integer in the field's range.
+/// Errors are worded as Go's `encoding/json` words them.
+pub struct GoNumber<T>(pub T);
+
+/// The integer types of proto3 fields, by their Go names.
+pub trait GoInteger: Sized + TryFrom<i64> + TryFrom<u64> + std::str::FromStr {
+    const GO_TYPE: &'static str;
+}
+
+macro_rules! go_integer {
+    ($($rust:ty => $go:literal),*) => {
+        $(impl GoInteger for $rust {
+            const GO_TYPE: &'static str = $go;
+        })*
+    };
+}
+go_integer!(i64 => "int64", u64 => "uint64", i32 => "int32", u32 => "uint32");
+
+/// Go's error for a JSON value of kind `value` (e.g. `number 2.5`, `bool`) in a field of
+/// Go type `go_type`.
+fn cannot_unmarshal<E: de::Error>(value: impl fmt::Display, go_type: &str) -> E {
+    E::custom(format_args!("json: cannot unmarshal {value} into Go value of type {go_type}"))
+}
+
+impl<'de, T: GoInteger> Deserialize<'de> for GoNumber<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NumberVisitor<T>(PhantomData<T>);
+        impl<T: GoInteger> NumberVisitor<T> {
+            fn integer<E: de::Error, N: Copy + fmt::Display>(number: N) -> Result<T, E>
+            where
+                T: TryFrom<N>,
+            {
+                T::try_from(number).map_err(|_| cannot_unmarshal(format_args!("number {number}"), T::GO_TYPE))
+            }
+        }
+        impl<'de, T: GoInteger> Visitor<'de> for NumberVisitor<T> {
+            type Value = T;
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                write!(formatter, "an integer ({}) or a string holding one", T::GO_TYPE)
+            }
+            fn visit_i64<E: de::Error>(self, number: i64) -> Result<T, E> {
+                Self::integer(number)
+            }
+            fn visit_u64<E: de::Error>(self, number: u64) -> Result<T, E> {
+                Self::integer(number)
+            }
+            fn visit_f64<E: de::Error>(self, number: f64) -> Result<T, E> {
+                Err(cannot_unmarshal(format_args!("number {number}"), T::GO_TYPE))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
+                let literal = scan_number(text).map_err(E::custom)?;
+                literal.parse().map_err(|_| cannot_unmarshal(format_args!("number {literal}"), T::GO_TYPE))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<T, E> {
+                Err(cannot_unmarshal("bool", T::GO_TYPE))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<T, A::Error> {
+                Err(cannot_unmarshal("array", T::GO_TYPE))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<T, A::Error> {
+                Err(cannot_unmarshal("object", T::GO_TYPE))
+            }
+        }
+        deserializer.deserialize_any(NumberVisitor(PhantomData)).map(GoNumber)
+    }
+}
+
+/// The JSON number literal `text` holds, with spaces around it trimmed, or Go's scanner's
+/// error for it (jsonpb unmarshals a quoted integer's raw contents as JSON, so spaces are
+/// whitespace there; any other whitespace in a JSON string is escaped, which Go refuses).
+fn scan_number(text: &str) -> Result<&str, String> {
+    let is_space = |c: u8| c == b' ';
+    let bytes = text.as_bytes();
+    let start = bytes.iter().position(|&c| !is_space(c)).unwrap_or(bytes.len());
+    if start == bytes.len() {
+        return Err("unexpected end of JSON input".into());
+    }
+    let invalid = |at: usize, context: &str| {
+        // Go's scanner reports the end of input as a space it could not take.
+        let c = text[at..].chars().next().unwrap_or(' ');
+        let quoted = match c {
+            '\'' => "'\\''".to_string(),
+            '"' => "'\"'".to_string(),
+            c => format!("'{}'", c.escape_debug()),
+        };
+        Err(format!("invalid character {quoted} {context}"))
+    };
+    let digits = |mut at: usize| {
+        while at < bytes.len() && bytes[at].is_ascii_digit() {
+            at += 1;
+        }
+        at
+    };
+    let mut at = start;
+    if bytes[at] == b'-' {
+        at += 1;
+        if at == bytes.len() || !bytes[at].is_ascii_digit() {
+            return invalid(at, "in numeric literal");
+        }
+    } else if !bytes[at].is_ascii_digit() {
+        return invalid(at, "looking for beginning of value");
+    }
+    at = if bytes[at] == b'0' { at + 1 } else { digits(at) };
+    if at < bytes.len() && bytes[at] == b'.' {
+        at += 1;
+        if at == bytes.len() || !bytes[at].is_ascii_digit() {
+            return invalid(at, "after decimal point in numeric literal");
+        }
+        at = digits(at);
+    }
+    if at < bytes.len() && matches!(bytes[at], b'e' | b'E') {
+        at += 1;
+        if at < bytes.len() && matches!(bytes[at], b'+' | b'-') {
+            at += 1;
+        }
+        if at == bytes.len() || !bytes[at].is_ascii_digit() {
+            return invalid(at, "in exponent of numeric literal");
+        }
+        at = digits(at);
+    }
+    let end = at;
+    match bytes[end..].iter().position(|&c| !is_space(c)) {
+        None => Ok(&text[start..end]),
+        Some(offset) => invalid(end + offset, "after top-level value"),
+    }
+}
+
+/// Whether `message` is one of Go's, worded here as Go words it (serde's position is not
+/// part of it).
+pub fn is_go_message(message: &str) -> bool {
+    message.starts_with(BASE64_ERROR_PREFIX) || message.starts_with("json: ") || message.starts_with("invalid character ") || message.starts_with("unexpected end of JSON input")
 }
 
 /// The standard alphabet's value of `c`.
@@ -210,6 +364,34 @@ mod tests {
     }
 
     #[test]
+    fn integers_are_read_as_jsonpb_reads_them_with_gos_errors() {
+        let read = |json: &str| serde_json::from_str::<GoNumber<i64>>(json).map(|n| n.0).map_err(|e| e.to_string());
+        assert_eq!(read("2"), Ok(2));
+        assert_eq!(read(r#""-7""#), Ok(-7));
+        assert_eq!(read(r#"" 2  ""#), Ok(2), "spaces around a quoted number");
+        assert!(read(r#""\t2""#).is_err(), "escaped whitespace: Go reads the escape");
+        let error = |json: &str| {
+            let message = read(json).unwrap_err();
+            message.split(" at line ").next().unwrap_or_default().to_string()
+        };
+        // Each as etcd 3.5's gateway answers it.
+        assert_eq!(error("2.5"), "json: cannot unmarshal number 2.5 into Go value of type int64");
+        assert_eq!(error(r#""2.5""#), "json: cannot unmarshal number 2.5 into Go value of type int64");
+        assert_eq!(error(r#""x""#), "invalid character 'x' looking for beginning of value");
+        assert_eq!(error(r#""-""#), "invalid character ' ' in numeric literal");
+        assert_eq!(error(r#""1x""#), "invalid character 'x' after top-level value");
+        assert_eq!(error(r#""1.""#), "invalid character ' ' after decimal point in numeric literal");
+        assert_eq!(error(r#""1e+""#), "invalid character ' ' in exponent of numeric literal");
+        assert_eq!(error(r#""""#), "unexpected end of JSON input");
+        assert_eq!(error("true"), "json: cannot unmarshal bool into Go value of type int64");
+        assert_eq!(error("{}"), "json: cannot unmarshal object into Go value of type int64");
+        assert_eq!(error(r#""99999999999999999999""#), "json: cannot unmarshal number 99999999999999999999 into Go value of type int64");
+        let unsigned = serde_json::from_str::<GoNumber<u32>>("-1").err().unwrap().to_string();
+        assert!(unsigned.starts_with("json: cannot unmarshal number -1 into Go value of type uint32"), "{unsigned}");
+        assert!(is_go_message(&error("2.5")) && is_go_message(&error(r#""x""#)));
+    }
+
+    #[test]
     fn json_fields_decode_through_it() {
         let ok: Base64Bytes<Vec<u8>> = serde_json::from_str(r#""YQ==""#).unwrap();
         assert_eq!(ok.0, b"a");
@@ -218,6 +400,7 @@ mod tests {
         let array: Base64Bytes<Vec<u8>> = serde_json::from_str("[97, 98]").unwrap();
         assert_eq!(array.0, b"ab");
         assert!(serde_json::from_str::<Base64Bytes<Vec<u8>>>("[300]").is_err());
-        assert!(serde_json::from_str::<Base64Bytes<Vec<u8>>>("5").is_err());
+        let number = serde_json::from_str::<Base64Bytes<Vec<u8>>>("5").err().unwrap().to_string();
+        assert!(number.starts_with("json: cannot unmarshal number into Go value of type []uint8"), "{number}");
     }
 }

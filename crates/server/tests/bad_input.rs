@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{b64, HttpReply, Pair, Which, BAD_BASE64_BODIES, MALFORMED_BODIES, WAIT};
+use common::{b64, HttpReply, Pair, Which, GO_ERROR_BODIES, MALFORMED_BODIES, WAIT};
 use etcdgate_server::ServerConfig;
 use etcdgate_testkit::EtcdVersion;
 use serde_json::{json, Value};
@@ -45,10 +45,11 @@ async fn malformed_unary_bodies() {
                 same_status_and_code(&p, &format!("POST {path} {body:?}"), &etcd, &gateway);
             }
         }
-        // Base64 etcd refuses is refused with etcd's words (range and delete ignore `value`).
+        // Base64 and integers etcd refuses are refused with etcd's words (range and delete
+        // ignore `value` and `lease`).
         let error = |reply: &HttpReply| serde_json::from_slice::<Value>(&reply.body).ok().map(|v| v["error"].clone());
         for path in ["/v3/kv/put", "/v3/kv/range", "/v3/kv/deleterange"] {
-            for (body, message) in BAD_BASE64_BODIES {
+            for (body, message) in GO_ERROR_BODIES {
                 let [etcd, gateway] = p.post_both(path, *body).await;
                 same_status_and_code(&p, &format!("POST {path} {body:?}"), &etcd, &gateway);
                 assert_eq!(error(&gateway), error(&etcd), "{} POST {path} {body:?}: etcd {}", p.version, etcd.raw());
@@ -57,6 +58,9 @@ async fn malformed_unary_bodies() {
                 }
             }
         }
+        // A quoted integer may have spaces around it, as etcd reads it.
+        p.http("/v3/kv/put", r#"{"key":"YQ==","value":"YQ==","lease":" 7 "}"#).await;
+        p.http("/v3/kv/range", r#"{"key":"YQ==","limit":" 1"}"#).await;
         // Truncated JSON has etcd's own words, and an empty body, or `null`, is the empty
         // message.
         for path in ["/v3/kv/put", "/v3/kv/range", "/v3/kv/deleterange", "/v3/lease/leases"] {

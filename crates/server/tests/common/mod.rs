@@ -666,12 +666,22 @@ pub const MALFORMED_BODIES: &[&str] = &[
     "\u{0}\u{1}\u{2}",
 ];
 
-/// Base64 that etcd's gateway (Go's `StdEncoding`) refuses, with the message it gives:
-/// unpadded, the URL-safe alphabet, padding cut short.
-pub const BAD_BASE64_BODIES: &[(&str, &str)] = &[
+/// Bodies etcd's gateway refuses in Go's words, with the message for a put: base64 Go's
+/// `StdEncoding` refuses (unpadded, the URL-safe alphabet, padding cut short), integers that
+/// are not (a fraction, a string that is no number, out of range), a wrong JSON type.
+pub const GO_ERROR_BODIES: &[(&str, &str)] = &[
     (r#"{"key":"YQ","value":"YQ=="}"#, "illegal base64 data at input byte 0"),
     (r#"{"key":"_-8=","value":"YQ=="}"#, "illegal base64 data at input byte 0"),
     (r#"{"key":"YQ==","value":"YWI=YQ=="}"#, "illegal base64 data at input byte 4"),
     (r#"{"key":"YQ==","value":"YQ="}"#, "illegal base64 data at input byte 3"),
+    (r#"{"key":"YQ==","lease":1.5}"#, "json: cannot unmarshal number 1.5 into Go value of type int64"),
+    (r#"{"key":"YQ==","lease":"2.5"}"#, "json: cannot unmarshal number 2.5 into Go value of type int64"),
+    (r#"{"key":"YQ==","lease":"99999999999999999999"}"#, "json: cannot unmarshal number 99999999999999999999 into Go value of type int64"),
+    (r#"{"key":"YQ==","lease":"abc"}"#, "invalid character 'a' looking for beginning of value"),
+    (r#"{"key":"YQ==","lease":"-"}"#, "invalid character ' ' in numeric literal"),
+    (r#"{"key":"YQ==","lease":"7x"}"#, "invalid character 'x' after top-level value"),
+    (r#"{"key":"YQ==","lease":true}"#, "json: cannot unmarshal bool into Go value of type int64"),
+    (r#"{"key":5}"#, "json: cannot unmarshal number into Go value of type []uint8"),
+    (r#"{"key":{"a":1}}"#, "json: cannot unmarshal object into Go value of type []uint8"),
 ];
 
