@@ -218,6 +218,29 @@ fn scan_number(text: &str) -> Result<&str, String> {
     }
 }
 
+/// Go's words for serde's "invalid type" error `message` (a JSON value of the wrong kind for
+/// a bool, string, repeated or message field), if it is one: jsonpb reads a message as a
+/// `map[string]json.RawMessage` and a repeated field as a `[]json.RawMessage`.
+pub fn go_type_error(message: &str) -> Option<String> {
+    let (found, expected) = message.strip_prefix("invalid type: ")?.split_once(", expected ")?;
+    let kind = match found.split(' ').next()? {
+        "boolean" => "bool",
+        "integer" | "floating" => "number",
+        "string" => "string",
+        "sequence" => "array",
+        "map" => "object",
+        _ => return None,
+    };
+    let go_type = match expected {
+        "a boolean" => "bool",
+        "a string" => "string",
+        "a sequence" => "[]json.RawMessage",
+        _ if expected.starts_with("struct ") => "map[string]json.RawMessage",
+        _ => return None,
+    };
+    Some(format!("json: cannot unmarshal {kind} into Go value of type {go_type}"))
+}
+
 /// Whether `message` is one of Go's, worded here as Go words it (serde's position is not
 /// part of it).
 pub fn is_go_message(message: &str) -> bool {
@@ -389,6 +412,24 @@ mod tests {
         let unsigned = serde_json::from_str::<GoNumber<u32>>("-1").err().unwrap().to_string();
         assert!(unsigned.starts_with("json: cannot unmarshal number -1 into Go value of type uint32"), "{unsigned}");
         assert!(is_go_message(&error("2.5")) && is_go_message(&error(r#""x""#)));
+    }
+
+    #[test]
+    fn serdes_type_errors_in_gos_words() {
+        let words = |json: &str| {
+            let error = serde_json::from_str::<crate::etcdserverpb::TxnRequest>(json).err().unwrap().to_string();
+            go_type_error(error.split(" at line ").next().unwrap_or_default())
+        };
+        // Each as etcd 3.4 and 3.5 answer it.
+        let words_for = |kind: &str, go_type: &str| Some(format!("json: cannot unmarshal {kind} into Go value of type {go_type}"));
+        assert_eq!(words("5"), words_for("number", "map[string]json.RawMessage"));
+        assert_eq!(words(r#"{"compare":5}"#), words_for("number", "[]json.RawMessage"));
+        assert_eq!(words(r#"{"success":{}}"#), words_for("object", "[]json.RawMessage"));
+        assert_eq!(words(r#"{"success":[true]}"#), words_for("bool", "map[string]json.RawMessage"));
+        assert_eq!(words(r#"{"success":[{"request_range":{"keys_only":"yes"}}]}"#), words_for("string", "bool"));
+        assert_eq!(words(r#"{"success":[{"request_range":{"keys_only":[1]}}]}"#), words_for("array", "bool"));
+        assert_eq!(words(r#"{"success":[{"request_range":{"keys_only":1.5}}]}"#), words_for("number", "bool"));
+        assert_eq!(go_type_error("missing field `x`"), None);
     }
 
     #[test]

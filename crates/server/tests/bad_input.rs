@@ -58,6 +58,21 @@ async fn malformed_unary_bodies() {
                 }
             }
         }
+        // A value of the wrong JSON type for a message, repeated, bool or string field.
+        for (path, body) in [
+            ("/v3/kv/range", "5"),
+            ("/v3/kv/txn", r#"{"compare":5}"#),
+            ("/v3/kv/txn", r#"{"success":{}}"#),
+            ("/v3/kv/txn", r#"{"success":[true]}"#),
+            ("/v3/kv/txn", r#"{"success":[{"request_range":{"key":"YQ==","keys_only":"yes"}}]}"#),
+            ("/v3/kv/range", r#"{"key":"YQ==","keys_only":[1]}"#),
+            ("/v3/kv/range", r#"{"key":"YQ==","serializable":1.5}"#),
+            ("/v3/auth/role/add", r#"{"name":5}"#),
+        ] {
+            let [etcd, gateway] = p.post_both(path, body).await;
+            same_status_and_code(&p, &format!("POST {path} {body:?}"), &etcd, &gateway);
+            assert_eq!(error(&gateway), error(&etcd), "{} POST {path} {body:?}: etcd {}", p.version, etcd.raw());
+        }
         // A quoted integer may have spaces around it, as etcd reads it.
         p.http("/v3/kv/put", r#"{"key":"YQ==","value":"YQ==","lease":" 7 "}"#).await;
         p.http("/v3/kv/range", r#"{"key":"YQ==","limit":" 1"}"#).await;

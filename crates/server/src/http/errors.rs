@@ -130,15 +130,18 @@ pub fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> R
 
 /// Turns a JSON decoding failure into the status etcd's gateway would report, with Go's
 /// wording where the cause is the same (`unexpected EOF` for a truncated body, Go's base64
-/// and number errors without serde's position).
+/// and number errors without serde's position, a value of the wrong JSON type).
 pub fn decode_error(code: Code, error: &serde_json::Error) -> Status {
     if error.is_eof() {
         return Status::new(code, "unexpected EOF");
     }
     let message = error.to_string();
-    if etcdgate_proto::go_json::is_go_message(&message) {
-        let position = format!(" at line {} column {}", error.line(), error.column());
-        if let Some(go_message) = message.strip_suffix(&position) {
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    if let Some(without_position) = message.strip_suffix(&position) {
+        if etcdgate_proto::go_json::is_go_message(without_position) {
+            return Status::new(code, without_position);
+        }
+        if let Some(go_message) = etcdgate_proto::go_json::go_type_error(without_position) {
             return Status::new(code, go_message);
         }
     }
