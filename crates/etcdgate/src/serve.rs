@@ -7,6 +7,7 @@
 //! which members are down.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use anyhow::Context;
 use clap::Parser;
 use etcdgate_cache::HistoryLimits;
 use etcdgate_server::{CacheConfig, Caches, Gateway, ServerConfig};
-use etcdgate_upstream::{Pool, PoolOptions};
+use etcdgate_upstream::{MemberTls, Pool, PoolOptions, TlsFiles};
 use tokio::net::TcpListener;
 
 #[derive(Parser, Clone, Debug)]
@@ -64,6 +65,16 @@ pub struct ServeArgs {
     /// Bytes of events each cached prefix's history keeps at most.
     #[arg(long, default_value_t = HistoryLimits::default().max_bytes)]
     pub cache_history_bytes: usize,
+    /// TLS to members: PEM bundle of the CAs that signed their certificates (default: the
+    /// system's). TLS is used for `https://` endpoints and member URLs.
+    #[arg(long, env = "ETCDGATE_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// TLS to members: PEM certificate etcdgate presents (for etcd's --client-cert-auth).
+    #[arg(long, env = "ETCDGATE_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// TLS to members: PEM private key of --cert.
+    #[arg(long, env = "ETCDGATE_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -90,6 +101,16 @@ impl ServeArgs {
         })
     }
 
+    /// TLS to members, if a TLS file is given or an endpoint is `https://`.
+    fn member_tls(&self) -> anyhow::Result<Option<MemberTls>> {
+        let files = TlsFiles { ca: self.cacert.clone(), cert: self.cert.clone(), key: self.key.clone() };
+        let wanted = files.ca.is_some() || files.cert.is_some() || self.endpoints.iter().any(|e| e.trim().starts_with("https://"));
+        if !wanted {
+            return Ok(None);
+        }
+        MemberTls::from_files(&files).map(Some).map_err(anyhow::Error::msg)
+    }
+
     fn pool(&self) -> anyhow::Result<Pool> {
         let options = PoolOptions {
             probe_interval: Duration::from_millis(self.probe_interval_ms.max(1)),
@@ -97,6 +118,7 @@ impl ServeArgs {
             member_sync_interval: Duration::from_secs(self.member_sync_interval.max(1)),
             lag_threshold: self.lag_threshold,
             retry_budget: Duration::from_millis(self.retry_budget_ms),
+            tls: self.member_tls()?,
             ..PoolOptions::default()
         };
         Pool::new(&self.endpoints, options).map_err(anyhow::Error::msg)

@@ -61,11 +61,18 @@ async fn a_killed_member_is_skipped_and_used_again_after_restart() {
             assert_eq!(got.kvs.len(), 1);
         }
 
-        let metrics = http_get(gateway.addr(), "/metrics");
-        assert!(
-            metrics.contains(&format!("etcdgate_member_state{{member=\"{victim_url}\",state=\"down\"}} 1")),
-            "metrics show the killed member down:\n{metrics}"
-        );
+        // The calls above may all have gone to the other members; then the next probe (every
+        // 500 ms) finds the killed one down.
+        let down = format!("etcdgate_member_state{{member=\"{victim_url}\",state=\"down\"}} 1");
+        let deadline = Instant::now() + WAIT;
+        let metrics = loop {
+            let metrics = http_get(gateway.addr(), "/metrics");
+            if metrics.contains(&down) || Instant::now() >= deadline {
+                break metrics;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(metrics.contains(&down), "metrics show the killed member down:\n{metrics}");
         assert!(metrics.contains("etcdgate_member_state_changes_total{"), "{metrics}");
         assert!(metrics.contains("etcdgate_requests_total{rpc=\"Put\",code=\"OK\"} 30"), "{metrics}");
 

@@ -22,6 +22,7 @@ use crate::grpc::{cluster_client, maintenance_client};
 use crate::health::{check_health, http_get};
 use crate::partition::{member_gid, partition, sweep_dead_partitions_once, PartitionRules, PeerSide};
 use crate::port::free_port;
+use crate::tls::ClusterTls;
 use crate::process::{kill_and_reap, log_tail, signal, spawn_logged, terminate_and_reap, wait_stopped};
 use crate::version::{run_etcdctl, EtcdVersion};
 
@@ -37,9 +38,18 @@ pub struct ClusterBuilder {
     envs: Vec<(String, String)>,
     ready_timeout: Duration,
     binary: Option<PathBuf>,
+    tls: bool,
 }
 
 impl ClusterBuilder {
+    /// Members serve clients over TLS only, and ask them for a certificate (etcd's
+    /// `--client-cert-auth`); the CA and certificates are made for the cluster, see
+    /// [`Cluster::tls`]. [`Cluster::client_url`] is then `https://`.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Runs this `etcd` binary instead of the version's own (`etcdgate dev` uses the one on
     /// PATH). Its reported version is then not checked against the builder's.
     pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
@@ -98,8 +108,9 @@ impl ClusterBuilder {
             .tempdir()
             .context("create cluster temp dir")?;
         let members: Vec<Member> = (0..self.members)
-            .map(|i| Member::new(dir.path(), format!("m{i}"), free_port(), None))
+            .map(|i| Member::new(dir.path(), format!("m{i}"), free_port(), None, self.tls))
             .collect();
+        let tls = if self.tls { Some(ClusterTls::create(dir.path())?) } else { None };
         let initial_cluster = members
             .iter()
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
@@ -114,6 +125,7 @@ impl ClusterBuilder {
             envs: self.envs,
             ready_timeout: self.ready_timeout,
             binary: self.binary.clone().unwrap_or_else(|| self.version.etcd_bin()),
+            tls,
             dir,
         };
         // On any error below, dropping `cluster` kills what was started.
@@ -134,6 +146,9 @@ impl ClusterBuilder {
 struct Member {
     name: String,
     client_port: u16,
+    /// A plain-HTTP client port this crate checks the member on (the client port, unless
+    /// the cluster serves clients over TLS).
+    admin_port: u16,
     peer_port: u16,
     data_dir: PathBuf,
     log: PathBuf,
@@ -150,9 +165,10 @@ struct Member {
 }
 
 impl Member {
-    fn new(dir: &Path, name: String, peer_port: u16, joined: Option<String>) -> Member {
+    fn new(dir: &Path, name: String, peer_port: u16, joined: Option<String>, tls: bool) -> Member {
         let client_port = free_port();
         Member {
+            admin_port: if tls { free_port() } else { client_port },
             data_dir: dir.join(&name),
             log: dir.join(format!("{name}.log")),
             name,
@@ -182,6 +198,7 @@ pub struct Cluster {
     envs: Vec<(String, String)>,
     ready_timeout: Duration,
     binary: PathBuf,
+    tls: Option<ClusterTls>,
     dir: TempDir,
 }
 
@@ -199,6 +216,7 @@ impl Cluster {
             envs: Vec::new(),
             ready_timeout: DEFAULT_READY_TIMEOUT,
             binary: None,
+            tls: false,
         }
     }
 
@@ -213,9 +231,20 @@ impl Cluster {
             .collect()
     }
 
-    /// `http://127.0.0.1:PORT` of member `i`.
+    /// `http://127.0.0.1:PORT` of member `i` (`https://` for a TLS cluster).
     pub fn client_url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// The CA and certificates of a cluster started with [`ClusterBuilder::tls`].
+    pub fn tls(&self) -> Option<&ClusterTls> {
+        self.tls.as_ref()
+    }
+
+    /// Plain-HTTP URL this crate checks and manages member `i` by.
+    fn admin_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].admin_port)
     }
 
     /// `http://127.0.0.1:PORT` of member `i`'s peer listener.
@@ -228,11 +257,12 @@ impl Cluster {
         self.client_urls().join(",")
     }
 
-    /// Comma-joined client URLs of the members whose process is currently running.
-    pub fn live_endpoints(&self) -> String {
+    /// Comma-joined URLs of the members whose process is currently running (plain HTTP
+    /// ones for a TLS cluster), for [`Cluster::etcdctl`].
+    fn live_endpoints(&self) -> String {
         (0..self.members.len())
             .filter(|&i| self.members[i].child.is_some())
-            .map(|i| self.client_url(i))
+            .map(|i| self.admin_url(i))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -350,7 +380,7 @@ impl Cluster {
             if self.members[i].child.is_none() {
                 continue;
             }
-            if let Ok((200, body)) = http_get(&self.client_url(i), "/metrics").await {
+            if let Ok((200, body)) = http_get(&self.admin_url(i), "/metrics").await {
                 if body.lines().any(|l| l.trim() == "etcd_server_is_leader 1") {
                     return Some(i);
                 }
@@ -404,7 +434,7 @@ impl Cluster {
             .chain([format!("{name}={peer}")])
             .collect::<Vec<_>>()
             .join(",");
-        self.members.push(Member::new(self.dir.path(), name, peer_port, Some(initial_cluster)));
+        self.members.push(Member::new(self.dir.path(), name, peer_port, Some(initial_cluster), self.tls.is_some()));
         self.spawn_member(i)?;
         self.wait_members_ready(&[i], self.ready_timeout).await?;
         Ok(i)
@@ -441,7 +471,7 @@ impl Cluster {
 
     /// `Maintenance.Status` of member `i`, asked of it directly (2 s deadline).
     pub async fn status(&self, i: usize) -> anyhow::Result<StatusResponse> {
-        let url = self.client_url(i);
+        let url = self.admin_url(i);
         let mut maintenance = maintenance_client(&url).await?;
         let status = maintenance.status(StatusRequest {}).await.with_context(|| format!("Status of {url}"))?;
         Ok(status.into_inner())
@@ -463,7 +493,7 @@ impl Cluster {
             .filter(|&j| j != i)
             .find(|&j| self.is_running(j))
             .with_context(|| format!("no running member to remove {name} through"))?;
-        let url = self.client_url(through);
+        let url = self.admin_url(through);
         let deadline = Instant::now() + self.ready_timeout;
         let mut attempted = false;
         loop {
@@ -530,7 +560,15 @@ impl Cluster {
         if m.removed {
             bail!("member {} was removed from the cluster", m.name);
         }
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let (client, listen) = match &self.tls {
+            Some(_) => {
+                let client = format!("https://127.0.0.1:{}", m.client_port);
+                let listen = format!("{client},http://127.0.0.1:{}", m.admin_port);
+                (client, listen)
+            }
+            None => (format!("http://127.0.0.1:{}", m.client_port), format!("http://127.0.0.1:{}", m.client_port)),
+        };
+        let tls_args = self.tls.as_ref().map(ClusterTls::member_args).unwrap_or_default();
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--name")
@@ -539,10 +577,11 @@ impl Cluster {
             .arg(&m.data_dir)
             .args([
                 "--listen-client-urls",
-                &client,
+                &listen,
                 "--advertise-client-urls",
                 &client,
             ])
+            .args(&tls_args)
             .args([
                 "--listen-peer-urls",
                 &peer,
@@ -595,7 +634,7 @@ impl Cluster {
                         log_tail(&m.log, LOG_TAIL_LINES)
                     );
                 }
-                let url = format!("http://127.0.0.1:{}", m.client_port);
+                let url = format!("http://127.0.0.1:{}", m.admin_port);
                 if let Err(e) = check_health(&url).await {
                     still.push((i, format!("{e:#}")));
                 }
@@ -624,7 +663,7 @@ impl Cluster {
 
     /// Guards against a wrong binary (PATH shims, bad overrides): `/version` must say 3.4.x / 3.5.x.
     async fn check_server_version(&self) -> anyhow::Result<()> {
-        let url = self.client_url(0);
+        let url = self.admin_url(0);
         let (_, body) = http_get(&url, "/version").await?;
         let want = format!(r#""etcdserver":"{}."#, self.version.label());
         if !body.contains(&want) {

@@ -10,7 +10,8 @@
 //!   data dir and ports, partitioned from their peers and healed (iptables, root only),
 //!   removed; a learner can be added ([`Cluster::add_learner`]); the whole cluster can be
 //!   stopped and started again. Dropping the cluster heals partitions, kills every member
-//!   and removes the directory, including when a test panics.
+//!   and removes the directory, including when a test panics. A cluster may serve clients
+//!   over TLS with client certificates ([`ClusterBuilder::tls`], [`ClusterTls`]).
 //! - [`Workload`]: an APISIX-like workload (HTTP/JSON config sync, gRPC watchers, readers and
 //!   one writer with a known sequence) against etcdgate or the members, checked afterwards
 //!   against etcd's recorded history ([`history`]): no gap, duplicate or reordering in any
@@ -34,10 +35,12 @@ mod partition;
 mod port;
 mod process;
 mod proxy;
+mod tls;
 mod version;
 pub mod workload;
 
 pub use cluster::{Cluster, ClusterBuilder};
+pub use tls::ClusterTls;
 pub use health::{check_health, wait_ready};
 pub use partition::sweep_dead_partitions;
 pub use port::free_port;

@@ -38,14 +38,17 @@ use tonic::Status;
 
 use crate::health::State;
 use crate::pool::Entry;
+use crate::tls::MemberTls;
 
 /// Prefix of the status message for calls that provably never reached the member.
 pub const NOT_SENT: &str = "etcdgate: not sent to member: ";
 
 /// How a connection is made and kept alive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ConnectOptions {
     pub connect_timeout: Duration,
+    /// For `https://` members; `None`: such members cannot be reached.
+    pub tls: Option<MemberTls>,
     /// Ping after this long without a frame from the member while a request is open; `None`:
     /// no pings.
     pub keepalive_interval: Option<Duration>,
@@ -56,7 +59,7 @@ pub struct ConnectOptions {
 impl ConnectOptions {
     /// Connect timeout only, no keep-alive pings.
     pub fn plain(connect_timeout: Duration) -> ConnectOptions {
-        ConnectOptions { connect_timeout, keepalive_interval: None, keepalive_timeout: Duration::from_secs(20) }
+        ConnectOptions { connect_timeout, tls: None, keepalive_interval: None, keepalive_timeout: Duration::from_secs(20) }
     }
 }
 
@@ -114,7 +117,7 @@ impl MemberConnection {
             inner: Arc::new(Inner {
                 scheme: self.inner.scheme.clone(),
                 authority: self.inner.authority.clone(),
-                options: self.inner.options,
+                options: self.inner.options.clone(),
                 live: Mutex::new(None),
                 member: self.inner.member.clone(),
             }),
@@ -200,7 +203,26 @@ impl Inner {
             last_read_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         });
-        let io = ReadClock { stream, shared: shared.clone() };
+        let sender = if self.scheme == http::uri::Scheme::HTTPS {
+            let Some(tls) = &self.options.tls else {
+                return Err(not_sent(format!("{address} is an https:// member and no TLS is configured")));
+            };
+            let stream = tls.handshake(self.authority.host(), stream).await.map_err(not_sent)?;
+            self.start(ReadClock { stream, shared: shared.clone() }, &shared).await
+        } else {
+            self.start(ReadClock { stream, shared: shared.clone() }, &shared).await
+        }
+        .map_err(|error| not_sent(format!("HTTP/2 handshake with {address}: {error}")))?;
+        let live = Live { sender, shared };
+        *slot = Some(live.clone());
+        Ok(live)
+    }
+
+    /// The HTTP/2 handshake over `io`, and the task that drives the connection.
+    async fn start<S>(&self, io: ReadClock<S>, shared: &Arc<Shared>) -> Result<SendRequest<Bytes>, h2::Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         // hyper's HTTP/2 client settings, which etcd's large answers were tested with.
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(2 << 20)
@@ -210,10 +232,9 @@ impl Inner {
             .max_send_buffer_size(1 << 20)
             .enable_push(false)
             .handshake::<_, Bytes>(io)
-            .await
-            .map_err(|error| not_sent(format!("HTTP/2 handshake with {address}: {error}")))?;
+            .await?;
         let pings = connection.ping_pong();
-        let (options, driver_shared) = (self.options, shared.clone());
+        let (options, driver_shared) = (self.options.clone(), shared.clone());
         tokio::spawn(async move {
             let keep_alive = async {
                 match (options.keepalive_interval, pings) {
@@ -228,9 +249,7 @@ impl Inner {
             }
             driver_shared.closed.store(true, Ordering::Release);
         });
-        let live = Live { sender, shared };
-        *slot = Some(live.clone());
-        Ok(live)
+        Ok(sender)
     }
 }
 
@@ -257,13 +276,13 @@ async fn keep_alive(mut pings: PingPong, shared: &Shared, interval: Duration, ti
     }
 }
 
-/// The member's socket, noting when bytes arrive (for keep-alive).
-struct ReadClock {
-    stream: TcpStream,
+/// The member's socket (plain or TLS), noting when bytes arrive (for keep-alive).
+struct ReadClock<S> {
+    stream: S,
     shared: Arc<Shared>,
 }
 
-impl AsyncRead for ReadClock {
+impl<S: AsyncRead + Unpin> AsyncRead for ReadClock<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
@@ -275,7 +294,7 @@ impl AsyncRead for ReadClock {
     }
 }
 
-impl AsyncWrite for ReadClock {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ReadClock<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }

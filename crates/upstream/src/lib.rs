@@ -13,6 +13,7 @@
 //! - `balance`: per-member load (open calls, peak-EWMA latency) and the power-of-two-choices
 //!   pick among healthy members;
 //! - `connection`: one HTTP/2 connection to one member;
+//! - `tls`: TLS to `https://` members (CA, client certificate and key);
 //! - `retry`: which failures may go to another member, and the pause before it;
 //! - `metrics`: member states, state changes, requests and failovers for Prometheus.
 
@@ -24,9 +25,11 @@ pub mod metrics;
 mod pool;
 mod probe;
 mod retry;
+mod tls;
 
 pub use balance::Timing;
 pub use connection::{ConnectOptions, MemberConnection};
 pub use health::State;
 pub use pool::{Member, Pool, PoolOptions, Target, CUT_TWICE};
 pub use retry::{classify, Failure, RetryPolicy};
+pub use tls::{MemberTls, TlsFiles};

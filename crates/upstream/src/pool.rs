@@ -36,6 +36,7 @@ use tonic::Status;
 
 use crate::balance::{p2c_order, Load, Timing};
 use crate::connection::{ConnectOptions, MemberConnection};
+use crate::tls::MemberTls;
 use crate::hedge;
 use crate::health::{
     plan_sync, Known, Limits, Listed, MemberHealth, ProbeFailure, Reference, State, StatusReport, SyncAction, Transition,
@@ -67,6 +68,8 @@ pub struct PoolOptions {
     /// A failed call is tried on another member only while less than this has passed since
     /// it began (a client's own deadline, when it sends one, bounds the whole call as well).
     pub retry_budget: Duration,
+    /// For `https://` members (endpoints given, or found in the member list).
+    pub tls: Option<MemberTls>,
 }
 
 impl Default for PoolOptions {
@@ -80,6 +83,7 @@ impl Default for PoolOptions {
             keepalive_interval: Duration::from_secs(5),
             keepalive_timeout: Duration::from_secs(1),
             retry_budget: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -88,6 +92,7 @@ impl PoolOptions {
     fn client_connection(&self) -> ConnectOptions {
         ConnectOptions {
             connect_timeout: self.connect_timeout,
+            tls: self.tls.clone(),
             keepalive_interval: Some(self.keepalive_interval),
             keepalive_timeout: self.keepalive_timeout,
         }
@@ -97,7 +102,7 @@ impl PoolOptions {
     /// hung, and the probe is left open so that a member that was only paused answers it the
     /// moment it runs again.
     pub(crate) fn probe_connection(&self) -> ConnectOptions {
-        ConnectOptions::plain(self.connect_timeout)
+        ConnectOptions { tls: self.tls.clone(), ..ConnectOptions::plain(self.connect_timeout) }
     }
 }
 
@@ -354,6 +359,19 @@ impl Family {
         }
     }
 
+    /// The client URL of a listed member to reach it by: an `https://` one when TLS to
+    /// members is configured (never falling back to plain HTTP if there is one), else a
+    /// `http://` one.
+    fn reachable_url(&self, advertised: &[String]) -> Option<String> {
+        let valid: Vec<String> =
+            advertised.iter().map(|u| normalize_url(u)).filter(|u| MemberConnection::new(u, Duration::from_secs(1)).is_ok()).collect();
+        let with_scheme = |scheme: &str| valid.iter().find(|u| u.starts_with(scheme)).cloned();
+        match self.options.tls {
+            Some(_) => with_scheme("https://").or_else(|| with_scheme("http://")),
+            None => with_scheme("http://"),
+        }
+    }
+
     /// Brings the member list in line with a MemberList answer.
     pub(crate) fn apply_member_list(&self, members: &[etcdgate_proto::etcdserverpb::Member]) {
         let listed: Vec<Listed> = members
@@ -361,11 +379,7 @@ impl Family {
             .map(|m| Listed {
                 id: m.id,
                 name: m.name.clone(),
-                client_url: m
-                    .client_ur_ls
-                    .iter()
-                    .map(|u| normalize_url(u))
-                    .find(|u| u.starts_with("http://") && MemberConnection::new(u, Duration::from_secs(1)).is_ok()),
+                client_url: self.reachable_url(&m.client_ur_ls),
                 is_learner: m.is_learner,
             })
             .collect();
@@ -537,7 +551,7 @@ impl Pool {
     /// member, member list sync) on the current tokio runtime, which must exist. Connections
     /// are made on first use.
     pub fn new(endpoints: &[String], options: PoolOptions) -> Result<Pool, String> {
-        let family = Arc::new(Family::new(Self::endpoint_urls(endpoints)?, options));
+        let family = Arc::new(Family::new(Self::endpoint_urls(endpoints, &options)?, options));
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "the member pool must be created on a tokio runtime".to_string())?;
         let prober = runtime.spawn(crate::probe::run(family.clone())).abort_handle();
@@ -547,16 +561,16 @@ impl Pool {
     /// A pool whose member states change only by hand (unit tests).
     #[cfg(test)]
     pub(crate) fn unprobed(endpoints: &[String], options: PoolOptions) -> Result<Pool, String> {
-        let family = Arc::new(Family::new(Self::endpoint_urls(endpoints)?, options));
+        let family = Arc::new(Family::new(Self::endpoint_urls(endpoints, &options)?, options));
         Ok(Pool::with_shared(Arc::new(Shared { family, prober: None })))
     }
 
-    fn endpoint_urls(endpoints: &[String]) -> Result<Vec<String>, String> {
+    fn endpoint_urls(endpoints: &[String], options: &PoolOptions) -> Result<Vec<String>, String> {
         let mut urls: Vec<String> = Vec::new();
         for raw in endpoints.iter().filter(|e| !e.trim().is_empty()) {
             let url = normalize_url(raw);
-            if url.starts_with("https://") {
-                return Err(format!("endpoint {url}: TLS to members is not supported yet"));
+            if url.starts_with("https://") && options.tls.is_none() {
+                return Err(format!("endpoint {url}: an https:// member needs TLS settings (--cacert, --cert, --key)"));
             }
             MemberConnection::new(&url, Duration::from_secs(1))?;
             if !urls.contains(&url) {
@@ -611,7 +625,7 @@ impl Pool {
                 if let Some(member) = local.members.iter().find(|m| Arc::ptr_eq(&m.entry, &entry)) {
                     return Some(member.clone());
                 }
-                let connection = MemberConnection::for_member(&entry.url, connect, entry.clone()).ok()?;
+                let connection = MemberConnection::for_member(&entry.url, connect.clone(), entry.clone()).ok()?;
                 Some(Arc::new(Member { left: entry.left_listener(), entry, connection }))
             })
             .collect();

@@ -18,9 +18,9 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 fn connection(url: &str) -> MemberConnection {
     let options = ConnectOptions {
-        connect_timeout: Duration::from_secs(1),
         keepalive_interval: Some(Duration::from_millis(300)),
         keepalive_timeout: Duration::from_millis(300),
+        ..ConnectOptions::plain(Duration::from_secs(1))
     };
     MemberConnection::with_options(url, options).unwrap()
 }

@@ -9,19 +9,46 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{header, StatusCode};
 use http_body_util::{BodyExt, Empty};
+use etcdgate_upstream::MemberTls;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
 use super::errors::json_response;
 use super::HttpState;
 
-pub type MemberHttpClient = Client<HttpConnector, Empty<Bytes>>;
+/// HTTP/1.1 clients for members' `http://` URLs, and for their `https://` ones when TLS to
+/// members is configured.
+pub struct MemberHttpClient {
+    plain: Client<HttpConnector, Empty<Bytes>>,
+    tls: Option<Client<HttpsConnector<HttpConnector>, Empty<Bytes>>>,
+}
 
-pub fn member_http_client() -> MemberHttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(1)));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(connector)
+impl MemberHttpClient {
+    pub fn new(tls: Option<&MemberTls>) -> MemberHttpClient {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        connector.set_nodelay(true);
+        let client = || Client::builder(TokioExecutor::new());
+        let tls = tls.map(|tls| {
+            let mut connector = connector.clone();
+            connector.enforce_http(false);
+            // The member connections' config, its ALPN (h2) left for the builder to set.
+            let mut config = tls.config().clone();
+            config.alpn_protocols.clear();
+            let https = HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1();
+            client().build(https.wrap_connector(connector))
+        });
+        MemberHttpClient { plain: client().build(connector), tls }
+    }
+
+    async fn get(&self, uri: http::Uri) -> Option<http::Response<hyper::body::Incoming>> {
+        match (&self.tls, uri.scheme() == Some(&http::uri::Scheme::HTTPS)) {
+            (Some(tls), true) => tls.get(uri).await.ok(),
+            (None, true) => None,
+            (_, false) => self.plain.get(uri).await.ok(),
+        }
+    }
 }
 
 /// GETs `path` from the members in turn; the first answer wins.
@@ -29,7 +56,7 @@ pub async fn get_from_members(state: &HttpState, path: &str) -> Option<(StatusCo
     for member in state.gateway.pool().members() {
         let Ok(uri) = format!("{}{}", member.url(), path).parse::<http::Uri>() else { continue };
         let attempt = async {
-            let response = state.member_http.get(uri).await.ok()?;
+            let response = state.member_http.get(uri).await?;
             let status = response.status();
             let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
             let body = response.into_body().collect().await.ok()?.to_bytes();

@@ -49,7 +49,8 @@ pub struct HttpState {
 
 /// The JSON gateway's routes.
 pub fn router(gateway: Arc<Gateway>, errors: Arc<ErrorStyle>, limits: HttpLimits) -> Router {
-    let state = Arc::new(HttpState { gateway, errors, member_http: cluster::member_http_client(), limits });
+    let member_http = cluster::MemberHttpClient::new(gateway.pool().options().tls.as_ref());
+    let state = Arc::new(HttpState { gateway, errors, member_http, limits });
     Router::new()
         .route("/version", get(cluster::version))
         .route("/health", get(cluster::health))
