@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use etcdgate_proto::etcdserverpb::{
@@ -22,20 +23,19 @@ use common::{http_get, Etcdgate};
 /// Longest wait for etcdgate to have loaded its cache and seen the members.
 const WAIT: Duration = Duration::from_secs(30);
 
-fn tls_args(cluster: &Cluster) -> Vec<String> {
-    let tls = cluster.tls().expect("a TLS cluster");
-    vec![
-        "--cacert".into(),
-        tls.ca.display().to_string(),
-        "--cert".into(),
-        tls.client_cert.display().to_string(),
-        "--key".into(),
-        tls.client_key.display().to_string(),
-    ]
+/// etcdgate's TLS flags: `--cacert ca`, and `--cert`/`--key` if given; with a short retry
+/// budget (a call that fails on TLS fails the same way on every member).
+fn tls_flags(ca: &Path, client: Option<(&Path, &Path)>) -> Vec<String> {
+    let mut flags = vec!["--retry-budget-ms".to_string(), "1000".into(), "--cacert".into(), ca.display().to_string()];
+    if let Some((cert, key)) = client {
+        flags.extend(["--cert".to_string(), cert.display().to_string(), "--key".into(), key.display().to_string()]);
+    }
+    flags
 }
 
-fn args(args: &[String]) -> Vec<&str> {
-    args.iter().map(String::as_str).collect()
+fn start_etcdgate(cluster: &Cluster, flags: &[String]) -> Etcdgate {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Etcdgate::start_with_args(&cluster.endpoints(), &flags)
 }
 
 async fn put(kv: &mut KvClient<tonic::transport::Channel>, key: &str, value: &str) -> Result<i64, tonic::Status> {
@@ -53,7 +53,8 @@ async fn members_behind_tls_with_client_certificates() {
     for version in EtcdVersion::all() {
         let mut cluster = Cluster::builder(version).members(3).tls().start().await.unwrap();
         assert!(cluster.endpoints().starts_with("https://"), "{version}: {}", cluster.endpoints());
-        let gateway = Etcdgate::start_with_args(&cluster.endpoints(), &args(&tls_args(&cluster)));
+        let tls = cluster.tls().expect("a TLS cluster");
+        let gateway = start_etcdgate(&cluster, &tls_flags(&tls.ca, Some((&tls.client_cert, &tls.client_key))));
         let mut kv = KvClient::connect(gateway.url()).await.unwrap();
 
         // Writes and reads, outside and inside the cached prefix (`/apisix`).
@@ -126,9 +127,7 @@ async fn without_the_right_certificates_calls_fail_saying_why() {
     let tls = cluster.tls().unwrap().clone();
 
     // The CA but no client certificate: the member refuses the handshake.
-    // A short retry budget: every attempt fails the same way.
-    let ca_only = ["--retry-budget-ms".to_string(), "1000".into(), "--cacert".into(), tls.ca.display().to_string()];
-    let gateway = Etcdgate::start_with_args(&cluster.endpoints(), &args(&ca_only));
+    let gateway = start_etcdgate(&cluster, &tls_flags(&tls.ca, None));
     let mut kv = KvClient::connect(gateway.url()).await.unwrap();
     let refused = put(&mut kv, "/tls/x", "1").await.expect_err("a put without a client certificate");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
@@ -138,17 +137,7 @@ async fn without_the_right_certificates_calls_fail_saying_why() {
 
     // A CA that did not sign the members' certificates (the client certificate stands in
     // for one): etcdgate refuses the member.
-    let wrong_ca = [
-        "--retry-budget-ms".to_string(),
-        "1000".into(),
-        "--cacert".to_string(),
-        tls.client_cert.display().to_string(),
-        "--cert".to_string(),
-        tls.client_cert.display().to_string(),
-        "--key".to_string(),
-        tls.client_key.display().to_string(),
-    ];
-    let gateway = Etcdgate::start_with_args(&cluster.endpoints(), &args(&wrong_ca));
+    let gateway = start_etcdgate(&cluster, &tls_flags(&tls.client_cert, Some((&tls.client_cert, &tls.client_key))));
     let mut kv = KvClient::connect(gateway.url()).await.unwrap();
     let refused = put(&mut kv, "/tls/x", "1").await.expect_err("a put to a member whose certificate is not trusted");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
