@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use etcdgate_cache::HistoryLimits;
-use etcdgate_server::{CacheConfig, Caches, Gateway, ServerConfig};
+use etcdgate_server::{tls_server_config, CacheConfig, Caches, Gateway, ServerConfig, ServerTlsFiles};
 use etcdgate_upstream::{MemberTls, Pool, PoolOptions, TlsFiles};
 use tokio::net::TcpListener;
 
@@ -65,6 +65,20 @@ pub struct ServeArgs {
     /// Bytes of events each cached prefix's history keeps at most.
     #[arg(long, default_value_t = HistoryLimits::default().max_bytes)]
     pub cache_history_bytes: usize,
+    /// TLS on etcdgate's port (as etcd's --cert-file): PEM certificate it presents to clients.
+    #[arg(long, env = "ETCDGATE_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// TLS on etcdgate's port (as etcd's --key-file): PEM private key of --cert-file.
+    #[arg(long, env = "ETCDGATE_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// TLS on etcdgate's port (as etcd's --trusted-ca-file): PEM bundle of the CAs that sign
+    /// client certificates; with --client-cert-auth.
+    #[arg(long, env = "ETCDGATE_TRUSTED_CA_FILE", requires = "client_cert_auth")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// TLS on etcdgate's port (as etcd's --client-cert-auth): clients must present a
+    /// certificate signed by --trusted-ca-file.
+    #[arg(long, requires_all = ["trusted_ca_file", "cert_file"])]
+    pub client_cert_auth: bool,
     /// TLS to members: PEM bundle of the CAs that signed their certificates (default: the
     /// system's). TLS is used for `https://` endpoints and member URLs.
     #[arg(long, env = "ETCDGATE_CACERT")]
@@ -78,11 +92,15 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    fn server_config(&self) -> ServerConfig {
-        ServerConfig {
-            max_request_bytes: self.max_request_bytes,
-            http_body_timeout: Duration::from_secs(self.http_body_timeout),
-        }
+    fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        let tls = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                let files = ServerTlsFiles { cert: cert.clone(), key: key.clone(), client_ca: self.trusted_ca_file.clone() };
+                Some(tls_server_config(&files).map_err(anyhow::Error::msg)?)
+            }
+            _ => None,
+        };
+        Ok(ServerConfig { max_request_bytes: self.max_request_bytes, http_body_timeout: Duration::from_secs(self.http_body_timeout), tls })
     }
 
     fn cache_config(&self) -> Option<CacheConfig> {
@@ -133,7 +151,7 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let pool = Arc::new(args.pool()?);
     let caches = args.cache_config().map(|config| Caches::start(pool.clone(), &config));
-    etcdgate_server::serve(listener, args.gateway(pool, &caches), args.server_config(), shutdown).await?;
+    etcdgate_server::serve(listener, args.gateway(pool, &caches), args.server_config()?, shutdown).await?;
     Ok(())
 }
 
@@ -164,6 +182,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         listeners.push(reuseport_listener(addr)?);
     }
 
+    let config = args.server_config()?;
     let runtime = worker_runtime()?;
     let pool = Arc::new(runtime.block_on(async { args.pool() })?);
     // The cache's feeds run on this (the first worker's) runtime.
@@ -171,7 +190,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(());
     let mut workers = Vec::new();
     for (index, listener) in listeners.drain(1..).enumerate() {
-        let (pool, config, mut stopped) = (pool.clone(), args.server_config(), stopped.clone());
+        let (pool, config, mut stopped) = (pool.clone(), config.clone(), stopped.clone());
         let (args, caches) = (args.clone(), caches.clone());
         let worker = std::thread::Builder::new().name(format!("etcdgate-worker-{}", index + 1)).spawn(
             move || -> anyhow::Result<()> {
@@ -190,10 +209,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     drop(stopped);
 
-    tracing::info!(listen = %addr, endpoints = ?args.endpoints, threads, "etcdgate serving gRPC and HTTP/JSON");
+    tracing::info!(listen = %addr, tls = config.tls.is_some(), endpoints = ?args.endpoints, threads, "etcdgate serving gRPC and HTTP/JSON");
     let served = runtime.block_on(async {
         let listener = TcpListener::from_std(listeners.remove(0))?;
-        etcdgate_server::serve(listener, args.gateway(pool, &caches), args.server_config(), async {
+        etcdgate_server::serve(listener, args.gateway(pool, &caches), config, async {
             shutdown_signal().await;
             let _ = stop.send(());
         })

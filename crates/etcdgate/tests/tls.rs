@@ -1,10 +1,16 @@
-//! TLS to members: a cluster that serves clients over TLS only and asks them for a
-//! certificate (`--client-cert-auth`), behind etcdgate given etcdctl's `--cacert`, `--cert`
-//! and `--key`. Clients talk plain gRPC and HTTP/JSON to etcdgate and cannot tell: reads,
-//! writes, txns, the watch cache (its prefix load and upstream watch), watches, `/version`
-//! and `/health` all work; the member list keeps the members' `https://` URLs; a killed
-//! member is failed over. Without a client certificate, or with a CA that did not sign the
-//! members' certificates, calls fail with an error that says why.
+//! TLS, both ways.
+//!
+//! To members: a cluster that serves clients over TLS only and asks them for a certificate
+//! (`--client-cert-auth`), behind etcdgate given etcdctl's `--cacert`, `--cert` and `--key`.
+//! Clients talk plain gRPC and HTTP/JSON to etcdgate and cannot tell: reads, writes, the
+//! watch cache (its prefix load and upstream watch), watches, `/version` and `/health` all
+//! work; the member list keeps the members' `https://` URLs; a killed member is failed over.
+//! Without a client certificate, or with a CA that did not sign the members' certificates,
+//! calls fail with an error that says why.
+//!
+//! To clients: etcdgate given etcd's `--cert-file`, `--key-file`, `--trusted-ca-file` and
+//! `--client-cert-auth` serves etcdctl (gRPC) and HTTP/JSON over TLS, and refuses a client
+//! without a certificate.
 
 mod common;
 
@@ -14,7 +20,9 @@ use std::time::{Duration, Instant};
 use etcdgate_proto::etcdserverpb::{
     kv_client::KvClient, watch_client::WatchClient, watch_request::RequestUnion, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
 };
-use etcdgate_testkit::{Cluster, EtcdVersion};
+use etcdgate_testkit::{run_etcdctl, Cluster, ClusterTls, EtcdVersion};
+use etcdgate_upstream::{MemberTls, TlsFiles};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use futures::StreamExt;
 use tonic::Code;
 
@@ -146,5 +154,96 @@ async fn without_the_right_certificates_calls_fail_saying_why() {
 
     // Nothing was written.
     let direct = cluster.etcdctl(&["get", "/tls/x", "--print-value-only"]);
+    assert!(direct.status.success() && direct.stdout.is_empty(), "{direct:?}");
+}
+
+/// etcdctl's flags for a client with `tls`'s client certificate, or with none.
+fn etcdctl_tls(tls: &ClusterTls, with_certificate: bool) -> Vec<String> {
+    let mut flags = vec![format!("--cacert={}", tls.ca.display())];
+    if with_certificate {
+        flags.extend([format!("--cert={}", tls.client_cert.display()), format!("--key={}", tls.client_key.display())]);
+    }
+    flags
+}
+
+/// An HTTP/1.1 connection over TLS with `tls`'s client certificate, `POST path body` sent.
+async fn https_request(addr: &str, tls: &ClusterTls, path: &str, body: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let files = TlsFiles { ca: Some(tls.ca.clone()), cert: Some(tls.client_cert.clone()), key: Some(tls.client_key.clone()) };
+    let mut config = MemberTls::from_files(&files).unwrap().config().clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+    let request = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// One HTTP/1.1 POST over TLS; the whole response.
+async fn https_post(addr: &str, tls: &ClusterTls, path: &str, body: &str) -> String {
+    let mut stream = https_request(addr, tls, path, body).await;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    response
+}
+
+/// Reads `stream` until what came holds `wanted` (bounded by [`WAIT`]); all that came.
+async fn read_until(stream: &mut (impl tokio::io::AsyncRead + Unpin), wanted: &str) -> String {
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !String::from_utf8_lossy(&received).contains(wanted) {
+        let mut piece = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, stream.read(&mut piece)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&piece[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_over_tls_with_client_certificates() {
+    let version = EtcdVersion::V3_5;
+    let cluster = Cluster::builder(version).tls().start().await.unwrap();
+    let tls = cluster.tls().unwrap().clone();
+    let mut flags = tls_flags(&tls.ca, Some((&tls.client_cert, &tls.client_key)));
+    // The members' certificate is for 127.0.0.1 and serves etcdgate's port as well.
+    for (flag, path) in [("--cert-file", &tls.server_cert), ("--key-file", &tls.server_key), ("--trusted-ca-file", &tls.ca)] {
+        flags.extend([flag.to_string(), path.display().to_string()]);
+    }
+    flags.push("--client-cert-auth".into());
+    let gateway = start_etcdgate(&cluster, &flags);
+    let endpoint = format!("https://{}", gateway.addr());
+    let etcdctl = |with_certificate: bool, command: &[&str]| {
+        let mut args = etcdctl_tls(&tls, with_certificate);
+        args.extend(command.iter().map(|s| s.to_string()));
+        run_etcdctl(version, &endpoint, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    // gRPC over TLS: etcdctl writes and reads, inside the cached prefix and outside it.
+    for key in ["/apisix/routes/9", "/tls/outside"] {
+        let put = etcdctl(true, &["put", key, "v9"]);
+        assert!(put.status.success(), "etcdctl put {key} over TLS: {}", String::from_utf8_lossy(&put.stderr));
+        let got = etcdctl(true, &["get", key, "--print-value-only"]);
+        assert_eq!(String::from_utf8_lossy(&got.stdout), "v9\n", "{}", String::from_utf8_lossy(&got.stderr));
+    }
+
+    // HTTP/JSON over TLS.
+    let range = https_post(gateway.addr(), &tls, "/v3/kv/range", r#"{"key":"L2FwaXNpeC9yb3V0ZXMvOQ=="}"#).await;
+    assert!(range.starts_with("HTTP/1.1 200") && range.contains(r#""value":"djk=""#), "{range}");
+
+    // An APISIX-style long watch over TLS: created, then the event of a later put.
+    let create = r#"{"create_request":{"key":"L2FwaXNpeC8=","range_end":"L2FwaXNpeDA="}}"#;
+    let mut watch = https_request(gateway.addr(), &tls, "/v3/watch", create).await;
+    let created = read_until(&mut watch, r#""created":true"#).await;
+    assert!(created.starts_with("HTTP/1.1 200") && created.contains(r#""created":true"#), "{created}");
+    assert!(etcdctl(true, &["put", "/apisix/routes/10", "v10"]).status.success());
+    let event = read_until(&mut watch, r#""events""#).await;
+    assert!(event.contains(r#""key":"L2FwaXNpeC9yb3V0ZXMvMTA=""#), "{event}");
+
+    // A client without a certificate is refused, and nothing it sent is done.
+    let refused = etcdctl(false, &["put", "/tls/refused", "x"]);
+    assert!(!refused.status.success(), "a client without a certificate was served");
+    let direct = cluster.etcdctl(&["get", "/tls/refused", "--print-value-only"]);
     assert!(direct.status.success() && direct.stdout.is_empty(), "{direct:?}");
 }

@@ -17,6 +17,7 @@ mod rpc;
 mod resume;
 mod rewind;
 mod serve;
+mod tls;
 mod watch;
 
 pub use cache::{CacheConfig, Caches};
@@ -24,3 +25,4 @@ pub use context::{CallContext, MEMBER_KEY};
 pub use gateway::{Gateway, ResponseStream};
 pub use http::chunked;
 pub use serve::{serve, ServerConfig};
+pub use tls::{server_config as tls_server_config, ServerTlsFiles};

@@ -1,7 +1,9 @@
 //! Accepting connections: gRPC (HTTP/2) and the JSON gateway (HTTP/1.1 or HTTP/2) on one
 //! listener, told apart per request by path and content type, as etcd does on its client port.
 //! A connection's first line picks its server: an HTTP/1.1 watch gets the lean path (one
-//! request, no per-connection buffers), anything else hyper.
+//! request, no per-connection buffers), anything else hyper. With TLS configured (see
+//! [`crate::tls`]) every connection is TLS, and served by hyper (the lean path reads and writes
+//! the plain socket from two tasks at once).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,8 +16,9 @@ use etcdgate_proto::etcdserverpb::StatusRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -44,11 +47,13 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// How long a unary HTTP request body may take to arrive.
     pub http_body_timeout: Duration,
+    /// TLS on the listener; `None`: plain.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_request_bytes: 1536 * 1024, http_body_timeout: Duration::from_secs(10) }
+        ServerConfig { max_request_bytes: 1536 * 1024, http_body_timeout: Duration::from_secs(10), tls: None }
     }
 }
 
@@ -72,6 +77,7 @@ pub async fn serve(
         .merge(http::router(gateway, errors.clone(), limits))
         .fallback(fallback);
     let lean = LeanServer::new(app.clone(), errors);
+    let tls = config.tls.map(TlsAcceptor::from);
 
     tokio::pin!(shutdown);
     loop {
@@ -87,7 +93,10 @@ pub async fn serve(
             _ = &mut shutdown => return Ok(()),
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, app.clone(), lean.clone()));
+        match &tls {
+            None => tokio::spawn(serve_connection(stream, app.clone(), lean.clone())),
+            Some(tls) => tokio::spawn(serve_tls_connection(stream, tls.clone(), app.clone())),
+        };
     }
 }
 
@@ -114,9 +123,23 @@ async fn serve_connection(mut stream: TcpStream, app: axum::Router, lean: LeanSe
     }
 }
 
+/// Serves one TLS connection with hyper, once the handshake is done (within the time a
+/// request head may take).
+async fn serve_tls_connection(stream: TcpStream, tls: TlsAcceptor, app: axum::Router) {
+    let head_deadline = Instant::now() + HEADER_READ_TIMEOUT;
+    let mut stream = match tokio::time::timeout_at(head_deadline, tls.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
+        Err(_) => return,
+    };
+    let Ok(Some((protocol, received))) = tokio::time::timeout_at(head_deadline, sniff(&mut stream)).await else { return };
+    let protocol = if protocol == Protocol::Http2 { Protocol::Http2 } else { Protocol::Http1 };
+    Box::pin(serve_with_hyper(protocol, Rewind::new(Bytes::from(received), stream), app, SeenRevision::default())).await;
+}
+
 /// Reads the connection's first line (at most [`SNIFF_LIMIT`] bytes) and tells its protocol;
 /// returns it with everything read. `None` if the client closed before sending anything.
-async fn sniff(stream: &mut TcpStream) -> Option<(Protocol, Vec<u8>)> {
+async fn sniff<S: AsyncRead + Unpin>(stream: &mut S) -> Option<(Protocol, Vec<u8>)> {
     let mut received = Vec::with_capacity(SNIFF_LIMIT);
     loop {
         let space = SNIFF_LIMIT - received.len();
@@ -147,7 +170,10 @@ fn protocol_of(first_line: &[u8]) -> Protocol {
 }
 
 /// Serves a connection with hyper's HTTP/1 or HTTP/2 server.
-async fn serve_with_hyper(protocol: Protocol, io: Rewind<TcpStream>, app: axum::Router, seen: SeenRevision) {
+async fn serve_with_hyper<S>(protocol: Protocol, io: Rewind<S>, app: axum::Router, seen: SeenRevision)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let app = app.map_request(move |request: Request<hyper::body::Incoming>| {
         let mut request = http::rewrite_legacy_prefix(request);
         request.extensions_mut().insert(seen.clone());

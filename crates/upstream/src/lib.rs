@@ -32,4 +32,4 @@ pub use connection::{ConnectOptions, MemberConnection};
 pub use health::State;
 pub use pool::{Member, Pool, PoolOptions, Target, CUT_TWICE};
 pub use retry::{classify, Failure, RetryPolicy};
-pub use tls::{MemberTls, TlsFiles};
+pub use tls::{crypto_provider, read_certificates, MemberTls, TlsFiles};

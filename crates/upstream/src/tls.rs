@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -34,12 +35,7 @@ pub struct MemberTls {
 impl MemberTls {
     /// Reads the files; every problem with them is an error that names the file.
     pub fn from_files(files: &TlsFiles) -> Result<MemberTls, String> {
-        // ring builds with a C compiler alone (aws-lc needs more); rustls marks its provider
-        // deprecated for lacking post-quantum key exchange, which etcd's Go TLS (3.4, 3.5)
-        // does not offer either.
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS: {e}"))?
             .with_root_certificates(root_store(files.ca.as_deref())?);
@@ -72,7 +68,16 @@ impl MemberTls {
     }
 }
 
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The cryptography etcdgate's TLS uses, to members and to clients: ring, which builds with
+/// a C compiler alone (aws-lc needs more). rustls marks ring's provider deprecated for
+/// lacking post-quantum key exchange, which etcd's Go TLS (3.4, 3.5) does not offer either.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    #[allow(deprecated)]
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The PEM certificates in the file at `path` (at least one).
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certificates = CertificateDer::pem_file_iter(path)
         .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("TLS certificates {}: {e}", path.display()))?;
