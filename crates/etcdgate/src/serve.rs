@@ -89,6 +89,9 @@ pub struct ServeArgs {
     /// TLS to members: PEM private key of --cert.
     #[arg(long, env = "ETCDGATE_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
+    /// TLS to members: accept any certificate they present (encrypted, but not verified).
+    #[arg(long)]
+    pub insecure_skip_tls_verify: bool,
 }
 
 impl ServeArgs {
@@ -121,8 +124,16 @@ impl ServeArgs {
 
     /// TLS to members, if a TLS file is given or an endpoint is `https://`.
     fn member_tls(&self) -> anyhow::Result<Option<MemberTls>> {
-        let files = TlsFiles { ca: self.cacert.clone(), cert: self.cert.clone(), key: self.key.clone() };
-        let wanted = files.ca.is_some() || files.cert.is_some() || self.endpoints.iter().any(|e| e.trim().starts_with("https://"));
+        let files = TlsFiles {
+            ca: self.cacert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            insecure_skip_verify: self.insecure_skip_tls_verify,
+        };
+        let wanted = files.ca.is_some()
+            || files.cert.is_some()
+            || files.insecure_skip_verify
+            || self.endpoints.iter().any(|e| e.trim().starts_with("https://"));
         if !wanted {
             return Ok(None);
         }

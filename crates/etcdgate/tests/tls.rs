@@ -6,7 +6,7 @@
 //! watch cache (its prefix load and upstream watch), watches, `/version` and `/health` all
 //! work; the member list keeps the members' `https://` URLs; a killed member is failed over.
 //! Without a client certificate, or with a CA that did not sign the members' certificates,
-//! calls fail with an error that says why.
+//! calls fail with an error that says why (unless told to skip verifying them).
 //!
 //! To clients: etcdgate given etcd's `--cert-file`, `--key-file`, `--trusted-ca-file` and
 //! `--client-cert-auth` serves etcdctl (gRPC) and HTTP/JSON over TLS, and refuses a client
@@ -152,9 +152,20 @@ async fn without_the_right_certificates_calls_fail_saying_why() {
     assert!(refused.message().contains("certificate"), "the error names the certificate: {refused:?}");
     eprintln!("wrong CA: {}", refused.message());
 
+    drop(gateway);
+
     // Nothing was written.
     let direct = cluster.etcdctl(&["get", "/tls/x", "--print-value-only"]);
     assert!(direct.status.success() && direct.stdout.is_empty(), "{direct:?}");
+
+    // The same wrong CA, told to accept any member certificate (etcdctl's
+    // --insecure-skip-tls-verify): served.
+    let mut flags = tls_flags(&tls.client_cert, Some((&tls.client_cert, &tls.client_key)));
+    flags.push("--insecure-skip-tls-verify".into());
+    let gateway = start_etcdgate(&cluster, &flags);
+    let mut kv = KvClient::connect(gateway.url()).await.unwrap();
+    put(&mut kv, "/tls/x", "1").await.expect("a put with member certificates not verified");
+    assert_eq!(value(&mut kv, "/tls/x", false).await.as_deref(), Some(&b"1"[..]));
 }
 
 /// etcdctl's flags for a client with `tls`'s client certificate, or with none.
@@ -168,7 +179,8 @@ fn etcdctl_tls(tls: &ClusterTls, with_certificate: bool) -> Vec<String> {
 
 /// An HTTP/1.1 connection over TLS with `tls`'s client certificate, `POST path body` sent.
 async fn https_request(addr: &str, tls: &ClusterTls, path: &str, body: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let files = TlsFiles { ca: Some(tls.ca.clone()), cert: Some(tls.client_cert.clone()), key: Some(tls.client_key.clone()) };
+    let files =
+        TlsFiles { ca: Some(tls.ca.clone()), cert: Some(tls.client_cert.clone()), key: Some(tls.client_key.clone()), insecure_skip_verify: false };
     let mut config = MemberTls::from_files(&files).unwrap().config().clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -1,16 +1,18 @@
 //! TLS to members (`https://` client URLs): the client configuration built from etcdctl's
 //! three files — the CA bundle that signed the members' certificates (`--cacert`; without
 //! it, the system's roots), and the certificate and key etcdgate presents to members that
-//! ask for one (`--cert`, `--key`, as etcd's `--client-cert-auth` requires) — and the
-//! TLS handshake of a member connection.
+//! ask for one (`--cert`, `--key`, as etcd's `--client-cert-auth` requires), or any member
+//! certificate taken unverified (`--insecure-skip-tls-verify`) — and the TLS handshake of a
+//! member connection.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -24,6 +26,9 @@ pub struct TlsFiles {
     pub cert: Option<PathBuf>,
     /// PEM private key of `cert`.
     pub key: Option<PathBuf>,
+    /// Accept any certificate a member presents (etcdctl's `--insecure-skip-tls-verify`):
+    /// the connection is encrypted, but not to a member known to be the right one.
+    pub insecure_skip_verify: bool,
 }
 
 /// How member connections over TLS are made: the rustls configuration, shared.
@@ -35,10 +40,13 @@ pub struct MemberTls {
 impl MemberTls {
     /// Reads the files; every problem with them is an error that names the file.
     pub fn from_files(files: &TlsFiles) -> Result<MemberTls, String> {
-        let builder = ClientConfig::builder_with_provider(crypto_provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
-            .with_root_certificates(root_store(files.ca.as_deref())?);
+        let provider = crypto_provider();
+        let builder = ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(|e| format!("TLS: {e}"))?;
+        let builder = if files.insecure_skip_verify {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        } else {
+            builder.with_root_certificates(root_store(files.ca.as_deref())?)
+        };
         let mut config = match (&files.cert, &files.key) {
             (None, None) => builder.with_no_client_auth(),
             (Some(cert), Some(key)) => {
@@ -65,6 +73,36 @@ impl MemberTls {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(host.to_string()).map_err(|e| format!("TLS server name {host}: {e}"))?;
         TlsConnector::from(self.config.clone()).connect(name, stream).await.map_err(|e| format!("TLS handshake with {host}: {e}"))
+    }
+}
+
+/// Takes any member certificate, still checking that the member holds its key (the
+/// handshake's signatures), as Go's `InsecureSkipVerify` does.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
