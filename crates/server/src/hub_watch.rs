@@ -402,6 +402,12 @@ impl Stream for WatchStream {
             }
             reply
         } else if let Poll::Ready(reply) = this.poll_relay(cx) {
+            // etcd's answers were lifted as the relay read them, in their order. A `created`
+            // must not be lifted again here by what the relay read after it (its own watch's
+            // first events): the events that follow would predate the revision it claims.
+            if reply.as_ref().is_ok_and(WatchReply::created) {
+                return Poll::Ready(Some(reply));
+            }
             reply
         } else if let Poll::Ready(Some(Followed { id, next_revision, reply })) = this.watchers.poll_next(cx) {
             crate::metrics::cache_events_out(reply.event_count());
