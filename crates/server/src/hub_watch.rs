@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -25,6 +25,7 @@ use etcdgate_upstream::Pool;
 use futures::future::{AbortHandle, BoxFuture};
 use futures::stream::{Abortable, BoxStream, SelectAll};
 use futures::task::{ArcWake, AtomicWaker};
+use tokio::sync::Notify;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -74,8 +75,49 @@ enum Effect {
     /// Answer a progress request of a stream whose watches are all at hubs: `header` with the
     /// revision every hub watch has been sent up to.
     Progress(Option<ResponseHeader>),
-    /// etcd's stream, being opened for the first watch that needs it.
-    Relay(BoxFuture<'static, Result<ResponseStream<WatchResponse>, Status>>),
+    /// etcd's stream, being opened for the first watch that needs it, and the count of the
+    /// creates sent to it that are not answered yet.
+    Relay(BoxFuture<'static, Result<ResponseStream<WatchResponse>, Status>>, Arc<EtcdCreates>),
+}
+
+/// Creates sent to etcd whose `created` answer the client has not been sent yet. An answer
+/// the stream gives itself to a later create waits for them: etcd answers a stream's creates
+/// in the order they came, and a client that lets etcd pick watch IDs tells its watches
+/// apart by that order.
+#[derive(Default)]
+struct EtcdCreates {
+    unanswered: AtomicUsize,
+    answered: Notify,
+}
+
+impl EtcdCreates {
+    fn sent(&self) {
+        self.unanswered.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// etcd's `created` answer went to the client.
+    fn answered(&self) {
+        let _ = self.unanswered.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.answered.notify_waiters();
+    }
+
+    /// etcd's stream ended: no answer will come.
+    fn abandoned(&self) {
+        self.unanswered.store(0, Ordering::Release);
+        self.answered.notify_waiters();
+    }
+
+    async fn all_answered(&self) {
+        loop {
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if self.unanswered.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            answered.await;
+        }
+    }
 }
 
 /// The request side of a client stream.
@@ -86,6 +128,8 @@ struct Mux {
     ids: Arc<Mutex<Ids>>,
     /// Requests for etcd's stream, once a watch needed it.
     relay: Option<mpsc::Sender<WatchRequest>>,
+    /// Creates sent there and not answered yet (with `relay`).
+    etcd_creates: Option<Arc<EtcdCreates>>,
     effects: Vec<Effect>,
 }
 
@@ -98,13 +142,14 @@ pub async fn watch(
 ) -> Result<ResponseStream<WatchReply>, Status> {
     let ids = Arc::<Mutex<Ids>>::default();
     let seen = ctx.seen.clone();
-    let mux = Mux { pool, caches, ctx, ids: ids.clone(), relay: None, effects: Vec::new() };
+    let mux = Mux { pool, caches, ctx, ids: ids.clone(), relay: None, etcd_creates: None, effects: Vec::new() };
     Ok(Box::pin(WatchStream {
         input: Some(input),
         input_wake: Arc::new(InputWake { woken: AtomicBool::new(true), task: AtomicWaker::new() }),
         requests: Requests::Idle(Box::new(mux)),
         ready: VecDeque::new(),
         relay: Relay::None,
+        etcd_creates: None,
         watchers: HubWatches::None,
         serving: HashMap::new(),
         ids,
@@ -157,8 +202,16 @@ impl Mux {
         self.caches.hubs().first().and_then(|hub| hub.header())
     }
 
+    /// Waits until etcd has answered every create sent to it before (see [`EtcdCreates`]).
+    async fn answers_before(&mut self) {
+        if let Some(etcd_creates) = self.etcd_creates.clone() {
+            etcd_creates.all_answered().await;
+        }
+    }
+
     /// etcd's answer to a create it refuses: created and canceled at once, with ID -1.
-    fn refuse_create(&mut self, reason: &str) {
+    async fn refuse_create(&mut self, reason: &str) {
+        self.answers_before().await;
         let header = self.header();
         let refused = WatchResponse { header, watch_id: -1, created: true, canceled: true, cancel_reason: reason.into(), ..Default::default() };
         self.send(refused);
@@ -166,9 +219,9 @@ impl Mux {
 
     async fn create(&mut self, mut create: WatchCreateRequest) {
         if etcdgate_cache::KeyRange::new(&create.key, &create.range_end).is_empty() {
-            return self.refuse_create(EMPTY_RANGE);
+            return self.refuse_create(EMPTY_RANGE).await;
         }
-        {
+        let duplicate = {
             let mut ids = lock(&self.ids);
             if create.watch_id == 0 {
                 while ids.live.contains_key(&ids.next) {
@@ -176,10 +229,11 @@ impl Mux {
                 }
                 create.watch_id = ids.next;
                 ids.next += 1;
-            } else if ids.live.get(&create.watch_id) == Some(&At::Hub) {
-                drop(ids);
-                return self.refuse_create(DUPLICATE_ID);
             }
+            ids.live.get(&create.watch_id) == Some(&At::Hub)
+        };
+        if duplicate {
+            return self.refuse_create(DUPLICATE_ID).await;
         }
         let id = create.watch_id;
         let served = match self.caches.hub_for(&create.key, &create.range_end) {
@@ -195,6 +249,7 @@ impl Mux {
             }
             return self.send_to_etcd(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
         };
+        self.answers_before().await;
         lock(&self.ids).live.insert(id, At::Hub);
         self.send(created);
         self.effects.push(Effect::Serve(watcher));
@@ -206,7 +261,11 @@ impl Mux {
 
     /// Sends a request to etcd's stream, opening it first if needed.
     async fn send_to_etcd(&mut self, request: WatchRequest) {
+        let is_create = matches!(request.request_union, Some(RequestUnion::CreateRequest(_)));
         if let Some(relay) = &self.relay {
+            if is_create {
+                self.etcd_creates.iter().for_each(|creates| creates.sent());
+            }
             // If etcd's stream is gone, its end (or error) reaches the client there.
             let _ = relay.send(request).await;
             return;
@@ -214,8 +273,13 @@ impl Mux {
         let (relay, input) = mpsc::channel(RELAY_BUFFER);
         let _ = relay.send(request).await;
         self.relay = Some(relay);
+        let etcd_creates = Arc::new(EtcdCreates::default());
+        if is_create {
+            etcd_creates.sent();
+        }
+        self.etcd_creates = Some(etcd_creates.clone());
         let opening = crate::watch::watch(self.pool.clone(), self.ctx.clone(), ReceiverStream::new(input).boxed());
-        self.effects.push(Effect::Relay(opening.boxed()));
+        self.effects.push(Effect::Relay(opening.boxed(), etcd_creates));
     }
 }
 
@@ -244,6 +308,8 @@ struct WatchStream {
     /// Answers decided, sent before anything else.
     ready: VecDeque<Result<WatchReply, Status>>,
     relay: Relay,
+    /// Creates sent to etcd and not answered yet, once etcd's stream is open.
+    etcd_creates: Option<Arc<EtcdCreates>>,
     watchers: HubWatches,
     serving: HashMap<i64, Serving>,
     ids: Arc<Mutex<Ids>>,
@@ -298,7 +364,10 @@ impl WatchStream {
                     }
                     self.ready.push_back(Ok(WatchResponse { header, watch_id: -1, ..Default::default() }.into()));
                 }
-                Effect::Relay(opening) => self.relay = Relay::Opening(opening),
+                Effect::Relay(opening, etcd_creates) => {
+                    self.relay = Relay::Opening(opening);
+                    self.etcd_creates = Some(etcd_creates);
+                }
             }
         }
     }
@@ -354,6 +423,13 @@ impl WatchStream {
         }
     }
 
+    fn relay_ended(&mut self) {
+        self.relay = Relay::None;
+        if let Some(etcd_creates) = self.etcd_creates.take() {
+            etcd_creates.abandoned();
+        }
+    }
+
     /// etcd's next answer, if one is ready.
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Result<WatchReply, Status>> {
         loop {
@@ -362,23 +438,28 @@ impl WatchStream {
                 Relay::Opening(opening) => match opening.poll_unpin(cx) {
                     Poll::Ready(Ok(responses)) => self.relay = Relay::Open(responses),
                     Poll::Ready(Err(status)) => {
-                        self.relay = Relay::None;
+                        self.relay_ended();
                         return Poll::Ready(Err(status));
                     }
                     Poll::Pending => return Poll::Pending,
                 },
                 Relay::Open(responses) => {
                     return match responses.poll_next_unpin(cx) {
-                        Poll::Ready(Some(response)) => {
-                            if let Ok(response) = &response {
-                                if response.canceled {
-                                    lock(&self.ids).live.remove(&response.watch_id);
-                                }
+                        Poll::Ready(Some(Ok(response))) => {
+                            if response.canceled {
+                                lock(&self.ids).live.remove(&response.watch_id);
                             }
-                            Poll::Ready(response.map(WatchReply::from))
+                            if response.created {
+                                self.etcd_creates.iter().for_each(|creates| creates.answered());
+                            }
+                            Poll::Ready(Ok(WatchReply::from(response)))
+                        }
+                        Poll::Ready(Some(Err(status))) => {
+                            self.relay_ended();
+                            Poll::Ready(Err(status))
                         }
                         Poll::Ready(None) => {
-                            self.relay = Relay::None;
+                            self.relay_ended();
                             Poll::Pending
                         }
                         Poll::Pending => Poll::Pending,

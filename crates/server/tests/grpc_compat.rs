@@ -381,7 +381,7 @@ async fn read_entries(stream: &mut WatchStream, n: usize) -> Vec<String> {
 
 /// Every watch feature on one stream: history from a start revision with prev_kv, a second
 /// watch with a filter, live events, progress, cancel, a compacted start, an empty range, a
-/// negative start, explicit ids.
+/// negative start, explicit ids, creates answered in order.
 async fn watch_scenario(side: Side) -> Vec<Vec<String>> {
     let mut kv = KvClient::new(side.channel.clone());
     macro_rules! write {
@@ -447,6 +447,20 @@ async fn watch_scenario(side: Side) -> Vec<Vec<String>> {
     transcript.push(read_entries(&mut stream, 1).await);
     write!(put, put("e", "1"));
     transcript.push(read_entries(&mut stream, 1).await);
+
+    // Creates sent back to back are answered in the order they came, as etcd answers them,
+    // whoever serves them (with the cache on: etcd the first, which starts below 0, the cache
+    // the second). A client letting etcd pick IDs tells its watches apart by that order.
+    stream.send(create_watch(WatchCreateRequest { key: "f".into(), start_revision: -1, ..Default::default() })).await;
+    stream.send(create_watch(WatchCreateRequest { key: "g".into(), ..Default::default() })).await;
+    let mut created_in_order = Vec::new();
+    while created_in_order.len() < 2 {
+        let response = stream.next().await.expect("watch stream failed").expect("watch stream ended");
+        if response.created {
+            created_in_order.push(format!("created w{}", response.watch_id));
+        }
+    }
+    transcript.push(created_in_order);
     transcript
 }
 
