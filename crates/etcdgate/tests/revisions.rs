@@ -17,9 +17,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 
-use etcdgate_proto::etcdserverpb::{
-    kv_client::KvClient, watch_client::WatchClient, watch_request::RequestUnion, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
-};
+use etcdgate_proto::etcdserverpb::{kv_client::KvClient, watch_client::WatchClient, PutRequest, RangeRequest};
 use futures::StreamExt;
 use etcdgate_testkit::{Cluster, EtcdVersion};
 use serde_json::Value;
@@ -194,13 +192,8 @@ async fn concurrent_linearizable_cached_reads_see_writes_made_elsewhere() {
 /// the first event it gets (within `WAIT_FOR_EVENT`, else `None`).
 async fn from_now(url: String, prefix: &'static str) -> (i64, Option<i64>) {
     const WAIT_FOR_EVENT: std::time::Duration = std::time::Duration::from_secs(10);
-    let mut range_end = prefix.as_bytes().to_vec();
-    if let Some(last) = range_end.last_mut() {
-        *last += 1;
-    }
-    let create = WatchCreateRequest { key: prefix.into(), range_end, ..Default::default() };
     let (requests, input) = tokio::sync::mpsc::channel(1);
-    requests.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await.unwrap();
+    requests.send(common::watch_prefix(prefix.as_bytes())).await.unwrap();
     let mut responses = WatchClient::connect(url).await.unwrap().watch(tokio_stream::wrappers::ReceiverStream::new(input)).await.unwrap().into_inner();
     let created = responses.next().await.unwrap().unwrap();
     assert!(created.created, "{created:?}");
@@ -215,13 +208,7 @@ async fn from_now(url: String, prefix: &'static str) -> (i64, Option<i64>) {
 async fn watches_from_now_get_only_events_after_their_created_revision() {
     let cluster = Cluster::start(EtcdVersion::V3_5, 1).await.unwrap();
     let gateway = Etcdgate::start(&cluster.endpoints());
-    let mut kv = KvClient::connect(gateway.url()).await.unwrap();
-    let writing = tokio::spawn(async move {
-        for i in 0..1000 {
-            let key = if i % 2 == 0 { "/apisix/routes/1" } else { "/outside/1" };
-            kv.put(PutRequest { key: key.into(), value: format!("{i}").into(), ..Default::default() }).await.unwrap();
-        }
-    });
+    let writing = common::spawn_alternating_writes(gateway.url(), 1000);
     let (mut checked, mut wrong) = (0, Vec::new());
     while !writing.is_finished() {
         let watches: Vec<_> =

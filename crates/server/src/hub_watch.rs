@@ -77,7 +77,7 @@ enum Effect {
     Progress(Option<ResponseHeader>),
     /// etcd's stream, being opened for the first watch that needs it, and the count of the
     /// creates sent to it that are not answered yet.
-    Relay(BoxFuture<'static, Result<ResponseStream<WatchResponse>, Status>>, Arc<EtcdCreates>),
+    Relay(BoxFuture<'static, Result<ResponseStream<WatchResponse>, Status>>, Arc<EtcdCreates>, mpsc::Sender<WatchRequest>),
 }
 
 /// Creates sent to etcd whose `created` answer the client has not been sent yet. An answer
@@ -150,6 +150,8 @@ pub async fn watch(
         ready: VecDeque::new(),
         relay: Relay::None,
         etcd_creates: None,
+        relay_requests: None,
+        held_progress: None,
         watchers: HubWatches::None,
         serving: HashMap::new(),
         ids,
@@ -272,14 +274,14 @@ impl Mux {
         }
         let (relay, input) = mpsc::channel(RELAY_BUFFER);
         let _ = relay.send(request).await;
-        self.relay = Some(relay);
+        self.relay = Some(relay.clone());
         let etcd_creates = Arc::new(EtcdCreates::default());
         if is_create {
             etcd_creates.sent();
         }
         self.etcd_creates = Some(etcd_creates.clone());
         let opening = crate::watch::watch(self.pool.clone(), self.ctx.clone(), ReceiverStream::new(input).boxed());
-        self.effects.push(Effect::Relay(opening.boxed(), etcd_creates));
+        self.effects.push(Effect::Relay(opening.boxed(), etcd_creates, relay));
     }
 }
 
@@ -310,6 +312,11 @@ struct WatchStream {
     relay: Relay,
     /// Creates sent to etcd and not answered yet, once etcd's stream is open.
     etcd_creates: Option<Arc<EtcdCreates>>,
+    /// Requests to etcd's stream (to ask for progress again, see `held_progress`).
+    relay_requests: Option<mpsc::Sender<WatchRequest>>,
+    /// etcd's answer to a progress request, held until the stream's hub watches have been
+    /// sent everything up to its revision: it promises the client every event up to there.
+    held_progress: Option<HeldProgress>,
     watchers: HubWatches,
     serving: HashMap<i64, Serving>,
     ids: Arc<Mutex<Ids>>,
@@ -364,9 +371,10 @@ impl WatchStream {
                     }
                     self.ready.push_back(Ok(WatchResponse { header, watch_id: -1, ..Default::default() }.into()));
                 }
-                Effect::Relay(opening, etcd_creates) => {
+                Effect::Relay(opening, etcd_creates, requests) => {
                     self.relay = Relay::Opening(opening);
                     self.etcd_creates = Some(etcd_creates);
+                    self.relay_requests = Some(requests);
                 }
             }
         }
@@ -431,7 +439,7 @@ impl WatchStream {
     }
 
     /// etcd's next answer, if one is ready.
-    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Result<WatchReply, Status>> {
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Result<WatchResponse, Status>> {
         loop {
             match &mut self.relay {
                 Relay::None => return Poll::Pending,
@@ -452,7 +460,7 @@ impl WatchStream {
                             if response.created {
                                 self.etcd_creates.iter().for_each(|creates| creates.answered());
                             }
-                            Poll::Ready(Ok(WatchReply::from(response)))
+                            Poll::Ready(Ok(response))
                         }
                         Poll::Ready(Some(Err(status))) => {
                             self.relay_ended();
@@ -476,37 +484,110 @@ impl Stream for WatchStream {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         while this.poll_requests(cx) {}
-        let reply = if let Some(reply) = this.ready.pop_front() {
-            if this.ready.is_empty() {
-                // Answers are rare after the first: no room kept for them (×10 000 streams).
-                this.ready = VecDeque::new();
+        let reply = loop {
+            if let Some(reply) = this.ready.pop_front() {
+                if this.ready.is_empty() {
+                    // Answers are rare after the first: no room kept for them (×10 000 streams).
+                    this.ready = VecDeque::new();
+                }
+                break reply;
             }
-            reply
-        } else if let Poll::Ready(reply) = this.poll_relay(cx) {
-            // etcd's answers were lifted as the relay read them, in their order. A `created`
-            // must not be lifted again here by what the relay read after it (its own watch's
-            // first events): the events that follow would predate the revision it claims.
-            if reply.as_ref().is_ok_and(WatchReply::created) {
-                return Poll::Ready(Some(reply));
+            if let Poll::Ready(reply) = this.poll_relay(cx) {
+                match reply {
+                    Ok(response) if is_progress_answer(&response) && !this.serving.is_empty() => {
+                        this.held_progress = Some(HeldProgress::new(response, this.serving.values().map(|serving| &serving.hub)));
+                        continue;
+                    }
+                    // etcd's answers were lifted as the relay read them, in their order. One
+                    // without events (created, canceled, progress) must not be lifted again
+                    // here by what the relay read after it (its watches' next events): those
+                    // would then predate the revision it claims.
+                    Ok(response) if response.events.is_empty() => return Poll::Ready(Some(Ok(response.into()))),
+                    reply => break reply.map(WatchReply::from),
+                }
             }
-            reply
-        } else if let Poll::Ready(Some(Followed { id, next_revision, reply })) = this.watchers.poll_next(cx) {
-            crate::metrics::cache_events_out(reply.event_count());
-            if reply.canceled() {
-                lock(&this.ids).live.remove(&id);
-                this.serving.remove(&id);
-                this.watchers.stop(id);
-            } else if let Some(serving) = this.serving.get_mut(&id) {
-                serving.sent_through = next_revision - 1;
+            // What the hub watches have been told of their hubs' revisions, before they are
+            // polled: a change after this has woken them, and they are polled now.
+            let announced = this.held_progress.as_ref().and_then(HeldProgress::announced);
+            match this.watchers.poll_next(cx) {
+                Poll::Ready(Some(Followed { id, next_revision, reply })) => {
+                    crate::metrics::cache_events_out(reply.event_count());
+                    if reply.canceled() {
+                        lock(&this.ids).live.remove(&id);
+                        this.serving.remove(&id);
+                        this.watchers.stop(id);
+                    } else if let Some(serving) = this.serving.get_mut(&id) {
+                        serving.sent_through = next_revision - 1;
+                    }
+                    break Ok(reply);
+                }
+                // Every hub watch has sent all the hubs hold: a progress answer held for them
+                // may go.
+                _ => match this.release_progress(announced) {
+                    Some(progress) => return Poll::Ready(Some(Ok(progress.into()))),
+                    None => return Poll::Pending,
+                },
             }
-            Ok(reply)
-        } else {
-            return Poll::Pending;
         };
         Poll::Ready(Some(reply.map(|mut reply| {
             this.seen.lift(reply.header_mut());
             reply
         })))
+    }
+}
+
+/// etcd's answer to a progress request (not a watch's own progress notification).
+fn is_progress_answer(response: &WatchResponse) -> bool {
+    response.watch_id == -1 && response.events.is_empty() && !response.created && !response.canceled
+}
+
+/// etcd's answer to a progress request, and the revisions of the hubs of the stream's hub
+/// watches as those watches are told them.
+struct HeldProgress {
+    response: WatchResponse,
+    hubs: Vec<tokio::sync::watch::Receiver<i64>>,
+}
+
+impl HeldProgress {
+    fn new<'a>(response: WatchResponse, hubs: impl Iterator<Item = &'a Arc<Hub>>) -> HeldProgress {
+        let mut distinct: Vec<&Arc<Hub>> = Vec::new();
+        for hub in hubs {
+            if !distinct.iter().any(|known| Arc::ptr_eq(known, hub)) {
+                distinct.push(hub);
+            }
+        }
+        HeldProgress { response, hubs: distinct.into_iter().map(|hub| hub.subscribe()).collect() }
+    }
+
+    fn revision(&self) -> i64 {
+        self.response.header.as_ref().map_or(0, |h| h.revision)
+    }
+
+    /// The lowest revision the hub watches have been told of.
+    fn announced(&self) -> Option<i64> {
+        self.hubs.iter().map(|hub| *hub.borrow()).min()
+    }
+}
+
+impl WatchStream {
+    /// The held progress answer, once the hub watches have been told of revisions at or
+    /// past its own (`announced`, read before they were polled) and have sent all they had
+    /// (called when they have nothing more to send). If the client has been shown a later
+    /// revision meanwhile (by a hub watch), the answer would go back: etcd is asked again
+    /// instead.
+    fn release_progress(&mut self, announced: Option<i64>) -> Option<WatchResponse> {
+        let revision = self.held_progress.as_ref()?.revision();
+        if announced.is_none_or(|announced| announced < revision) {
+            return None;
+        }
+        let progress = self.held_progress.take()?.response;
+        if revision < self.seen.get() {
+            if let Some(requests) = &self.relay_requests {
+                let _ = requests.try_send(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(Default::default())) });
+            }
+            return None;
+        }
+        Some(progress)
     }
 }
 

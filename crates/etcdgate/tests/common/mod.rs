@@ -114,3 +114,26 @@ pub fn metric(addr: &str, series: &str) -> Option<u64> {
 pub fn member_requests(addr: &str, member_url: &str) -> u64 {
     metric(addr, &format!("etcdgate_member_requests_total{{member=\"{member_url}\"}}")).unwrap_or(0)
 }
+
+/// A watch of every key under `prefix`, from now.
+pub fn watch_prefix(prefix: &[u8]) -> etcdgate_proto::etcdserverpb::WatchRequest {
+    use etcdgate_proto::etcdserverpb::{watch_request::RequestUnion, WatchCreateRequest, WatchRequest};
+    let mut range_end = prefix.to_vec();
+    if let Some(last) = range_end.last_mut() {
+        *last += 1;
+    }
+    WatchRequest { request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest { key: prefix.to_vec(), range_end, ..Default::default() })) }
+}
+
+/// Puts `writes` values through etcdgate at `url`, one after the other, alternating between a
+/// key it caches by default (`/apisix/routes/1`) and one it does not (`/outside/1`).
+pub fn spawn_alternating_writes(url: String, writes: usize) -> tokio::task::JoinHandle<()> {
+    use etcdgate_proto::etcdserverpb::{kv_client::KvClient, PutRequest};
+    tokio::spawn(async move {
+        let mut kv = KvClient::connect(url).await.unwrap();
+        for i in 0..writes {
+            let key = if i % 2 == 0 { "/apisix/routes/1" } else { "/outside/1" };
+            kv.put(PutRequest { key: key.into(), value: format!("{i}").into(), ..Default::default() }).await.unwrap();
+        }
+    })
+}
