@@ -11,7 +11,9 @@
 //! [`WatchReply`]). With thousands of watchers, every byte and every task per watcher counts.
 //!
 //! Progress requests are answered from the hubs when no watch of the stream is at etcd (with
-//! the revision every hub watch has been sent up to), else by etcd.
+//! the revision every hub watch has been sent up to), else by etcd, whose answer is held
+//! until the hub watches have sent everything up to its revision. Creates are answered in
+//! the order they came, whoever serves them, as etcd answers them.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -25,9 +27,8 @@ use etcdgate_upstream::Pool;
 use futures::future::{AbortHandle, BoxFuture};
 use futures::stream::{Abortable, BoxStream, SelectAll};
 use futures::task::{ArcWake, AtomicWaker};
-use tokio::sync::Notify;
 use futures::{FutureExt, Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -75,8 +76,8 @@ enum Effect {
     /// Answer a progress request of a stream whose watches are all at hubs: `header` with the
     /// revision every hub watch has been sent up to.
     Progress(Option<ResponseHeader>),
-    /// etcd's stream, being opened for the first watch that needs it, and the count of the
-    /// creates sent to it that are not answered yet.
+    /// etcd's stream, being opened for the first watch that needs it; the count of the
+    /// creates sent to it that are not answered yet; the sender of requests to it.
     Relay(BoxFuture<'static, Result<ResponseStream<WatchResponse>, Status>>, Arc<EtcdCreates>, mpsc::Sender<WatchRequest>),
 }
 
