@@ -122,10 +122,6 @@ impl WatchReply {
         matches!(self, WatchReply::Message(response) if response.canceled)
     }
 
-    pub fn created(&self) -> bool {
-        matches!(self, WatchReply::Message(response) if response.created)
-    }
-
     pub fn event_count(&self) -> usize {
         match self {
             WatchReply::Message(response) => response.events.len(),

@@ -76,9 +76,16 @@ enum Effect {
     /// Answer a progress request of a stream whose watches are all at hubs: `header` with the
     /// revision every hub watch has been sent up to.
     Progress(Option<ResponseHeader>),
-    /// etcd's stream, being opened for the first watch that needs it; the count of the
-    /// creates sent to it that are not answered yet; the sender of requests to it.
-    Relay(BoxFuture<'static, Result<ResponseStream<WatchResponse>, Status>>, Arc<EtcdCreates>, mpsc::Sender<WatchRequest>),
+    /// etcd's stream, being opened for the first watch that needs it, and the way to it.
+    Relay(BoxFuture<'static, Result<ResponseStream<WatchResponse>, Status>>, ToEtcd),
+}
+
+/// The way to etcd's stream for the watches the hubs cannot serve, held by both sides of a
+/// client stream: its requests, and the creates sent to it not answered yet.
+#[derive(Clone)]
+struct ToEtcd {
+    requests: mpsc::Sender<WatchRequest>,
+    creates: Arc<EtcdCreates>,
 }
 
 /// Creates sent to etcd whose `created` answer the client has not been sent yet. An answer
@@ -127,10 +134,8 @@ struct Mux {
     caches: Arc<Caches>,
     ctx: CallContext,
     ids: Arc<Mutex<Ids>>,
-    /// Requests for etcd's stream, once a watch needed it.
-    relay: Option<mpsc::Sender<WatchRequest>>,
-    /// Creates sent there and not answered yet (with `relay`).
-    etcd_creates: Option<Arc<EtcdCreates>>,
+    /// etcd's stream, once a watch needed it.
+    to_etcd: Option<ToEtcd>,
     effects: Vec<Effect>,
 }
 
@@ -143,15 +148,14 @@ pub async fn watch(
 ) -> Result<ResponseStream<WatchReply>, Status> {
     let ids = Arc::<Mutex<Ids>>::default();
     let seen = ctx.seen.clone();
-    let mux = Mux { pool, caches, ctx, ids: ids.clone(), relay: None, etcd_creates: None, effects: Vec::new() };
+    let mux = Mux { pool, caches, ctx, ids: ids.clone(), to_etcd: None, effects: Vec::new() };
     Ok(Box::pin(WatchStream {
         input: Some(input),
         input_wake: Arc::new(InputWake { woken: AtomicBool::new(true), task: AtomicWaker::new() }),
         requests: Requests::Idle(Box::new(mux)),
         ready: VecDeque::new(),
         relay: Relay::None,
-        etcd_creates: None,
-        relay_requests: None,
+        to_etcd: None,
         held_progress: None,
         watchers: HubWatches::None,
         serving: HashMap::new(),
@@ -190,7 +194,7 @@ impl Mux {
                 }
             }
             Some(RequestUnion::ProgressRequest(progress)) => {
-                if self.relay.is_some() {
+                if self.to_etcd.is_some() {
                     return self.send_to_etcd(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(progress)) }).await;
                 }
                 let header = self.header();
@@ -207,8 +211,8 @@ impl Mux {
 
     /// Waits until etcd has answered every create sent to it before (see [`EtcdCreates`]).
     async fn answers_before(&mut self) {
-        if let Some(etcd_creates) = self.etcd_creates.clone() {
-            etcd_creates.all_answered().await;
+        if let Some(to_etcd) = self.to_etcd.clone() {
+            to_etcd.creates.all_answered().await;
         }
     }
 
@@ -265,24 +269,23 @@ impl Mux {
     /// Sends a request to etcd's stream, opening it first if needed.
     async fn send_to_etcd(&mut self, request: WatchRequest) {
         let is_create = matches!(request.request_union, Some(RequestUnion::CreateRequest(_)));
-        if let Some(relay) = &self.relay {
-            if is_create {
-                self.etcd_creates.iter().for_each(|creates| creates.sent());
+        let to_etcd = match &self.to_etcd {
+            Some(to_etcd) => to_etcd.clone(),
+            None => {
+                let (requests, input) = mpsc::channel(RELAY_BUFFER);
+                let to_etcd = ToEtcd { requests, creates: Arc::default() };
+                let opening = crate::watch::watch(self.pool.clone(), self.ctx.clone(), ReceiverStream::new(input).boxed());
+                self.effects.push(Effect::Relay(opening.boxed(), to_etcd.clone()));
+                self.to_etcd = Some(to_etcd.clone());
+                to_etcd
             }
-            // If etcd's stream is gone, its end (or error) reaches the client there.
-            let _ = relay.send(request).await;
-            return;
+        };
+        // A create is counted once etcd's stream took it (its answer is read on this task, so
+        // it cannot go out before); a stream that is gone takes nothing, and its end (or
+        // error) reaches the client there.
+        if to_etcd.requests.send(request).await.is_ok() && is_create {
+            to_etcd.creates.sent();
         }
-        let (relay, input) = mpsc::channel(RELAY_BUFFER);
-        let _ = relay.send(request).await;
-        self.relay = Some(relay.clone());
-        let etcd_creates = Arc::new(EtcdCreates::default());
-        if is_create {
-            etcd_creates.sent();
-        }
-        self.etcd_creates = Some(etcd_creates.clone());
-        let opening = crate::watch::watch(self.pool.clone(), self.ctx.clone(), ReceiverStream::new(input).boxed());
-        self.effects.push(Effect::Relay(opening.boxed(), etcd_creates, relay));
     }
 }
 
@@ -311,10 +314,9 @@ struct WatchStream {
     /// Answers decided, sent before anything else.
     ready: VecDeque<Result<WatchReply, Status>>,
     relay: Relay,
-    /// Creates sent to etcd and not answered yet, once etcd's stream is open.
-    etcd_creates: Option<Arc<EtcdCreates>>,
-    /// Requests to etcd's stream (to ask for progress again, see `held_progress`).
-    relay_requests: Option<mpsc::Sender<WatchRequest>>,
+    /// The way to etcd's stream, once it is opened (to count its `created` answers, and to
+    /// ask for progress again, see `held_progress`).
+    to_etcd: Option<ToEtcd>,
     /// etcd's answer to a progress request, held until the stream's hub watches have been
     /// sent everything up to its revision: it promises the client every event up to there.
     held_progress: Option<HeldProgress>,
@@ -372,10 +374,9 @@ impl WatchStream {
                     }
                     self.ready.push_back(Ok(WatchResponse { header, watch_id: -1, ..Default::default() }.into()));
                 }
-                Effect::Relay(opening, etcd_creates, requests) => {
+                Effect::Relay(opening, to_etcd) => {
                     self.relay = Relay::Opening(opening);
-                    self.etcd_creates = Some(etcd_creates);
-                    self.relay_requests = Some(requests);
+                    self.to_etcd = Some(to_etcd);
                 }
             }
         }
@@ -434,8 +435,8 @@ impl WatchStream {
 
     fn relay_ended(&mut self) {
         self.relay = Relay::None;
-        if let Some(etcd_creates) = self.etcd_creates.take() {
-            etcd_creates.abandoned();
+        if let Some(to_etcd) = self.to_etcd.take() {
+            to_etcd.creates.abandoned();
         }
     }
 
@@ -459,7 +460,7 @@ impl WatchStream {
                                 lock(&self.ids).live.remove(&response.watch_id);
                             }
                             if response.created {
-                                self.etcd_creates.iter().for_each(|creates| creates.answered());
+                                self.to_etcd.iter().for_each(|to_etcd| to_etcd.creates.answered());
                             }
                             Poll::Ready(Ok(response))
                         }
@@ -583,8 +584,8 @@ impl WatchStream {
         }
         let progress = self.held_progress.take()?.response;
         if revision < self.seen.get() {
-            if let Some(requests) = &self.relay_requests {
-                let _ = requests.try_send(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(Default::default())) });
+            if let Some(to_etcd) = &self.to_etcd {
+                let _ = to_etcd.requests.try_send(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(Default::default())) });
             }
             return None;
         }

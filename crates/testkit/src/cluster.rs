@@ -22,8 +22,8 @@ use crate::grpc::{cluster_client, maintenance_client};
 use crate::health::{check_health, http_get};
 use crate::partition::{member_gid, partition, sweep_dead_partitions_once, PartitionRules, PeerSide};
 use crate::port::free_port;
-use crate::tls::ClusterTls;
 use crate::process::{kill_and_reap, log_tail, signal, spawn_logged, terminate_and_reap, wait_stopped};
+use crate::tls::ClusterTls;
 use crate::version::{run_etcdctl, EtcdVersion};
 
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -566,7 +566,10 @@ impl Cluster {
                 let listen = format!("{client},http://127.0.0.1:{}", m.admin_port);
                 (client, listen)
             }
-            None => (format!("http://127.0.0.1:{}", m.client_port), format!("http://127.0.0.1:{}", m.client_port)),
+            None => {
+                let client = format!("http://127.0.0.1:{}", m.client_port);
+                (client.clone(), client)
+            }
         };
         let tls_args = self.tls.as_ref().map(ClusterTls::member_args).unwrap_or_default();
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
@@ -620,6 +623,7 @@ impl Cluster {
         loop {
             let mut still = Vec::new();
             for (i, _) in pending {
+                let url = self.admin_url(i);
                 let m = &mut self.members[i];
                 let Some(child) = m.child.as_mut() else {
                     bail!("{} member {} is not running", self.version, m.name);
@@ -634,7 +638,6 @@ impl Cluster {
                         log_tail(&m.log, LOG_TAIL_LINES)
                     );
                 }
-                let url = format!("http://127.0.0.1:{}", m.admin_port);
                 if let Err(e) = check_health(&url).await {
                     still.push((i, format!("{e:#}")));
                 }

@@ -40,10 +40,10 @@ mod version;
 pub mod workload;
 
 pub use cluster::{Cluster, ClusterBuilder};
-pub use tls::ClusterTls;
 pub use health::{check_health, wait_ready};
 pub use partition::sweep_dead_partitions;
 pub use port::free_port;
 pub use proxy::{ProxyKind, ProxyProcess};
+pub use tls::ClusterTls;
 pub use version::{run_etcdctl, EtcdVersion};
 pub use workload::{Report, Target, Workload, WorkloadConfig};

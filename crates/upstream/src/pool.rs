@@ -36,12 +36,12 @@ use tonic::Status;
 
 use crate::balance::{p2c_order, Load, Timing};
 use crate::connection::{ConnectOptions, MemberConnection};
-use crate::tls::MemberTls;
 use crate::hedge;
 use crate::health::{
     plan_sync, Known, Limits, Listed, MemberHealth, ProbeFailure, Reference, State, StatusReport, SyncAction, Transition,
 };
 use crate::retry::{classify, during_election, is_overload, Failure, OverloadBackoff, RetryPolicy};
+use crate::tls::MemberTls;
 
 /// Connection, probe and member-state settings, shared by a pool family.
 #[derive(Clone, Debug)]
