@@ -12,14 +12,16 @@
 //!
 //! Progress requests are answered from the hubs when no watch of the stream is at etcd (with
 //! the revision every hub watch has been sent up to), else by etcd, whose answer is held
-//! until the hub watches have sent everything up to its revision. Creates are answered in
-//! the order they came, whoever serves them, as etcd answers them.
+//! until the hub watches have sent everything up to its revision (or, as a hub hears of no
+//! revision after writes outside its keys, for [`PROGRESS_HOLD`] at most). Creates are
+//! answered in the order they came, whoever serves them, as etcd answers them.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use etcdgate_cache::{Hub, WatchReply, Watcher};
 use etcdgate_proto::etcdserverpb::{watch_request::RequestUnion, ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
@@ -46,6 +48,13 @@ const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream
 /// etcd's answer to a create whose range ends at or before its key (checked before an ID
 /// is given).
 const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+/// How long etcd's answer to a progress request may be held for the stream's hub watches.
+/// A hub learns of a revision from events in its keys (or etcd's progress notifications,
+/// ten minutes apart by default): after writes elsewhere it may not be told of the
+/// answer's revision at all, and the answer then goes as etcd gave it (the hub watches have
+/// sent what their hubs hold; etcd's own answers may come ahead of events before 3.5.8,
+/// etcd#15220).
+const PROGRESS_HOLD: Duration = Duration::from_millis(100);
 
 fn lock(ids: &Mutex<Ids>) -> std::sync::MutexGuard<'_, Ids> {
     ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -497,7 +506,10 @@ impl Stream for WatchStream {
             if let Poll::Ready(reply) = this.poll_relay(cx) {
                 match reply {
                     Ok(response) if is_progress_answer(&response) && !this.serving.is_empty() => {
-                        this.held_progress = Some(HeldProgress::new(response, this.serving.values().map(|serving| &serving.hub)));
+                        match this.held_progress.as_mut() {
+                            Some(held) => held.another(response),
+                            None => this.held_progress = Some(HeldProgress::new(response, this.serving.values().map(|serving| &serving.hub))),
+                        }
                         continue;
                     }
                     // etcd's answers were lifted as the relay read them, in their order. One
@@ -525,7 +537,7 @@ impl Stream for WatchStream {
                 }
                 // Every hub watch has sent all the hubs hold: a progress answer held for them
                 // may go.
-                _ => match this.release_progress(announced) {
+                _ => match this.release_progress(announced, cx) {
                     Some(progress) => return Poll::Ready(Some(Ok(progress.into()))),
                     None => return Poll::Pending,
                 },
@@ -543,11 +555,19 @@ fn is_progress_answer(response: &WatchResponse) -> bool {
     response.watch_id == -1 && response.events.is_empty() && !response.created && !response.canceled
 }
 
-/// etcd's answer to a progress request, and the revisions of the hubs of the stream's hub
-/// watches as those watches are told them.
+/// etcd's answer to a progress request held for the stream's hub watches, and the revisions
+/// of their hubs as those watches are told them.
 struct HeldProgress {
+    /// The latest answer: it covers every earlier one.
     response: WatchResponse,
+    /// Answers owed to the client: one per progress request etcd answered, as etcd gives.
+    owed: usize,
+    /// etcd was asked again (the answer was below a revision the client had been shown): its
+    /// next answer is that request's, not one the client is owed.
+    asked_again: bool,
     hubs: Vec<tokio::sync::watch::Receiver<i64>>,
+    /// When the answer goes even if the hubs have not been told of its revision.
+    deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl HeldProgress {
@@ -558,7 +578,24 @@ impl HeldProgress {
                 distinct.push(hub);
             }
         }
-        HeldProgress { response, hubs: distinct.into_iter().map(|hub| hub.subscribe()).collect() }
+        HeldProgress {
+            response,
+            owed: 1,
+            asked_again: false,
+            hubs: distinct.into_iter().map(|hub| hub.subscribe()).collect(),
+            deadline: Box::pin(tokio::time::sleep(PROGRESS_HOLD)),
+        }
+    }
+
+    /// etcd answered another progress request while this one was held (the deadline stays:
+    /// a client asking all the time still gets answers).
+    fn another(&mut self, response: WatchResponse) {
+        if !std::mem::take(&mut self.asked_again) {
+            self.owed += 1;
+        }
+        if response.header.as_ref().map_or(0, |h| h.revision) >= self.revision() {
+            self.response = response;
+        }
     }
 
     fn revision(&self) -> i64 {
@@ -572,24 +609,35 @@ impl HeldProgress {
 }
 
 impl WatchStream {
-    /// The held progress answer, once the hub watches have been told of revisions at or
-    /// past its own (`announced`, read before they were polled) and have sent all they had
-    /// (called when they have nothing more to send). If the client has been shown a later
-    /// revision meanwhile (by a hub watch), the answer would go back: etcd is asked again
-    /// instead.
-    fn release_progress(&mut self, announced: Option<i64>) -> Option<WatchResponse> {
-        let revision = self.held_progress.as_ref()?.revision();
-        if announced.is_none_or(|announced| announced < revision) {
+    /// The held progress answer (and the copies owed, queued), once the hub watches have
+    /// been told of revisions at or past its own (`announced`, read before they were
+    /// polled) or [`PROGRESS_HOLD`] is over, and they have sent all they had (called when
+    /// they have nothing more to send). If the client has been shown a later revision
+    /// meanwhile (by a hub watch), the answer would go back: etcd is asked again instead.
+    fn release_progress(&mut self, announced: Option<i64>, cx: &mut Context<'_>) -> Option<WatchResponse> {
+        let held = self.held_progress.as_mut()?;
+        let revision = held.revision();
+        let told = announced.is_some_and(|announced| announced >= revision);
+        if !told && held.deadline.poll_unpin(cx).is_pending() {
             return None;
         }
-        let progress = self.held_progress.take()?.response;
         if revision < self.seen.get() {
-            if let Some(to_etcd) = &self.to_etcd {
-                let _ = to_etcd.requests.try_send(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(Default::default())) });
+            if let Some(to_etcd) = self.to_etcd.as_ref().filter(|_| !held.asked_again) {
+                let again = WatchRequest { request_union: Some(RequestUnion::ProgressRequest(Default::default())) };
+                // Full: tried again when the stream is next woken (by etcd's answers to
+                // what fills it).
+                held.asked_again = to_etcd.requests.try_send(again).is_ok();
             }
-            return None;
+            // Asked again: held for etcd's next answer, unless etcd's stream is gone.
+            if self.to_etcd.is_some() {
+                return None;
+            }
         }
-        Some(progress)
+        let held = self.held_progress.take()?;
+        for _ in 1..held.owed {
+            self.ready.push_back(Ok(held.response.clone().into()));
+        }
+        Some(held.response)
     }
 }
 
