@@ -439,10 +439,8 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>, barrier: Arc<Barrier>, doubt: Arc<
                                     reload = true;
                                     break;
                                 }
-                                Some((held, cluster)) if cluster > held && asked.is_none() => {
-                                    if requests.try_send(progress_request()).is_ok() {
-                                        asked = Some((cluster, Instant::now()));
-                                    }
+                                Some((held, cluster)) if cluster > held && asked.is_none() && requests.try_send(progress_request()).is_ok() => {
+                                    asked = Some((cluster, Instant::now()));
                                 }
                                 _ => {}
                             }
@@ -546,7 +544,7 @@ impl Silence {
     /// Whether the feed has been silent, and the hub behind, long enough to call it stalled
     /// (see [`STALL`]); counts afresh from a stall it reports.
     fn stalled(&mut self, hub: &Hub) -> bool {
-        if !hub.revision().is_some_and(|revision| revision < hub.expected()) {
+        if hub.revision().is_none_or(|revision| revision >= hub.expected()) {
             self.behind_since = None;
             return false;
         }

@@ -149,27 +149,35 @@ pub async fn relay<S: Resumable>(
             break;
         }
     }
-    let input_over = first.is_empty();
-    let upstream = open::<S>(&pool, &ctx, first, input_over).await?;
+    // Over if the client ended its input before asking anything etcd would answer.
+    let input = (!first.is_empty()).then_some(input);
+    let upstream = open::<S>(&pool, &ctx, first, input.is_none()).await?;
     let (client, responses) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(run(pool, ctx, input, upstream, state, client, input_over, stalled));
+    tokio::spawn(run(pool, ctx, input, upstream, state, client, stalled));
     Ok(Box::pin(ReceiverStream::new(responses)))
 }
 
 async fn run<S: Resumable>(
     pool: Arc<Pool>,
     ctx: CallContext,
-    mut input: BoxStream<'static, S::Req>,
+    // The client's requests; `None` once they are over.
+    mut input: Option<BoxStream<'static, S::Req>>,
     upstream: Upstream<S>,
     mut state: S,
     client: mpsc::Sender<Result<S::Resp, Status>>,
-    mut input_over: bool,
     stalled: Option<Stalled>,
 ) {
     // `None` after a member failed with nothing to replay: the next member's stream is opened
     // with the client's next request (etcd answers nothing before a request, so opening an
     // idle stream would wait for an answer that cannot come).
     let mut upstream = Some(upstream);
+    // A request the member's stream has no room for yet, and an answer the client has no
+    // room for yet. While one waits, the side it came from is not read (the other end slows
+    // down), but the other side still is: a stream waiting to send a request must not stop
+    // reading the member's answers, or a member that waits to send answers before it reads
+    // more requests (etcd does) never takes the request.
+    let mut unsent: Option<S::Req> = None;
+    let mut undelivered: Option<Result<S::Resp, Status>> = None;
     loop {
         let member = upstream.as_ref().and_then(|u| u.member.clone());
         let left_rotation = async {
@@ -190,6 +198,19 @@ async fn run<S: Resumable>(
                 _ => std::future::pending().await,
             }
         };
+        let requests = upstream.as_ref().and_then(|u| u.requests.clone()).filter(|_| unsent.is_some());
+        let member_room = async {
+            match requests {
+                Some(requests) => requests.reserve_owned().await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let request = async {
+            match input.as_mut() {
+                Some(input) => input.next().await,
+                None => std::future::pending().await,
+            }
+        };
         let answer = async {
             match upstream.as_mut() {
                 Some(upstream) => upstream.responses.next().await,
@@ -197,25 +218,24 @@ async fn run<S: Resumable>(
             }
         };
         tokio::select! {
-            request = input.next(), if !input_over => match (request, upstream.as_mut()) {
+            request = request, if unsent.is_none() => match (request, upstream.as_mut()) {
                 (Some(request), Some(current)) => {
                     if let (Some(outgoing), Some(requests)) = (state.outgoing(request), &current.requests) {
-                        // A failed send means the stream just failed: the answer arm moves it.
-                        let _ = requests.send(outgoing).await;
+                        // Closed means the stream just failed: the answer arm moves it.
+                        if let Err(mpsc::error::TrySendError::Full(outgoing)) = requests.try_send(outgoing) {
+                            unsent = Some(outgoing);
+                        }
                     }
                 }
                 (Some(request), None) => {
                     let Some(outgoing) = state.outgoing(request) else { continue };
                     match open::<S>(&pool, &ctx, vec![outgoing], false).await {
                         Ok(next) => upstream = Some(next),
-                        Err(status) => {
-                            let _ = client.send(Err(status)).await;
-                            return;
-                        }
+                        Err(status) => return fail(&client, status).await,
                     }
                 }
                 (None, current) => {
-                    input_over = true;
+                    input = None;
                     if S::ENDS_WITH_CLIENT_INPUT {
                         match current {
                             Some(current) => current.requests = None,
@@ -224,24 +244,35 @@ async fn run<S: Resumable>(
                     }
                 }
             },
+            room = member_room => match room {
+                Some(room) => {
+                    room.send(unsent.take().expect("room is asked for only with a request waiting"));
+                }
+                // The stream failed: the answer arm moves it (and the replay carries what
+                // the request asked).
+                None => unsent = None,
+            },
+            room = client.reserve(), if undelivered.is_some() => match room {
+                Ok(room) => room.send(undelivered.take().expect("room is asked for only with an answer waiting")),
+                Err(_) => return,
+            },
             answer = async {
                 tokio::select! {
                     answer = answer => answer,
                     _ = left_rotation => Some(Err(Status::unavailable("etcdgate: member left rotation"))),
                     _ = stall => Some(Err(Status::unavailable("etcdgate: stream stalled on its member"))),
                 }
-            } => match answer {
+            }, if undelivered.is_none() => match answer {
                 Some(Ok(response)) => {
                     if let Some(response) = state.incoming(response) {
-                        if client.send(Ok(response)).await.is_err() {
-                            return;
+                        match client.try_send(Ok(response)) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(response)) => undelivered = Some(response),
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
                         }
                     }
                 }
-                Some(Err(status)) if !member_failed(&status) => {
-                    let _ = client.send(Err(status)).await;
-                    return;
-                }
+                Some(Err(status)) if !member_failed(&status) => return fail(&client, status).await,
                 // The member ended the stream because the client's input is over.
                 None if upstream.as_ref().is_some_and(|u| u.requests.is_none()) => return,
                 failed => {
@@ -249,24 +280,28 @@ async fn run<S: Resumable>(
                         tracing::info!(stream = S::NAME, error = %status.message(), "stream lost its member, moving it");
                     }
                     crate::metrics::stream_moved(S::NAME);
+                    // What it asked is in the replay.
+                    unsent = None;
                     let replay = state.replay();
                     if replay.is_empty() {
                         upstream = None;
-                        if input_over && S::ENDS_WITH_CLIENT_INPUT {
+                        if input.is_none() && S::ENDS_WITH_CLIENT_INPUT {
                             return;
                         }
                         continue;
                     }
-                    match open::<S>(&pool, &ctx, replay, input_over).await {
+                    match open::<S>(&pool, &ctx, replay, input.is_none()).await {
                         Ok(next) => upstream = Some(next),
-                        Err(status) => {
-                            let _ = client.send(Err(status)).await;
-                            return;
-                        }
+                        Err(status) => return fail(&client, status).await,
                     }
                 }
             },
             _ = client.closed() => return,
         }
     }
+}
+
+/// Ends the client's stream with `status`.
+async fn fail<Resp>(client: &mpsc::Sender<Result<Resp, Status>>, status: Status) {
+    let _ = client.send(Err(status)).await;
 }
