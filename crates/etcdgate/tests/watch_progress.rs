@@ -3,11 +3,14 @@
 //! prefixes, and asks for progress to know it has seen everything up to a revision): an
 //! answer at revision R comes after every event up to R of every watch of the stream, as
 //! from etcd. Under a stream of writes to both watches' keys, with progress asked for every
-//! few milliseconds, no event may arrive at or below a progress revision already answered;
-//! and after writes the cache never hears of (outside its keys), progress is still answered.
+//! few milliseconds, no event may arrive at or below a progress revision already answered,
+//! and every request is answered (after writes the cache never hears of, outside its keys,
+//! too). etcd itself is checked the same way first.
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcdgate_proto::etcdserverpb::{watch_client::WatchClient, watch_request::RequestUnion, WatchProgressRequest, WatchRequest, WatchResponse};
@@ -25,27 +28,39 @@ async fn progress_answers_come_after_the_events_they_cover() {
     let cluster = Cluster::start(EtcdVersion::V3_5, 1).await.unwrap();
     // Caches `/apisix` (the default): `/outside/` is etcd's.
     let gateway = Etcdgate::start(&cluster.endpoints());
+    // etcd itself first: what the checks assume of it holds.
+    scenario("etcd", cluster.client_urls()[0].clone()).await;
+    scenario("etcdgate", gateway.url()).await;
+}
+
+/// Watches `/outside/` and `/apisix/` on one stream at `url`, writes to both through `url`
+/// while asking for progress every few milliseconds, and checks the answers.
+async fn scenario(target: &str, url: String) {
     let (requests, input) = tokio::sync::mpsc::channel(8);
     requests.send(watch_prefix(b"/outside/")).await.unwrap();
     requests.send(watch_prefix(b"/apisix/")).await.unwrap();
     let mut responses =
-        WatchClient::connect(gateway.url()).await.unwrap().watch(tokio_stream::wrappers::ReceiverStream::new(input)).await.unwrap().into_inner();
+        WatchClient::connect(url.clone()).await.unwrap().watch(tokio_stream::wrappers::ReceiverStream::new(input)).await.unwrap().into_inner();
     for _ in 0..2 {
         let created = next(&mut responses).await;
-        assert!(created.created, "{created:?}");
+        assert!(created.created, "{target}: {created:?}");
     }
     // Every write comes after both watches were created: the watches get every one.
-    let writing = common::spawn_alternating_writes(gateway.url(), WRITES);
+    let writing = common::spawn_alternating_writes(url, WRITES);
+    let stop = Arc::new(AtomicBool::new(false));
     let asking = tokio::spawn({
-        let requests = requests.clone();
+        let (requests, stop) = (requests.clone(), stop.clone());
         async move {
-            while requests.send(progress()).await.is_ok() {
+            let mut asked = 0;
+            while !stop.load(Ordering::Relaxed) && requests.send(progress()).await.is_ok() {
+                asked += 1;
                 tokio::time::sleep(Duration::from_millis(3)).await;
             }
+            asked
         }
     });
 
-    let (mut answered, mut answers, mut events, mut early) = (0, 0, 0, Vec::new());
+    let (mut answered, mut answers, mut events, mut last, mut early) = (0, 0, 0, 0, Vec::new());
     while events < WRITES {
         let response = next(&mut responses).await;
         if response.watch_id == -1 && response.events.is_empty() {
@@ -56,29 +71,35 @@ async fn progress_answers_come_after_the_events_they_cover() {
         for event in &response.events {
             events += 1;
             let revision = event.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+            last = last.max(revision);
             if revision <= answered {
                 early.push(format!("watch {}: event at {revision} after a progress answer at {answered}", response.watch_id));
             }
         }
     }
-    asking.abort();
     writing.await.unwrap();
-    eprintln!("{events} events, {answers} progress answers");
-    assert!(answers > 0, "no progress request was answered");
-    assert!(early.is_empty(), "{} progress answers came before events they cover: {:?}", early.len(), &early[..early.len().min(10)]);
-
-    // The last write was outside the cache's keys, so the cache never hears of its revision:
-    // a progress request is still answered, at that revision (at least), as etcd answers it.
-    let last = i64::try_from(WRITES).unwrap() + 1;
-    requests.send(progress()).await.unwrap();
-    loop {
-        let response = next(&mut responses).await;
-        let revision = response.header.map_or(0, |h| h.revision);
-        assert!(response.watch_id == -1 && response.events.is_empty(), "an event after the last write's: {:?}", response.events);
-        if revision >= last {
-            break;
-        }
+    stop.store(true, Ordering::Relaxed);
+    let mut asked = asking.await.unwrap();
+    eprintln!("{target}: {events} events, {answers} progress answers so far of {asked} asked");
+    // etcd before 3.5.8 may itself answer ahead of events (etcd#15220), rarely: only told.
+    if target == "etcd" {
+        eprintln!("etcd: {} progress answers came before events they cover", early.len());
+    } else {
+        assert!(early.is_empty(), "{target}: {} progress answers came before events they cover: {:?}", early.len(), &early[..early.len().min(10)]);
     }
+
+    // Every progress request is answered, as etcd answers each — the last one too, at the
+    // last write's revision at least. That write was outside the cache's keys, so the cache
+    // never hears of its revision.
+    requests.send(progress()).await.unwrap();
+    asked += 1;
+    while answers < asked {
+        let response = next(&mut responses).await;
+        assert!(response.watch_id == -1 && response.events.is_empty(), "{target}: an event after the last write's: {response:?}");
+        answers += 1;
+        answered = answered.max(response.header.map_or(0, |h| h.revision));
+    }
+    assert!(answered >= last, "{target}: the last progress answer is at {answered}, before the last write at {last}");
 }
 
 fn progress() -> WatchRequest {

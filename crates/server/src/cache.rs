@@ -56,6 +56,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::context::CallContext;
 use crate::resume::Stalled;
+use crate::watch::{progress_request, PROGRESS_ANSWER_ID};
 
 /// How long a read of etcd without credentials proves that auth is off (the cache serves
 /// nothing while auth is on: it cannot check permissions).
@@ -84,8 +85,6 @@ const CONTINUITY_CHECK: Duration = Duration::from_secs(5);
 const CONTINUITY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the watch's member may take to answer a progress request.
 const PROGRESS_ANSWER_WAIT: Duration = Duration::from_secs(1);
-/// The watch ID of etcd's answer to a progress request (no watch's own).
-const PROGRESS_ANSWER_ID: i64 = -1;
 
 /// What to cache.
 #[derive(Clone, Debug)]
@@ -515,10 +514,6 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>, barrier: Arc<Barrier>, doubt: Arc<
         drop(requests);
         tokio::time::sleep(FEED_RETRY).await;
     }
-}
-
-fn progress_request() -> WatchRequest {
-    WatchRequest { request_union: Some(RequestUnion::ProgressRequest(Default::default())) }
 }
 
 /// How long a feed has been silent while its hub lacked an acknowledged write.

@@ -37,6 +37,7 @@ use tonic::Status;
 use crate::cache::Caches;
 use crate::context::{CallContext, SeenRevision};
 use crate::gateway::ResponseStream;
+use crate::watch::{progress_request, PROGRESS_ANSWER_ID};
 
 /// Requests queued towards etcd's stream.
 const RELAY_BUFFER: usize = 16;
@@ -552,7 +553,7 @@ impl Stream for WatchStream {
 
 /// etcd's answer to a progress request (not a watch's own progress notification).
 fn is_progress_answer(response: &WatchResponse) -> bool {
-    response.watch_id == -1 && response.events.is_empty() && !response.created && !response.canceled
+    response.watch_id == PROGRESS_ANSWER_ID && response.events.is_empty() && !response.created && !response.canceled
 }
 
 /// etcd's answer to a progress request held for the stream's hub watches, and the revisions
@@ -623,10 +624,9 @@ impl WatchStream {
         }
         if revision < self.seen.get() {
             if let Some(to_etcd) = self.to_etcd.as_ref().filter(|_| !held.asked_again) {
-                let again = WatchRequest { request_union: Some(RequestUnion::ProgressRequest(Default::default())) };
                 // Full: tried again when the stream is next woken (by etcd's answers to
                 // what fills it).
-                held.asked_again = to_etcd.requests.try_send(again).is_ok();
+                held.asked_again = to_etcd.requests.try_send(progress_request()).is_ok();
             }
             // Asked again: held for etcd's next answer, unless etcd's stream is gone.
             if self.to_etcd.is_some() {

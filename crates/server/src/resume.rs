@@ -10,6 +10,7 @@
 //! each stream's own business ([`Resumable`]); answers etcd gives on purpose (auth, invalid
 //! requests) still end the client's stream as they would on etcd.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +66,11 @@ pub trait Resumable: Send + 'static {
     fn outgoing(&mut self, request: Self::Req) -> Option<Self::Req>;
     /// Records a member's answer; `None` if the client must not see it.
     fn incoming(&mut self, response: Self::Resp) -> Option<Self::Resp>;
+    /// A request to send the member again, after an answer the client must not see that
+    /// still owes it one (asked after each answer).
+    fn ask_again(&mut self) -> Option<Self::Req> {
+        None
+    }
     /// What a new member must be sent to continue where the old one stopped.
     fn replay(&mut self) -> Vec<Self::Req>;
     fn open(connection: MemberConnection, request: Request<Outgoing<Self::Req>>) -> Opening<Self::Resp>;
@@ -171,12 +177,13 @@ async fn run<S: Resumable>(
     // with the client's next request (etcd answers nothing before a request, so opening an
     // idle stream would wait for an answer that cannot come).
     let mut upstream = Some(upstream);
-    // A request the member's stream has no room for yet, and an answer the client has no
+    // Requests the member's stream has no room for yet, and an answer the client has no
     // room for yet. While one waits, the side it came from is not read (the other end slows
     // down), but the other side still is: a stream waiting to send a request must not stop
     // reading the member's answers, or a member that waits to send answers before it reads
-    // more requests (etcd does) never takes the request.
-    let mut unsent: Option<S::Req> = None;
+    // more requests (etcd does) never takes the request. (Beyond the client's request, the
+    // requests waiting are those asked again, at most one per answer read.)
+    let mut unsent: VecDeque<S::Req> = VecDeque::new();
     let mut undelivered: Option<Result<S::Resp, Status>> = None;
     loop {
         let member = upstream.as_ref().and_then(|u| u.member.clone());
@@ -198,7 +205,7 @@ async fn run<S: Resumable>(
                 _ => std::future::pending().await,
             }
         };
-        let requests = upstream.as_ref().and_then(|u| u.requests.clone()).filter(|_| unsent.is_some());
+        let requests = upstream.as_ref().and_then(|u| u.requests.clone()).filter(|_| !unsent.is_empty());
         let member_room = async {
             match requests {
                 Some(requests) => requests.reserve_owned().await.ok(),
@@ -218,13 +225,10 @@ async fn run<S: Resumable>(
             }
         };
         tokio::select! {
-            request = request, if unsent.is_none() => match (request, upstream.as_mut()) {
+            request = request, if unsent.is_empty() => match (request, upstream.as_mut()) {
                 (Some(request), Some(current)) => {
-                    if let (Some(outgoing), Some(requests)) = (state.outgoing(request), &current.requests) {
-                        // Closed means the stream just failed: the answer arm moves it.
-                        if let Err(mpsc::error::TrySendError::Full(outgoing)) = requests.try_send(outgoing) {
-                            unsent = Some(outgoing);
-                        }
+                    if let Some(outgoing) = state.outgoing(request) {
+                        send_or_queue(current, &mut unsent, outgoing);
                     }
                 }
                 (Some(request), None) => {
@@ -246,11 +250,11 @@ async fn run<S: Resumable>(
             },
             room = member_room => match room {
                 Some(room) => {
-                    room.send(unsent.take().expect("room is asked for only with a request waiting"));
+                    room.send(unsent.pop_front().expect("room is asked for only with a request waiting"));
                 }
                 // The stream failed: the answer arm moves it (and the replay carries what
-                // the request asked).
-                None => unsent = None,
+                // the requests asked).
+                None => unsent.clear(),
             },
             room = client.reserve(), if undelivered.is_some() => match room {
                 Ok(room) => room.send(undelivered.take().expect("room is asked for only with an answer waiting")),
@@ -264,7 +268,11 @@ async fn run<S: Resumable>(
                 }
             }, if undelivered.is_none() => match answer {
                 Some(Ok(response)) => {
-                    if let Some(response) = state.incoming(response) {
+                    let response = state.incoming(response);
+                    if let (Some(again), Some(current)) = (state.ask_again(), upstream.as_ref()) {
+                        send_or_queue(current, &mut unsent, again);
+                    }
+                    if let Some(response) = response {
                         match client.try_send(Ok(response)) {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(response)) => undelivered = Some(response),
@@ -280,8 +288,8 @@ async fn run<S: Resumable>(
                         tracing::info!(stream = S::NAME, error = %status.message(), "stream lost its member, moving it");
                     }
                     crate::metrics::stream_moved(S::NAME);
-                    // What it asked is in the replay.
-                    unsent = None;
+                    // What they asked is in the replay.
+                    unsent.clear();
                     let replay = state.replay();
                     if replay.is_empty() {
                         upstream = None;
@@ -298,6 +306,18 @@ async fn run<S: Resumable>(
             },
             _ = client.closed() => return,
         }
+    }
+}
+
+/// Sends `request` on the member's stream, or queues it behind those waiting for room (a
+/// stream that is gone takes nothing: the answer arm moves it, and the replay carries it).
+fn send_or_queue<S: Resumable>(upstream: &Upstream<S>, unsent: &mut VecDeque<S::Req>, request: S::Req) {
+    let Some(requests) = &upstream.requests else { return };
+    if !unsent.is_empty() {
+        return unsent.push_back(request);
+    }
+    if let Err(mpsc::error::TrySendError::Full(request)) = requests.try_send(request) {
+        unsent.push_back(request);
     }
 }
 

@@ -5,6 +5,9 @@
 //! the watches are created again on another member from that next revision, with the same
 //! IDs, and their `created` answers are swallowed: the client's stream stays open and sees no
 //! error, no gap, no duplicate, no second `created`, and header revisions never go back.
+//! Every progress request gets its answer, as from etcd: one below a revision the client's
+//! connection has been shown is not given (it would go back) and etcd is asked again, and
+//! those unanswered when a member fails are asked of the next.
 //!
 //! Watch IDs are chosen here (as etcd chooses them: the lowest free ID from a counter) and
 //! sent explicitly, so they stay the same whichever member serves them. The one exception is
@@ -25,6 +28,16 @@ use crate::context::{CallContext, SeenRevision};
 use crate::gateway::ResponseStream;
 use crate::resume::{self, Opening, Outgoing, Resumable, Stalled};
 
+/// The watch ID of etcd's answer to a progress request (no watch's own).
+pub(crate) const PROGRESS_ANSWER_ID: i64 = -1;
+/// Progress requests asked again of a new member, at most (answers beyond are lost).
+const MAX_PROGRESS_REPLAYED: usize = 16;
+
+/// A request for the stream's progress.
+pub(crate) fn progress_request() -> WatchRequest {
+    WatchRequest { request_union: Some(RequestUnion::ProgressRequest(Default::default())) }
+}
+
 /// One watch the client has on its stream.
 #[derive(Debug, Clone)]
 struct Tracked {
@@ -41,6 +54,11 @@ struct Watches {
     /// IDs re-created on a new member whose `created` answer the client must not see again.
     recreating: HashSet<i64>,
     next_id: i64,
+    /// Progress requests sent upstream whose answer the client has not had.
+    progress_unanswered: usize,
+    /// Progress answers below a revision the client was shown (not given): etcd is asked
+    /// again for each.
+    progress_again: usize,
     /// Highest header revision the client's connection has seen.
     seen: SeenRevision,
 }
@@ -81,6 +99,10 @@ impl Resumable for Watches {
                 Some(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) })
             }
             Some(RequestUnion::CancelRequest(cancel)) if !self.uses_id(cancel.watch_id) => None,
+            Some(RequestUnion::ProgressRequest(progress)) => {
+                self.progress_unanswered += 1;
+                Some(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(progress)) })
+            }
             other => Some(WatchRequest { request_union: other }),
         }
     }
@@ -107,6 +129,14 @@ impl Resumable for Watches {
                 let event_revision = last.kv.as_ref().map_or(0, |kv| kv.mod_revision);
                 watch.next_revision = watch.next_revision.max(event_revision + 1);
             }
+        } else if id == PROGRESS_ANSWER_ID {
+            if revision < self.seen.get() {
+                // Going back would tell the client less than it knows (the connection was
+                // shown a later revision meanwhile): etcd is asked again.
+                self.progress_again += 1;
+                return None;
+            }
+            self.progress_unanswered = self.progress_unanswered.saturating_sub(1);
         } else if revision < self.seen.get() {
             // A progress notification from a member behind the one before: it says nothing new.
             return None;
@@ -116,13 +146,24 @@ impl Resumable for Watches {
         Some(response)
     }
 
-    /// The creates that bring a new member's stream to where the client is.
+    fn ask_again(&mut self) -> Option<WatchRequest> {
+        self.progress_again = self.progress_again.checked_sub(1)?;
+        Some(progress_request())
+    }
+
+    /// The creates that bring a new member's stream to where the client is, then its
+    /// unanswered progress requests (a few at most: they all get the same answer).
     fn replay(&mut self) -> Vec<WatchRequest> {
         self.recreating = self.live.keys().copied().collect();
         let mut creates: Vec<WatchCreateRequest> =
             self.live.values().map(|watch| WatchCreateRequest { start_revision: watch.next_revision, ..watch.create.clone() }).collect();
         creates.extend(self.pending.iter().cloned());
-        creates.into_iter().map(|create| WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).collect()
+        let mut replay: Vec<WatchRequest> =
+            creates.into_iter().map(|create| WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).collect();
+        self.progress_again = 0;
+        self.progress_unanswered = self.progress_unanswered.min(MAX_PROGRESS_REPLAYED);
+        replay.extend((0..self.progress_unanswered).map(|_| progress_request()));
+        replay
     }
 
     fn open(connection: MemberConnection, request: Request<Outgoing<WatchRequest>>) -> Opening<WatchResponse> {
