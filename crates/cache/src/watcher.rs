@@ -95,11 +95,6 @@ impl Watcher {
         &self.hub
     }
 
-    /// The next revision the client has not been sent.
-    pub fn next_revision(&self) -> i64 {
-        self.next
-    }
-
     /// An answer to a progress request: the hub's revision, if this watcher has been sent
     /// everything up to it (etcd answers only when all watches of a stream are synced).
     pub fn progress(&self) -> Option<WatchResponse> {

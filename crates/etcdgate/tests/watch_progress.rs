@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcdgate_proto::etcdserverpb::{watch_client::WatchClient, watch_request::RequestUnion, WatchProgressRequest, WatchRequest, WatchResponse};
+use etcdgate_proto::etcdserverpb::{
+    kv_client::KvClient, watch_client::WatchClient, watch_request::RequestUnion, PutRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+};
 use etcdgate_testkit::{Cluster, EtcdVersion};
 use futures::StreamExt;
 
@@ -109,4 +111,46 @@ fn progress() -> WatchRequest {
 /// The stream's next response, within [`PATIENCE`].
 async fn next(responses: &mut tonic::Streaming<WatchResponse>) -> WatchResponse {
     tokio::time::timeout(PATIENCE, responses.next()).await.expect("a response in time").expect("the stream open").expect("a response")
+}
+
+/// A client that writes and watches over one connection (as clientv3 does) and asks for
+/// progress right after each write: the answer covers the write it was shown (its revision is
+/// at least the write's), so the write's event comes before it, never after. With every watch
+/// of the stream served by the cache, the answer is the cache's own.
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_after_a_write_on_the_same_connection_comes_after_its_event() {
+    const ROUNDS: usize = 300;
+    let cluster = Cluster::start(EtcdVersion::V3_5, 1).await.unwrap();
+    let gateway = Etcdgate::start(&cluster.endpoints());
+    for (target, url) in [("etcd", cluster.client_urls()[0].clone()), ("etcdgate", gateway.url())] {
+        let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+        let mut kv = KvClient::new(channel.clone());
+        let (requests, input) = tokio::sync::mpsc::channel(8);
+        requests.send(watch_prefix(b"/apisix/")).await.unwrap();
+        let mut responses = WatchClient::new(channel).watch(tokio_stream::wrappers::ReceiverStream::new(input)).await.unwrap().into_inner();
+        assert!(next(&mut responses).await.created, "{target}: created first");
+        let mut wrong = Vec::new();
+        for round in 0..ROUNDS {
+            let put = PutRequest { key: b"/apisix/routes/1".to_vec(), value: format!("{round}").into_bytes(), ..Default::default() };
+            let written = kv.put(put).await.unwrap().into_inner().header.map_or(0, |h| h.revision);
+            requests.send(progress()).await.unwrap();
+            // The write's event and the progress answer, in the order they come.
+            let (mut event_seen, mut answer) = (false, None);
+            while !(event_seen && answer.is_some()) {
+                let response = next(&mut responses).await;
+                if response.events.iter().any(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision == written)) {
+                    event_seen = true;
+                    if let Some(answered) = answer {
+                        wrong.push(format!("round {round}: event at {written} after a progress answer at {answered}"));
+                    }
+                } else if response.watch_id == -1 && response.events.is_empty() {
+                    answer = Some(response.header.map_or(0, |h| h.revision));
+                }
+            }
+        }
+        eprintln!("{target}: {} of {ROUNDS} progress answers came before the write's event", wrong.len());
+        if target == "etcdgate" {
+            assert!(wrong.is_empty(), "{target}: {:?}", &wrong[..wrong.len().min(10)]);
+        }
+    }
 }

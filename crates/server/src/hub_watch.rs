@@ -10,10 +10,11 @@
 //! (no task or queue per watch; its events go out as encoded once for every watcher, see
 //! [`WatchReply`]). With thousands of watchers, every byte and every task per watcher counts.
 //!
-//! Progress requests are answered from the hubs when no watch of the stream is at etcd (with
-//! the revision every hub watch has been sent up to), else by etcd, whose answer is held
-//! until the hub watches have sent everything up to its revision (or, as a hub hears of no
-//! revision after writes outside its keys, for [`PROGRESS_HOLD`] at most). Creates are
+//! Progress requests are answered by the stream itself when no watch of it is at etcd (at the
+//! revision the hubs of its watches hold, or the client was shown if later), else by etcd;
+//! either answer is held until the hub watches have sent everything up to its revision (or,
+//! as a hub hears of no revision after writes outside its keys, for [`PROGRESS_HOLD`] at
+//! most). Creates are
 //! answered in the order they came, whoever serves them, as etcd answers them.
 
 use std::collections::{HashMap, VecDeque};
@@ -349,17 +350,15 @@ impl ArcWake for InputWake {
     }
 }
 
-/// A hub watch being served: its hub, and the revision its responses have been sent up to.
+/// A hub watch being served: its hub.
 struct Serving {
     hub: Arc<Hub>,
-    sent_through: i64,
     _count: WatcherCount,
 }
 
-/// A hub watch's response, and the next revision that watch will send.
+/// A hub watch's response.
 struct Followed {
     id: i64,
-    next_revision: i64,
     reply: WatchReply,
 }
 
@@ -377,12 +376,16 @@ impl WatchStream {
                         self.ready.push_back(Ok(WatchResponse { header, watch_id: id, canceled: true, ..Default::default() }.into()));
                     }
                 }
-                Effect::Progress(mut header) => {
-                    if let Some(header) = header.as_mut() {
-                        let sent = self.serving.values().map(|w| w.sent_through).min();
-                        header.revision = sent.map_or(header.revision, |sent| sent.min(header.revision));
-                    }
-                    self.ready.push_back(Ok(WatchResponse { header, watch_id: -1, ..Default::default() }.into()));
+                Effect::Progress(header) if self.serving.is_empty() => {
+                    self.ready.push_back(Ok(WatchResponse { header, watch_id: PROGRESS_ANSWER_ID, ..Default::default() }.into()));
+                }
+                // Held until the hub watches have sent everything up to the revision their
+                // hubs hold (or the client was shown, if later), as etcd's answer is.
+                Effect::Progress(header) => {
+                    let mut header = header.unwrap_or_default();
+                    let held = self.serving.values().filter_map(|serving| serving.hub.revision()).min();
+                    header.revision = held.unwrap_or(header.revision).max(self.seen.get());
+                    self.hold_progress(WatchResponse { header: Some(header), watch_id: PROGRESS_ANSWER_ID, ..Default::default() });
                 }
                 Effect::Relay(opening, to_etcd) => {
                     self.relay = Relay::Opening(opening);
@@ -395,12 +398,11 @@ impl WatchStream {
     /// Serves a hub watch: its responses join the stream until it is canceled.
     fn serve(&mut self, watcher: Watcher) {
         let (id, hub) = (watcher.id(), watcher.hub().clone());
-        let sent_through = watcher.next_revision() - 1;
-        self.serving.insert(id, Serving { hub, sent_through, _count: WatcherCount::new() });
+        self.serving.insert(id, Serving { hub, _count: WatcherCount::new() });
         let responses = futures::stream::unfold(Some(watcher), |watcher| async move {
             let mut watcher = watcher?;
             let reply = watcher.next().await;
-            let followed = Followed { id: watcher.id(), next_revision: watcher.next_revision(), reply };
+            let followed = Followed { id: watcher.id(), reply };
             // A canceled watch is done after its cancel.
             let watcher = (!followed.reply.canceled()).then_some(watcher);
             Some((followed, watcher))
@@ -507,10 +509,7 @@ impl Stream for WatchStream {
             if let Poll::Ready(reply) = this.poll_relay(cx) {
                 match reply {
                     Ok(response) if is_progress_answer(&response) && !this.serving.is_empty() => {
-                        match this.held_progress.as_mut() {
-                            Some(held) => held.another(response),
-                            None => this.held_progress = Some(HeldProgress::new(response, this.serving.values().map(|serving| &serving.hub))),
-                        }
+                        this.hold_progress(response);
                         continue;
                     }
                     // etcd's answers were lifted as the relay read them, in their order. One
@@ -525,14 +524,12 @@ impl Stream for WatchStream {
             // polled: a change after this has woken them, and they are polled now.
             let announced = this.held_progress.as_ref().and_then(HeldProgress::announced);
             match this.watchers.poll_next(cx) {
-                Poll::Ready(Some(Followed { id, next_revision, reply })) => {
+                Poll::Ready(Some(Followed { id, reply })) => {
                     crate::metrics::cache_events_out(reply.event_count());
                     if reply.canceled() {
                         lock(&this.ids).live.remove(&id);
                         this.serving.remove(&id);
                         this.watchers.stop(id);
-                    } else if let Some(serving) = this.serving.get_mut(&id) {
-                        serving.sent_through = next_revision - 1;
                     }
                     break Ok(reply);
                 }
@@ -610,28 +607,42 @@ impl HeldProgress {
 }
 
 impl WatchStream {
+    /// Holds a progress answer (etcd's, or the stream's own) for the stream's hub watches.
+    fn hold_progress(&mut self, response: WatchResponse) {
+        match self.held_progress.as_mut() {
+            Some(held) => held.another(response),
+            None => self.held_progress = Some(HeldProgress::new(response, self.serving.values().map(|serving| &serving.hub))),
+        }
+    }
+
     /// The held progress answer (and the copies owed, queued), once the hub watches have
     /// been told of revisions at or past its own (`announced`, read before they were
     /// polled) or [`PROGRESS_HOLD`] is over, and they have sent all they had (called when
     /// they have nothing more to send). If the client has been shown a later revision
     /// meanwhile (by a hub watch), the answer would go back: etcd is asked again instead.
     fn release_progress(&mut self, announced: Option<i64>, cx: &mut Context<'_>) -> Option<WatchResponse> {
+        let seen = self.seen.get();
         let held = self.held_progress.as_mut()?;
+        if held.revision() < seen && self.to_etcd.is_none() {
+            // The stream's own answer (no etcd to ask again): it may not go back, so the hub
+            // watches are waited for up to what the client was shown.
+            if let Some(header) = held.response.header.as_mut() {
+                header.revision = seen;
+            }
+        }
         let revision = held.revision();
         let told = announced.is_some_and(|announced| announced >= revision);
         if !told && held.deadline.poll_unpin(cx).is_pending() {
             return None;
         }
-        if revision < self.seen.get() {
-            if let Some(to_etcd) = self.to_etcd.as_ref().filter(|_| !held.asked_again) {
+        if let Some(to_etcd) = self.to_etcd.as_ref().filter(|_| revision < seen) {
+            if !held.asked_again {
                 // Full: tried again when the stream is next woken (by etcd's answers to
                 // what fills it).
                 held.asked_again = to_etcd.requests.try_send(progress_request()).is_ok();
             }
-            // Asked again: held for etcd's next answer, unless etcd's stream is gone.
-            if self.to_etcd.is_some() {
-                return None;
-            }
+            // Held for etcd's next answer.
+            return None;
         }
         let held = self.held_progress.take()?;
         for _ in 1..held.owed {
