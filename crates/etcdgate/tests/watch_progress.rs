@@ -65,7 +65,7 @@ async fn scenario(target: &str, url: String) {
     let (mut answered, mut answers, mut events, mut last, mut early) = (0, 0, 0, 0, Vec::new());
     while events < WRITES {
         let response = next(&mut responses).await;
-        if response.watch_id == -1 && response.events.is_empty() {
+        if is_progress_answer(&response) {
             answers += 1;
             answered = answered.max(response.header.map_or(0, |h| h.revision));
             continue;
@@ -97,7 +97,7 @@ async fn scenario(target: &str, url: String) {
     asked += 1;
     while answers < asked {
         let response = next(&mut responses).await;
-        assert!(response.watch_id == -1 && response.events.is_empty(), "{target}: an event after the last write's: {response:?}");
+        assert!(is_progress_answer(&response), "{target}: an event after the last write's: {response:?}");
         answers += 1;
         answered = answered.max(response.header.map_or(0, |h| h.revision));
     }
@@ -106,6 +106,11 @@ async fn scenario(target: &str, url: String) {
 
 fn progress() -> WatchRequest {
     WatchRequest { request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})) }
+}
+
+/// An answer to a progress request (no watch's own response).
+fn is_progress_answer(response: &WatchResponse) -> bool {
+    response.watch_id == -1 && response.events.is_empty()
 }
 
 /// The stream's next response, within [`PATIENCE`].
@@ -143,7 +148,7 @@ async fn progress_after_a_write_on_the_same_connection_comes_after_its_event() {
                     if let Some(answered) = answer {
                         wrong.push(format!("round {round}: event at {written} after a progress answer at {answered}"));
                     }
-                } else if response.watch_id == -1 && response.events.is_empty() {
+                } else if is_progress_answer(&response) {
                     answer = Some(response.header.map_or(0, |h| h.revision));
                 }
             }

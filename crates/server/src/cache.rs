@@ -56,7 +56,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::context::CallContext;
 use crate::resume::Stalled;
-use crate::watch::{progress_request, PROGRESS_ANSWER_ID};
+use crate::watch::{is_progress_answer, progress_request};
 
 /// How long a read of etcd without credentials proves that auth is off (the cache serves
 /// nothing while auth is on: it cannot check permissions).
@@ -465,7 +465,7 @@ async fn feed(pool: Arc<Pool>, hub: Arc<Hub>, barrier: Arc<Barrier>, doubt: Arc<
                         }
                     };
                     let Some(response) = response else { break };
-                    let progress_answer = matches!(&response, Ok(r) if r.watch_id == PROGRESS_ANSWER_ID && r.events.is_empty());
+                    let progress_answer = matches!(&response, Ok(r) if is_progress_answer(r));
                     // An answer to a progress request is no sign of life: a member cut off
                     // from its peers answers at once, at a revision it no longer leaves.
                     if !progress_answer {

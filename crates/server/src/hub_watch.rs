@@ -14,8 +14,8 @@
 //! revision the hubs of its watches hold, or the client was shown if later), else by etcd;
 //! either answer is held until the hub watches have sent everything up to its revision (or,
 //! as a hub hears of no revision after writes outside its keys, for [`PROGRESS_HOLD`] at
-//! most). Creates are
-//! answered in the order they came, whoever serves them, as etcd answers them.
+//! most). Creates are answered in the order they came, whoever serves them, as etcd answers
+//! them.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -38,7 +38,7 @@ use tonic::Status;
 use crate::cache::Caches;
 use crate::context::{CallContext, SeenRevision};
 use crate::gateway::ResponseStream;
-use crate::watch::{progress_request, PROGRESS_ANSWER_ID};
+use crate::watch::{is_progress_answer, progress_request, PROGRESS_ANSWER_ID};
 
 /// Requests queued towards etcd's stream.
 const RELAY_BUFFER: usize = 16;
@@ -84,8 +84,8 @@ enum Effect {
     Serve(Watcher),
     /// A hub watch the client canceled: stop it and say so.
     Stop(i64),
-    /// Answer a progress request of a stream whose watches are all at hubs: `header` with the
-    /// revision every hub watch has been sent up to.
+    /// Answer a progress request of a stream whose watches are all at hubs, with `header`
+    /// (the first hub's; its revision is set when the answer is held, see [`HeldProgress`]).
     Progress(Option<ResponseHeader>),
     /// etcd's stream, being opened for the first watch that needs it, and the way to it.
     Relay(BoxFuture<'static, Result<ResponseStream<WatchResponse>, Status>>, ToEtcd),
@@ -328,8 +328,9 @@ struct WatchStream {
     /// The way to etcd's stream, once it is opened (to count its `created` answers, and to
     /// ask for progress again, see `held_progress`).
     to_etcd: Option<ToEtcd>,
-    /// etcd's answer to a progress request, held until the stream's hub watches have been
-    /// sent everything up to its revision: it promises the client every event up to there.
+    /// An answer to a progress request (etcd's or the stream's own), held until the stream's
+    /// hub watches have sent everything up to its revision: it promises the client every
+    /// event up to there.
     held_progress: Option<HeldProgress>,
     watchers: HubWatches,
     serving: HashMap<i64, Serving>,
@@ -548,13 +549,8 @@ impl Stream for WatchStream {
     }
 }
 
-/// etcd's answer to a progress request (not a watch's own progress notification).
-fn is_progress_answer(response: &WatchResponse) -> bool {
-    response.watch_id == PROGRESS_ANSWER_ID && response.events.is_empty() && !response.created && !response.canceled
-}
-
-/// etcd's answer to a progress request held for the stream's hub watches, and the revisions
-/// of their hubs as those watches are told them.
+/// An answer to a progress request (etcd's, or the stream's own) held for the stream's hub
+/// watches, and the revisions of their hubs as those watches are told them.
 struct HeldProgress {
     /// The latest answer: it covers every earlier one.
     response: WatchResponse,
@@ -585,7 +581,7 @@ impl HeldProgress {
         }
     }
 
-    /// etcd answered another progress request while this one was held (the deadline stays:
+    /// Another progress request was answered while this one was held (the deadline stays:
     /// a client asking all the time still gets answers).
     fn another(&mut self, response: WatchResponse) {
         if !std::mem::take(&mut self.asked_again) {
@@ -619,7 +615,8 @@ impl WatchStream {
     /// been told of revisions at or past its own (`announced`, read before they were
     /// polled) or [`PROGRESS_HOLD`] is over, and they have sent all they had (called when
     /// they have nothing more to send). If the client has been shown a later revision
-    /// meanwhile (by a hub watch), the answer would go back: etcd is asked again instead.
+    /// meanwhile, the answer would go back: etcd is asked again instead, or, on a stream
+    /// with no watch at etcd, the answer is raised to that revision and waited for.
     fn release_progress(&mut self, announced: Option<i64>, cx: &mut Context<'_>) -> Option<WatchResponse> {
         let seen = self.seen.get();
         let held = self.held_progress.as_mut()?;

@@ -38,6 +38,11 @@ pub(crate) fn progress_request() -> WatchRequest {
     WatchRequest { request_union: Some(RequestUnion::ProgressRequest(Default::default())) }
 }
 
+/// etcd's answer to a progress request (not a watch's own progress notification).
+pub(crate) fn is_progress_answer(response: &WatchResponse) -> bool {
+    response.watch_id == PROGRESS_ANSWER_ID && response.events.is_empty() && !response.created && !response.canceled
+}
+
 /// One watch the client has on its stream.
 #[derive(Debug, Clone)]
 struct Tracked {
@@ -56,9 +61,9 @@ struct Watches {
     next_id: i64,
     /// Progress requests sent upstream whose answer the client has not had.
     progress_unanswered: usize,
-    /// Progress answers below a revision the client was shown (not given): etcd is asked
-    /// again for each.
-    progress_again: usize,
+    /// The last answer was a progress answer below a revision the client was shown (not
+    /// given): etcd is asked again.
+    progress_again: bool,
     /// Highest header revision the client's connection has seen.
     seen: SeenRevision,
 }
@@ -99,9 +104,9 @@ impl Resumable for Watches {
                 Some(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) })
             }
             Some(RequestUnion::CancelRequest(cancel)) if !self.uses_id(cancel.watch_id) => None,
-            Some(RequestUnion::ProgressRequest(progress)) => {
+            Some(RequestUnion::ProgressRequest(_)) => {
                 self.progress_unanswered += 1;
-                Some(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(progress)) })
+                Some(progress_request())
             }
             other => Some(WatchRequest { request_union: other }),
         }
@@ -133,7 +138,7 @@ impl Resumable for Watches {
             if revision < self.seen.get() {
                 // Going back would tell the client less than it knows (the connection was
                 // shown a later revision meanwhile): etcd is asked again.
-                self.progress_again += 1;
+                self.progress_again = true;
                 return None;
             }
             self.progress_unanswered = self.progress_unanswered.saturating_sub(1);
@@ -147,8 +152,7 @@ impl Resumable for Watches {
     }
 
     fn ask_again(&mut self) -> Option<WatchRequest> {
-        self.progress_again = self.progress_again.checked_sub(1)?;
-        Some(progress_request())
+        std::mem::take(&mut self.progress_again).then(progress_request)
     }
 
     /// The creates that bring a new member's stream to where the client is, then its
@@ -160,7 +164,7 @@ impl Resumable for Watches {
         creates.extend(self.pending.iter().cloned());
         let mut replay: Vec<WatchRequest> =
             creates.into_iter().map(|create| WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).collect();
-        self.progress_again = 0;
+        self.progress_again = false;
         self.progress_unanswered = self.progress_unanswered.min(MAX_PROGRESS_REPLAYED);
         replay.extend((0..self.progress_unanswered).map(|_| progress_request()));
         replay
