@@ -65,6 +65,14 @@ pub struct ServeArgs {
     /// Bytes of events each cached prefix's history keeps at most.
     #[arg(long, default_value_t = HistoryLimits::default().max_bytes)]
     pub cache_history_bytes: usize,
+    /// etcdgate's own etcd user, `name[:password]` (as etcdctl's --user), with read access to
+    /// the cached prefixes: the cache follows them with it while etcd's auth is on. Clients
+    /// are still served only what etcd lets their own credentials read.
+    #[arg(long, env = "ETCDGATE_USER")]
+    pub user: Option<String>,
+    /// The password of --user (if --user has none).
+    #[arg(long, env = "ETCDGATE_PASSWORD", requires = "user")]
+    pub password: Option<String>,
     /// TLS on etcdgate's port (as etcd's --cert-file): PEM certificate it presents to clients.
     #[arg(long, env = "ETCDGATE_CERT_FILE", requires = "key_file")]
     pub cert_file: Option<PathBuf>,
@@ -106,12 +114,29 @@ impl ServeArgs {
         Ok(ServerConfig { max_request_bytes: self.max_request_bytes, http_body_timeout: Duration::from_secs(self.http_body_timeout), tls })
     }
 
-    fn cache_config(&self) -> Option<CacheConfig> {
-        (!self.no_cache).then(|| CacheConfig {
+    fn cache_config(&self) -> anyhow::Result<Option<CacheConfig>> {
+        let login = self.login()?;
+        Ok((!self.no_cache).then(|| CacheConfig {
             prefixes: self.cache_prefixes.iter().map(|p| p.as_bytes().to_vec()).collect(),
             limits: HistoryLimits { max_events: self.cache_history_events.max(1), max_bytes: self.cache_history_bytes.max(1) },
             max_request_bytes: self.max_request_bytes,
-        })
+            login,
+        }))
+    }
+
+    /// User name and password from --user and --password.
+    fn login(&self) -> anyhow::Result<Option<(String, String)>> {
+        let Some(user) = &self.user else { return Ok(None) };
+        let (name, password) = match (user.split_once(':'), &self.password) {
+            (Some(_), Some(_)) => anyhow::bail!("--user has a password (name:password) and --password gives another"),
+            (Some((name, password)), None) => (name, password.to_string()),
+            (None, Some(password)) => (user.as_str(), password.clone()),
+            (None, None) => anyhow::bail!("--user {user} needs a password: --user {user}:PASSWORD or --password"),
+        };
+        if name.is_empty() {
+            anyhow::bail!("--user needs a user name");
+        }
+        Ok(Some((name.to_string(), password)))
     }
 
     /// The gateway of one worker.
@@ -161,7 +186,7 @@ pub async fn serve_on(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let pool = Arc::new(args.pool()?);
-    let caches = args.cache_config().map(|config| Caches::start(pool.clone(), &config));
+    let caches = args.cache_config()?.map(|config| Caches::start(pool.clone(), &config));
     etcdgate_server::serve(listener, args.gateway(pool, &caches), args.server_config()?, shutdown).await?;
     Ok(())
 }
@@ -197,7 +222,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = worker_runtime()?;
     let pool = Arc::new(runtime.block_on(async { args.pool() })?);
     // The cache's feeds run on this (the first worker's) runtime.
-    let caches = runtime.block_on(async { args.cache_config().map(|config| Caches::start(pool.clone(), &config)) });
+    let cache_config = args.cache_config()?;
+    let caches = runtime.block_on(async { cache_config.map(|config| Caches::start(pool.clone(), &config)) });
     let (stop, stopped) = tokio::sync::watch::channel(());
     let mut workers = Vec::new();
     for (index, listener) in listeners.drain(1..).enumerate() {

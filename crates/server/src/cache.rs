@@ -1,9 +1,12 @@
 //! The router's side of the watch cache: which reads a hub answers, the barrier that makes a
 //! cached read linearizable, and the feed that follows each cached prefix from etcd.
 //!
-//! - The cache serves clients only while etcd's auth is off (it cannot check permissions):
-//!   a client sending credentials, or any client while etcd refuses reads without them, is
-//!   forwarded.
+//! - Auth: a client is served only what etcd would let it read. While etcd's auth is off
+//!   (a read without credentials answered within [`PERMIT_AGE`]) that is everything; with
+//!   credentials, or with etcdgate's own login (`--user`, see [`crate::login`]), etcd is
+//!   asked with the client's credentials for one key of the range (serializable, limit 1),
+//!   and its verdict holds for [`PERMIT_AGE`]: a client etcd refuses is forwarded and gets
+//!   etcd's own error. While auth is on, the feeds and barrier reads need that login.
 //! - A Range wholly inside a cached prefix, at the current revision, is answered from the
 //!   hub: a serializable one once the hub has reached what the client's connection has seen
 //!   and every write into the prefix acknowledged through etcdgate (puts, deletes, txns,
@@ -39,8 +42,8 @@
 //!   [`PROGRESS_ANSWER_WAIT`] at the cluster's revision or later counts as stalled. (Its
 //!   answer only proves the member alive and caught up; it never moves the hub.)
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -55,12 +58,15 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::context::CallContext;
+use crate::login::{refused_for_auth, with_token, Login};
 use crate::resume::Stalled;
 use crate::watch::{is_progress_answer, progress_request};
 
-/// How long a read of etcd without credentials proves that auth is off (the cache serves
-/// nothing while auth is on: it cannot check permissions).
-const AUTH_OFF_PROOF_AGE: Duration = Duration::from_secs(1);
+/// How long etcd's answer to a read proves that the same credentials (or none) may read the
+/// same keys from the cache.
+const PERMIT_AGE: Duration = Duration::from_secs(1);
+/// Verdicts remembered at most (credentials × ranges); older ones are dropped first.
+const MAX_PERMITS: usize = 4096;
 /// JSON answers remembered (different requests at the current revision).
 const ENCODED_RESPONSES: usize = 8;
 /// After a hub failed to reach in time what a read needed (writes outside the cached
@@ -95,13 +101,20 @@ pub struct CacheConfig {
     /// The request size limit, above which responses of watches asking for `fragment` are
     /// split (as etcd does with its `--max-request-bytes`).
     pub max_request_bytes: usize,
+    /// etcdgate's own user name and password, to follow the prefixes while etcd's auth is on.
+    pub login: Option<(String, String)>,
 }
 
 /// The cached prefixes, shared by every worker.
 #[derive(Debug)]
 pub struct Caches {
     hubs: Vec<Arc<Hub>>,
+    /// Per hub (in the same order): etcd refused its feed's watch for its credentials, so
+    /// the hub serves nothing until the feed follows again.
+    refused: Vec<Arc<AtomicBool>>,
     barrier: Arc<Barrier>,
+    login: Option<Arc<Login>>,
+    permits: Permits,
     /// The last few JSON answers, newest first.
     encoded: Mutex<VecDeque<Encoded>>,
     /// When a hub last failed to reach a revision a read or watch needed in time.
@@ -116,14 +129,20 @@ impl Caches {
     pub fn start(pool: Arc<Pool>, config: &CacheConfig) -> Arc<Caches> {
         let hubs: Vec<Arc<Hub>> = config.prefixes.iter().map(|p| Arc::new(Hub::new(KeyRange::prefix(p), config.limits))).collect();
         let barrier_key = hubs.first().map(|h| h.keys().request_key()).unwrap_or_else(|| vec![0]);
-        let barrier = Arc::new(Barrier::new(barrier_key));
+        let login = config.login.as_ref().map(|(name, password)| Arc::new(Login::new(name, password)));
+        let barrier = Arc::new(Barrier::new(barrier_key, login.clone()));
         let doubt = Arc::new(Notify::new());
-        for hub in &hubs {
-            tokio::spawn(feed(pool.clone(), hub.clone(), barrier.clone(), doubt.clone()));
+        let refused: Vec<Arc<AtomicBool>> = hubs.iter().map(|_| Arc::default()).collect();
+        for (hub, refused) in hubs.iter().zip(&refused) {
+            let feed = Feed { pool: pool.clone(), hub: hub.clone(), barrier: barrier.clone(), doubt: doubt.clone(), login: login.clone(), refused: refused.clone() };
+            tokio::spawn(feed.run());
         }
         Arc::new(Caches {
             hubs,
+            refused,
             barrier,
+            login,
+            permits: Permits::default(),
             encoded: Mutex::new(VecDeque::new()),
             missed: Mutex::new(None),
             doubt,
@@ -131,13 +150,14 @@ impl Caches {
         })
     }
 
-    /// The hub holding every key of `[key, range_end)`, if any.
+    /// The hub holding every key of `[key, range_end)`, if any (and its feed follows etcd).
     pub fn hub_for(&self, key: &[u8], range_end: &[u8]) -> Option<&Arc<Hub>> {
         if key.is_empty() {
             return None;
         }
         let keys = KeyRange::new(key, range_end);
-        self.hubs.iter().find(|hub| hub.keys().covers(&keys))
+        let mut hubs = self.hubs.iter().zip(&self.refused);
+        hubs.find(|(hub, refused)| hub.keys().covers(&keys) && !refused.load(Ordering::Acquire)).map(|(hub, _)| hub)
     }
 
     pub fn hubs(&self) -> &[Arc<Hub>] {
@@ -149,16 +169,27 @@ impl Caches {
         self.max_request_bytes
     }
 
-    /// `Some` when the cache may serve this client: it sends no credentials, and etcd has
-    /// answered a read without credentials lately (auth is off). Asks etcd if it has not.
-    pub async fn auth_off(&self, pool: &Arc<Pool>, ctx: &CallContext) -> Option<()> {
-        if ctx.has_credentials() {
-            return None;
+    /// Whether the cache may serve this client the keys `[key, range_end)`: whether etcd
+    /// would let it read them (see the module doc).
+    pub async fn admits(&self, pool: &Arc<Pool>, ctx: &CallContext, key: &[u8], range_end: &[u8]) -> bool {
+        if self.credential_free(ctx) {
+            return self.auth_off(pool).await;
         }
+        self.permits.check(pool, ctx, key, range_end).await
+    }
+
+    /// Whether neither the client nor etcdgate sends credentials: then the barrier's reads
+    /// tell whether etcd's auth is off.
+    fn credential_free(&self, ctx: &CallContext) -> bool {
+        self.login.is_none() && !ctx.has_credentials()
+    }
+
+    /// Whether etcd answered the barrier's last read without credentials (auth is off),
+    /// within [`PERMIT_AGE`]; asks etcd if it did not read lately.
+    async fn auth_off(&self, pool: &Arc<Pool>) -> bool {
         match self.barrier.last_answer() {
-            Some((true, age)) if age < AUTH_OFF_PROOF_AGE => Some(()),
-            Some((false, age)) if age < AUTH_OFF_PROOF_AGE => None,
-            _ => self.barrier.cluster_revision(pool).await.map(|_| ()),
+            Some((answered, age)) if age < PERMIT_AGE => answered,
+            _ => self.barrier.cluster_revision(pool).await.is_some(),
         }
     }
 
@@ -251,10 +282,16 @@ impl Caches {
         let hub = self.hub_for(&request.key, &request.range_end)?;
         hub.revision()?;
         let needed = if request.serializable {
-            self.auth_off(pool, ctx).await?;
+            if !self.admits(pool, ctx, &request.key, &request.range_end).await {
+                return None;
+            }
             ctx.seen.get().max(hub.expected())
         } else {
-            if ctx.has_credentials() || self.missed_recently() {
+            if self.missed_recently() {
+                return None;
+            }
+            // Without credentials on either side, the barrier's read below is the proof.
+            if !self.credential_free(ctx) && !self.admits(pool, ctx, &request.key, &request.range_end).await {
                 return None;
             }
             let held = hub.revision()?;
@@ -290,6 +327,58 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// etcd's recent verdicts on whether some credentials (or none) may read some keys: one read
+/// of etcd per credentials and range per [`PERMIT_AGE`], shared by every request meanwhile.
+#[derive(Debug, Default)]
+struct Permits(Mutex<HashMap<PermitKey, Permit>>);
+
+/// Credentials, key, range end.
+type PermitKey = (Vec<(&'static str, Vec<u8>)>, Vec<u8>, Vec<u8>);
+
+#[derive(Clone, Debug)]
+struct Permit {
+    asked: Instant,
+    granted: Arc<tokio::sync::OnceCell<bool>>,
+}
+
+impl Permits {
+    async fn check(&self, pool: &Arc<Pool>, ctx: &CallContext, key: &[u8], range_end: &[u8]) -> bool {
+        let permit = {
+            let mut permits = lock(&self.0);
+            let permit_key = (ctx.credentials(), key.to_vec(), range_end.to_vec());
+            match permits.get(&permit_key) {
+                Some(permit) if permit.asked.elapsed() < PERMIT_AGE => permit.clone(),
+                _ => {
+                    if permits.len() >= MAX_PERMITS {
+                        permits.retain(|_, permit| permit.asked.elapsed() < PERMIT_AGE);
+                        if permits.len() >= MAX_PERMITS {
+                            permits.clear();
+                        }
+                    }
+                    let permit = Permit { asked: Instant::now(), granted: Arc::default() };
+                    permits.insert(permit_key, permit.clone());
+                    permit
+                }
+            }
+        };
+        *permit.granted.get_or_init(|| may_read(pool, ctx, key, range_end)).await
+    }
+}
+
+/// Asks etcd whether the client's credentials may read `[key, range_end)`: a serializable
+/// read of one key of it, which etcd checks as it checks any Range (and any watch) of it.
+async fn may_read(pool: &Arc<Pool>, ctx: &CallContext, key: &[u8], range_end: &[u8]) -> bool {
+    let request = RangeRequest { key: key.to_vec(), range_end: range_end.to_vec(), limit: 1, keys_only: true, serializable: true, ..Default::default() };
+    let answer = pool
+        .call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, |connection| {
+            let request = ctx.request(request.clone());
+            async move { KvClient::new(connection).range(request).await }
+        })
+        .await;
+    crate::metrics::permit_asked(answer.is_ok());
+    answer.is_ok()
+}
+
 /// Learns the cluster's current revision for linearizable cached reads: one read of one key
 /// on a member per round, one round at a time; a caller waits for a round that started
 /// after it asked. The first caller waiting for the next round starts it, on its own
@@ -300,6 +389,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Barrier {
     /// The key read (the first cached prefix's first key).
     key: Vec<u8>,
+    /// etcdgate's own, if it has one; otherwise the reads carry no credentials.
+    login: Option<Arc<Login>>,
     /// Rounds started so far.
     started: AtomicU64,
     /// The last finished round and the revision it learned (`None`: the read failed).
@@ -309,8 +400,8 @@ struct Barrier {
 }
 
 impl Barrier {
-    fn new(key: Vec<u8>) -> Barrier {
-        Barrier { key, started: AtomicU64::new(0), done: watch::Sender::new((0, None)), last: Mutex::new(None) }
+    fn new(key: Vec<u8>, login: Option<Arc<Login>>) -> Barrier {
+        Barrier { key, login, started: AtomicU64::new(0), done: watch::Sender::new((0, None)), last: Mutex::new(None) }
     }
 
     /// Whether the last round got an answer, and how long ago it finished.
@@ -336,17 +427,32 @@ impl Barrier {
 
     async fn run_round(self: Arc<Self>, pool: Arc<Pool>, round: u64) {
         let request = RangeRequest { key: self.key.clone(), count_only: true, ..Default::default() };
-        let revision = pool
+        let token = token(&self.login, &pool).await;
+        let answer = pool
             .call(&Target::Any, RetryPolicy::Read, Timing::Measured, |connection| {
-                let request = tonic::Request::new(request.clone());
+                let request = with_token(tonic::Request::new(request.clone()), token.as_deref());
                 async move { KvClient::new(connection).range(request).await }
             })
-            .await
-            .ok()
-            .and_then(|response| response.into_inner().header.map(|h| h.revision));
+            .await;
+        if let (Err(status), Some(login)) = (&answer, &self.login) {
+            if refused_for_auth(status) {
+                // Not waited for: the readers of this round go to etcd.
+                let (login, pool) = (login.clone(), pool.clone());
+                tokio::spawn(async move { login.renew(&pool, token.as_deref()).await });
+            }
+        }
+        let revision = answer.ok().and_then(|response| response.into_inner().header.map(|h| h.revision));
         crate::metrics::barrier_round();
         *lock(&self.last) = Some((revision.is_some(), Instant::now()));
         self.done.send_replace((round, revision));
+    }
+}
+
+/// etcdgate's token, if it has a login.
+async fn token(login: &Option<Arc<Login>>, pool: &Arc<Pool>) -> Option<String> {
+    match login {
+        Some(login) => login.token(pool).await,
+        None => None,
     }
 }
 
@@ -365,154 +471,199 @@ async fn revisions(pool: &Arc<Pool>, hub: &Hub, barrier: &Arc<Barrier>) -> Optio
     Some((held, cluster))
 }
 
-/// Follows one prefix from etcd into its hub, for as long as the process runs.
-async fn feed(pool: Arc<Pool>, hub: Arc<Hub>, barrier: Arc<Barrier>, doubt: Arc<Notify>) {
-    let keys = hub.keys().clone();
-    let mut reload = true;
-    loop {
-        if reload {
-            let request = RangeRequest { key: keys.request_key(), range_end: keys.end.clone(), ..Default::default() };
-            let loaded = pool
-                .call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, |connection| {
-                    let request = tonic::Request::new(request.clone());
-                    async move { KvClient::new(connection).max_decoding_message_size(usize::MAX).range(request).await }
-                })
-                .await;
-            match loaded {
-                Ok(response) => {
-                    let response = response.into_inner();
-                    let header = response.header.unwrap_or_default();
-                    tracing::info!(prefix = %String::from_utf8_lossy(&keys.start), keys = response.kvs.len(), revision = header.revision, "cached prefix loaded");
-                    crate::metrics::cache_loaded();
-                    let epoch = hub.epoch();
-                    hub.reset(response.kvs, header);
-                    if hub.went_back_since(epoch) {
-                        crate::context::history_restarted();
+/// What follows one prefix from etcd into its hub.
+struct Feed {
+    pool: Arc<Pool>,
+    hub: Arc<Hub>,
+    barrier: Arc<Barrier>,
+    doubt: Arc<Notify>,
+    login: Option<Arc<Login>>,
+    /// See [`Caches::refused`].
+    refused: Arc<AtomicBool>,
+}
+
+impl Feed {
+    /// etcd refused the feed's read or watch for its credentials (`token`): the hub serves
+    /// nothing until the feed follows again, with a new token if etcdgate has a login.
+    async fn refused(&self, token: Option<&str>, why: &str) {
+        self.refused.store(true, Ordering::Release);
+        match &self.login {
+            Some(login) => {
+                tracing::warn!(why, "etcd refused the cached prefix's credentials; logging in again");
+                login.renew(&self.pool, token).await;
+            }
+            None => tracing::error!(why, "etcd refused to let the cache follow its prefix (is auth on? give etcdgate --user)"),
+        }
+    }
+
+    /// Follows the prefix for as long as the process runs.
+    async fn run(self) {
+        let Feed { pool, hub, barrier, doubt, .. } = &self;
+        let keys = hub.keys().clone();
+        let mut reload = true;
+        loop {
+            let token = token(&self.login, pool).await;
+            if reload {
+                let request = RangeRequest { key: keys.request_key(), range_end: keys.end.clone(), ..Default::default() };
+                let loaded = pool
+                    .call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, |connection| {
+                        let request = with_token(tonic::Request::new(request.clone()), token.as_deref());
+                        async move { KvClient::new(connection).max_decoding_message_size(usize::MAX).range(request).await }
+                    })
+                    .await;
+                match loaded {
+                    Ok(response) => {
+                        let response = response.into_inner();
+                        let header = response.header.unwrap_or_default();
+                        tracing::info!(prefix = %String::from_utf8_lossy(&keys.start), keys = response.kvs.len(), revision = header.revision, "cached prefix loaded");
+                        crate::metrics::cache_loaded();
+                        let epoch = hub.epoch();
+                        hub.reset(response.kvs, header);
+                        if hub.went_back_since(epoch) {
+                            crate::context::history_restarted();
+                        }
+                        report_held(hub);
+                        self.refused.store(false, Ordering::Release);
+                        reload = false;
                     }
-                    report_held(&hub);
-                    reload = false;
-                }
-                Err(status) => {
-                    tracing::warn!(error = %status.message(), "reading a cached prefix failed; trying again");
-                    tokio::time::sleep(FEED_RETRY).await;
-                    continue;
+                    Err(status) => {
+                        if refused_for_auth(&status) {
+                            self.refused(token.as_deref(), status.message()).await;
+                        }
+                        tracing::warn!(error = %status.message(), "reading a cached prefix failed; trying again");
+                        tokio::time::sleep(FEED_RETRY).await;
+                        continue;
+                    }
                 }
             }
-        }
-        let Some(revision) = hub.revision() else { continue };
-        let create = WatchCreateRequest {
-            key: keys.request_key(),
-            range_end: keys.end.clone(),
-            start_revision: revision + 1,
-            prev_kv: true,
-            progress_notify: true,
-            ..Default::default()
-        };
-        let (requests, input) = mpsc::channel(1);
-        let _ = requests.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
-        let stalled = Stalled::default();
-        let input = ReceiverStream::new(input).boxed();
-        match crate::watch::watch_reporting_stalls(pool.clone(), CallContext::default(), input, stalled.clone()).await {
-            Ok(mut responses) => {
-                crate::metrics::upstream_watches(1);
-                let mut silence = Silence::new();
-                // A progress request sent to the watch's member: the cluster's revision then,
-                // and when it was sent.
-                let mut asked: Option<(i64, Instant)> = None;
-                let mut ask_again = false;
-                let mut checks = tokio::time::interval(STALL_CHECK);
-                checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut continuity = tokio::time::interval(CONTINUITY_CHECK);
-                continuity.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    let response = tokio::select! {
-                        response = responses.next() => response,
-                        _ = async { tokio::select! { _ = continuity.tick() => {}, () = doubt.notified() => {} } } => {
-                            match revisions(&pool, &hub, &barrier).await {
-                                Some((held, cluster)) if cluster < held => {
+            let Some(revision) = hub.revision() else { continue };
+            let create = WatchCreateRequest {
+                key: keys.request_key(),
+                range_end: keys.end.clone(),
+                start_revision: revision + 1,
+                prev_kv: true,
+                progress_notify: true,
+                ..Default::default()
+            };
+            let (requests, input) = mpsc::channel(1);
+            let _ = requests.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
+            let stalled = Stalled::default();
+            let input = ReceiverStream::new(input).boxed();
+            let ctx = CallContext::with_token(token.as_deref());
+            match crate::watch::watch_reporting_stalls(pool.clone(), ctx, input, stalled.clone()).await {
+                Ok(mut responses) => {
+                    crate::metrics::upstream_watches(1);
+                    let mut silence = Silence::new();
+                    // A progress request sent to the watch's member: the cluster's revision then,
+                    // and when it was sent.
+                    let mut asked: Option<(i64, Instant)> = None;
+                    let mut ask_again = false;
+                    let mut checks = tokio::time::interval(STALL_CHECK);
+                    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut continuity = tokio::time::interval(CONTINUITY_CHECK);
+                    continuity.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        let response = tokio::select! {
+                            response = responses.next() => response,
+                            _ = async { tokio::select! { _ = continuity.tick() => {}, () = doubt.notified() => {} } } => {
+                                match revisions(pool, hub, barrier).await {
+                                    Some((held, cluster)) if cluster < held => {
+                                        tracing::warn!(
+                                            revision = held,
+                                            cluster,
+                                            "etcd's revision is below the cached prefix's (restored from a snapshot?); reading it again"
+                                        );
+                                        reload = true;
+                                        break;
+                                    }
+                                    Some((held, cluster)) if cluster > held && asked.is_none() && requests.try_send(progress_request()).is_ok() => {
+                                        asked = Some((cluster, Instant::now()));
+                                    }
+                                    _ => {}
+                                }
+                                continue;
+                            }
+                            _ = checks.tick() => {
+                                if std::mem::take(&mut ask_again) && asked.is_some() {
+                                    let _ = requests.try_send(progress_request());
+                                }
+                                let unanswered = asked.is_some_and(|(_, at)| at.elapsed() >= PROGRESS_ANSWER_WAIT);
+                                if silence.stalled(hub) || unanswered {
                                     tracing::warn!(
-                                        revision = held,
-                                        cluster,
-                                        "etcd's revision is below the cached prefix's (restored from a snapshot?); reading it again"
+                                        revision = hub.revision(),
+                                        expected = hub.expected(),
+                                        unanswered,
+                                        "cached prefix's watch is silent: a write etcd acknowledged has not come, or its member did not answer a progress request at the cluster's revision; moving it"
+                                    );
+                                    crate::metrics::feed_stalled();
+                                    stalled.report();
+                                    asked = None;
+                                }
+                                continue;
+                            }
+                        };
+                        let Some(response) = response else { break };
+                        let progress_answer = matches!(&response, Ok(r) if is_progress_answer(r));
+                        // An answer to a progress request is no sign of life: a member cut off
+                        // from its peers answers at once, at a revision it no longer leaves.
+                        if !progress_answer {
+                            silence.heard();
+                        }
+                        match response {
+                            Ok(response) if progress_answer => {
+                                // Proves the member alive and caught up; never moves the hub
+                                // (etcd 3.4/3.5 may answer ahead of events).
+                                let revision = response.header.map_or(0, |h| h.revision);
+                                match asked {
+                                    Some((cluster, _)) if revision >= cluster => asked = None,
+                                    // A follower may apply a committed write a heartbeat later:
+                                    // ask again at the next check, until the wait is over.
+                                    Some(_) => ask_again = true,
+                                    None => {}
+                                }
+                            }
+                            Ok(response) if response.canceled => {
+                                if response.compact_revision > 0 {
+                                    tracing::warn!(
+                                        compact_revision = response.compact_revision,
+                                        "cached prefix's watch compacted; reading it again"
                                     );
                                     reload = true;
-                                    break;
+                                } else {
+                                    // Refused (its token expired or went old, and a member
+                                    // it moved to checked it again).
+                                    self.refused(token.as_deref(), &response.cancel_reason).await;
                                 }
-                                Some((held, cluster)) if cluster > held && asked.is_none() && requests.try_send(progress_request()).is_ok() => {
-                                    asked = Some((cluster, Instant::now()));
+                                break;
+                            }
+                            Ok(response) if response.created => self.refused.store(false, Ordering::Release),
+                            Ok(response) if response.events.is_empty() => hub.progress(response.header.unwrap_or_default()),
+                            Ok(response) => {
+                                crate::metrics::cache_events_in(response.events.len());
+                                hub.apply(response.events, response.header.unwrap_or_default());
+                                report_held(hub);
+                            }
+                            Err(status) => {
+                                if refused_for_auth(&status) {
+                                    self.refused(token.as_deref(), status.message()).await;
                                 }
-                                _ => {}
+                                tracing::warn!(error = %status.message(), "cached prefix's watch failed; resuming it");
+                                break;
                             }
-                            continue;
-                        }
-                        _ = checks.tick() => {
-                            if std::mem::take(&mut ask_again) && asked.is_some() {
-                                let _ = requests.try_send(progress_request());
-                            }
-                            let unanswered = asked.is_some_and(|(_, at)| at.elapsed() >= PROGRESS_ANSWER_WAIT);
-                            if silence.stalled(&hub) || unanswered {
-                                tracing::warn!(
-                                    revision = hub.revision(),
-                                    expected = hub.expected(),
-                                    unanswered,
-                                    "cached prefix's watch is silent: a write etcd acknowledged has not come, or its member did not answer a progress request at the cluster's revision; moving it"
-                                );
-                                crate::metrics::feed_stalled();
-                                stalled.report();
-                                asked = None;
-                            }
-                            continue;
-                        }
-                    };
-                    let Some(response) = response else { break };
-                    let progress_answer = matches!(&response, Ok(r) if is_progress_answer(r));
-                    // An answer to a progress request is no sign of life: a member cut off
-                    // from its peers answers at once, at a revision it no longer leaves.
-                    if !progress_answer {
-                        silence.heard();
-                    }
-                    match response {
-                        Ok(response) if progress_answer => {
-                            // Proves the member alive and caught up; never moves the hub
-                            // (etcd 3.4/3.5 may answer ahead of events).
-                            let revision = response.header.map_or(0, |h| h.revision);
-                            match asked {
-                                Some((cluster, _)) if revision >= cluster => asked = None,
-                                // A follower may apply a committed write a heartbeat later:
-                                // ask again at the next check, until the wait is over.
-                                Some(_) => ask_again = true,
-                                None => {}
-                            }
-                        }
-                        Ok(response) if response.canceled => {
-                            if response.compact_revision > 0 {
-                                tracing::warn!(
-                                    compact_revision = response.compact_revision,
-                                    "cached prefix's watch compacted; reading it again"
-                                );
-                                reload = true;
-                            }
-                            break;
-                        }
-                        Ok(response) if response.created => {}
-                        Ok(response) if response.events.is_empty() => hub.progress(response.header.unwrap_or_default()),
-                        Ok(response) => {
-                            crate::metrics::cache_events_in(response.events.len());
-                            hub.apply(response.events, response.header.unwrap_or_default());
-                            report_held(&hub);
-                        }
-                        Err(status) => {
-                            tracing::warn!(error = %status.message(), "cached prefix's watch failed; resuming it");
-                            break;
                         }
                     }
+                    crate::metrics::upstream_watches(-1);
                 }
-                crate::metrics::upstream_watches(-1);
+                Err(status) => {
+                    if refused_for_auth(&status) {
+                        self.refused(token.as_deref(), status.message()).await;
+                    }
+                    tracing::warn!(error = %status.message(), "opening the cached prefix's watch failed")
+                }
             }
-            Err(status) => tracing::warn!(error = %status.message(), "opening the cached prefix's watch failed"),
+            drop(requests);
+            tokio::time::sleep(FEED_RETRY).await;
         }
-        drop(requests);
-        tokio::time::sleep(FEED_RETRY).await;
     }
 }
 

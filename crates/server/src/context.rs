@@ -124,9 +124,21 @@ impl CallContext {
         }
     }
 
+    /// An internal call's context, sending etcdgate's own `token` (see `crate::login`).
+    pub fn with_token(token: Option<&str>) -> CallContext {
+        let forwarded = token.and_then(|token| token.parse().ok()).map(|value| vec![("token", value)]).unwrap_or_default();
+        CallContext { forwarded, ..CallContext::default() }
+    }
+
     /// Whether the client sent a token (it then gets etcd's own permission checks).
     pub fn has_credentials(&self) -> bool {
         self.forwarded.iter().any(|(key, _)| *key != "hasleader")
+    }
+
+    /// The client's credentials as sent (empty without any): what etcd's permission checks
+    /// look at.
+    pub fn credentials(&self) -> Vec<(&'static str, Vec<u8>)> {
+        self.forwarded.iter().filter(|(key, _)| *key != "hasleader").map(|(key, value)| (*key, value.as_bytes().to_vec())).collect()
     }
 
     /// Builds the upstream request for `message` with this call's metadata and what is left

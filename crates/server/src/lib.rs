@@ -12,6 +12,7 @@ mod guard;
 mod http;
 mod hub_watch;
 mod keepalive;
+mod login;
 mod metrics;
 mod rpc;
 mod resume;

@@ -37,6 +37,7 @@ struct ServerMetrics {
     upstream_watches: Gauge,
     feed_stalls: Counter,
     barrier_rounds: Counter,
+    permits_asked: Family<PermitLabels, Counter>,
     history: Family<PrefixLabels, Gauge>,
 }
 
@@ -49,6 +50,11 @@ struct PrefixLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheReadLabels {
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PermitLabels {
+    granted: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,6 +122,11 @@ pub fn barrier_round() {
     metrics().barrier_rounds.inc();
 }
 
+/// etcd was asked whether some credentials may read a cached range (`granted`: it answered).
+pub fn permit_asked(granted: bool) {
+    metrics().permits_asked.get_or_create(&PermitLabels { granted: if granted { "yes" } else { "no" } }).inc();
+}
+
 /// What a cached prefix holds: keys, history events and bytes, oldest and newest revision
 /// of the history.
 pub fn cache_held(prefix: &str, keys: usize, events: usize, bytes: usize, span: Option<(i64, i64)>) {
@@ -172,6 +183,11 @@ fn registry() -> &'static Registry {
             "etcdgate_cache_feed_stalls",
             "Upstream watches of the cache moved because they went silent without a write etcd had acknowledged",
             metrics.feed_stalls.clone(),
+        );
+        registry.register(
+            "etcdgate_cache_permit_reads",
+            "Reads of etcd asking whether some credentials may read a cached range (each verdict serves for 1 s)",
+            metrics.permits_asked.clone(),
         );
         registry.register("etcdgate_cache_barrier_rounds", "Reads of etcd's revision for linearizable cached reads (each serves every read waiting)", metrics.barrier_rounds.clone());
         registry.register("etcdgate_cache_held", "What each cached prefix holds (keys, history events and bytes, history's oldest and newest revision)", metrics.history.clone());

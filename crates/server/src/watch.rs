@@ -14,7 +14,7 @@
 //! ID 0, which etcd only hands out itself: it is asked for with an automatic create, which
 //! on a stream whose IDs mirror ours always yields 0.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use etcdgate_proto::etcdserverpb::{
@@ -56,8 +56,9 @@ struct Watches {
     live: BTreeMap<i64, Tracked>,
     /// Creates sent upstream and not yet answered, in order.
     pending: VecDeque<WatchCreateRequest>,
-    /// IDs re-created on a new member whose `created` answer the client must not see again.
-    recreating: HashSet<i64>,
+    /// IDs re-created on a new member, in the order their creates went (etcd answers in
+    /// order), whose `created` answer the client must not see again.
+    recreating: VecDeque<i64>,
     next_id: i64,
     /// Progress requests sent upstream whose answer the client has not had.
     progress_unanswered: usize,
@@ -117,8 +118,17 @@ impl Resumable for Watches {
         let id = response.watch_id;
         let revision = response.header.as_ref().map_or(0, |h| h.revision);
         if response.created {
-            if self.recreating.remove(&id) {
-                return None;
+            if let Some(recreated) = self.recreating.pop_front() {
+                if !response.canceled {
+                    return None;
+                }
+                // Refused by the new member (the stream's token expired or went old since, or
+                // the user lost the permission; etcd 3.4 names the watch -1): the client's
+                // watch is gone, and it is told so as of any canceled watch.
+                self.live.remove(&recreated);
+                let mut response = WatchResponse { watch_id: recreated, created: false, ..response };
+                self.seen.lift(&mut response.header);
+                return Some(response);
             }
             if let Some(create) = self.pending.pop_front() {
                 if !response.canceled {
@@ -128,7 +138,6 @@ impl Resumable for Watches {
             }
         } else if response.canceled {
             self.live.remove(&id);
-            self.recreating.remove(&id);
         } else if let Some(last) = response.events.last() {
             if let (Some(watch), false) = (self.live.get_mut(&id), response.fragment) {
                 let event_revision = last.kv.as_ref().map_or(0, |kv| kv.mod_revision);
@@ -283,6 +292,22 @@ mod tests {
         watches.incoming(WatchResponse { canceled: true, compact_revision: 3, ..answer(1, 5) });
         assert!(watches.replay().is_empty());
         assert_eq!(sent_id(&watches.outgoing(create("c", 0)).unwrap()), 2, "IDs are not reused while the counter runs");
+    }
+
+    #[test]
+    fn a_watch_refused_on_the_new_member_is_canceled_for_the_client() {
+        let mut watches = Watches::default();
+        watches.outgoing(create("a", 0)).unwrap();
+        watches.outgoing(create("b", 0)).unwrap();
+        watches.incoming(WatchResponse { created: true, ..answer(0, 5) });
+        watches.incoming(WatchResponse { created: true, ..answer(1, 5) });
+        assert_eq!(watches.replay().len(), 2);
+        assert!(watches.incoming(WatchResponse { created: true, ..answer(0, 6) }).is_none(), "no second created");
+        let refused = WatchResponse { created: true, canceled: true, cancel_reason: "etcdserver: permission denied".into(), ..answer(-1, 6) };
+        let told = watches.incoming(refused).expect("the client learns its watch is gone");
+        assert_eq!((told.watch_id, told.created, told.canceled), (1, false, true));
+        assert_eq!(told.cancel_reason, "etcdserver: permission denied");
+        assert_eq!(watches.live.keys().copied().collect::<Vec<_>>(), vec![0], "not re-created again");
     }
 
     #[test]

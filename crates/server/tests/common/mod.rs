@@ -84,6 +84,7 @@ impl Pair {
             prefixes: vec![Vec::new()],
             limits: HistoryLimits::default(),
             max_request_bytes: config.max_request_bytes,
+            login: None,
         });
         Pair::start_gateway(version, config, cache).await
     }

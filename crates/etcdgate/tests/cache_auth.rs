@@ -1,0 +1,229 @@
+//! The watch cache with etcd's auth on: etcdgate follows the prefix with its own login
+//! (`--user`), and serves a client from the cache only what etcd lets that client's own
+//! credentials read — everything else gets etcd's own answer. Its token going old (any auth
+//! change) or refused on a member it moves to is replaced by a new login.
+
+mod common;
+
+use std::time::Duration;
+
+use etcdgate_proto::authpb::{permission::Type as PermissionType, Permission};
+use etcdgate_proto::etcdserverpb::{
+    auth_client::AuthClient, kv_client::KvClient, watch_client::WatchClient, watch_request::RequestUnion, AuthEnableRequest,
+    AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest, AuthUserGrantRoleRequest, AuthenticateRequest, PutRequest,
+    RangeRequest, RangeResponse, WatchCreateRequest, WatchRequest, WatchResponse,
+};
+use etcdgate_testkit::{Cluster, EtcdVersion};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Request, Streaming};
+
+use common::{metric, Etcdgate};
+
+const HITS: &str = "etcdgate_cache_reads_total{result=\"hit\"}";
+
+fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(token) = token {
+        request.metadata_mut().insert("token", token.parse().unwrap());
+    }
+    request
+}
+
+async fn channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_string()).unwrap().connect().await.unwrap()
+}
+
+async fn login(channel: &Channel, name: &str, password: &str) -> String {
+    let request = AuthenticateRequest { name: name.into(), password: password.into() };
+    AuthClient::new(channel.clone()).authenticate(request).await.unwrap().into_inner().token
+}
+
+/// Users `root`, `apisix` (read and write under `/apisix/`), `other` (reads `/other/`) and
+/// `gate` (etcdgate's: reads `/apisix/`), two keys under `/apisix/`, then auth on.
+async fn set_up_auth(etcd: &Channel) {
+    let mut auth = AuthClient::new(etcd.clone());
+    let mut kv = KvClient::new(etcd.clone());
+    for i in 1..=2 {
+        kv.put(PutRequest { key: format!("/apisix/routes/{i}").into(), value: format!("{{\"id\":{i}}}").into(), ..Default::default() }).await.unwrap();
+    }
+    let grants: [(&str, Option<(PermissionType, &str, &str)>); 4] = [
+        ("root", None),
+        ("apisix", Some((PermissionType::Readwrite, "/apisix/", "/apisix0"))),
+        ("other", Some((PermissionType::Read, "/other/", "/other0"))),
+        ("gate", Some((PermissionType::Read, "/apisix/", "/apisix0"))),
+    ];
+    for (name, grant) in grants {
+        auth.user_add(AuthUserAddRequest { name: name.into(), password: format!("{name}pw"), ..Default::default() }).await.unwrap();
+        auth.role_add(AuthRoleAddRequest { name: name.into() }).await.unwrap();
+        auth.user_grant_role(AuthUserGrantRoleRequest { user: name.into(), role: name.into() }).await.unwrap();
+        if let Some((kind, key, range_end)) = grant {
+            let perm = Permission { perm_type: kind as i32, key: key.into(), range_end: range_end.into() };
+            auth.role_grant_permission(AuthRoleGrantPermissionRequest { name: name.into(), perm: Some(perm) }).await.unwrap();
+        }
+    }
+    auth.auth_enable(AuthEnableRequest {}).await.unwrap();
+}
+
+fn apisix_range(serializable: bool) -> RangeRequest {
+    RangeRequest { key: b"/apisix/".to_vec(), range_end: b"/apisix0".to_vec(), serializable, ..Default::default() }
+}
+
+/// A Range's answer or error, with the member-specific header fields cleared.
+async fn range(channel: &Channel, token: Option<&str>, request: RangeRequest) -> Result<RangeResponse, (tonic::Code, String)> {
+    match KvClient::new(channel.clone()).range(with_token(request, token)).await {
+        Ok(response) => {
+            let mut response = response.into_inner();
+            if let Some(header) = response.header.as_mut() {
+                (header.member_id, header.raft_term) = (0, 0);
+            }
+            Ok(response)
+        }
+        Err(status) => Err((status.code(), status.message().to_string())),
+    }
+}
+
+async fn open_watch(channel: &Channel, token: Option<&str>, key: &str, range_end: &str) -> (mpsc::Sender<WatchRequest>, Streaming<WatchResponse>) {
+    let (requests, input) = mpsc::channel(4);
+    let create = WatchCreateRequest { key: key.into(), range_end: range_end.into(), ..Default::default() };
+    requests.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await.unwrap();
+    let responses = WatchClient::new(channel.clone()).watch(with_token(ReceiverStream::new(input), token)).await.unwrap().into_inner();
+    (requests, responses)
+}
+
+async fn next(responses: &mut Streaming<WatchResponse>) -> WatchResponse {
+    let mut response = tokio::time::timeout(Duration::from_secs(20), responses.next())
+        .await
+        .expect("watch went silent")
+        .expect("watch stream ended")
+        .unwrap_or_else(|status| panic!("watch failed: {status:?}"));
+    if let Some(header) = response.header.as_mut() {
+        (header.member_id, header.raft_term, header.revision) = (0, 0, 0);
+    }
+    response
+}
+
+async fn put(channel: &Channel, token: &str, key: &str, value: &str) -> i64 {
+    let request = with_token(PutRequest { key: key.into(), value: value.into(), ..Default::default() }, Some(token));
+    KvClient::new(channel.clone()).put(request).await.unwrap().into_inner().header.unwrap().revision
+}
+
+/// `POST /v3/kv/range` with `Authorization: token`: status and JSON body.
+fn post_with_token(addr: &str, body: &str, token: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!("POST /v3/kv/range HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {token}\r\nContent-Length: {}\r\n\r\n", body.len());
+    stream.write_all(format!("{head}{body}").as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let mut json: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"));
+    if let Some(header) = json.get_mut("header").and_then(|h| h.as_object_mut()) {
+        header.remove("member_id");
+        header.remove("raft_term");
+    }
+    (status, json)
+}
+
+/// Waits until etcdgate's cache follows its prefix (loaded, one watch open).
+async fn wait_following(gateway: &Etcdgate) {
+    for _ in 0..200 {
+        if metric(gateway.addr(), "etcdgate_cache_upstream_watches") == Some(1) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the cache does not follow its prefix with auth on");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_auth_on_the_cache_serves_each_client_what_etcd_lets_it_read() {
+    for version in EtcdVersion::all() {
+        let mut cluster = Cluster::start(version, 1).await.unwrap();
+        let etcd = channel(&cluster.client_url(0)).await;
+        set_up_auth(&etcd).await;
+        let gateway = Etcdgate::start_with_args(&cluster.endpoints(), &["--cache-prefix", "/apisix/", "--user", "gate:gatepw"]);
+        let through = channel(&gateway.url()).await;
+        wait_following(&gateway).await;
+
+        let apisix = login(&through, "apisix", "apisixpw").await;
+        let apisix_direct = login(&etcd, "apisix", "apisixpw").await;
+        for serializable in [true, false] {
+            let hits = metric(gateway.addr(), HITS).unwrap_or(0);
+            let direct = range(&etcd, Some(&apisix_direct), apisix_range(serializable)).await.unwrap();
+            let cached = range(&through, Some(&apisix), apisix_range(serializable)).await.unwrap();
+            assert_eq!(cached, direct, "{version}: serializable {serializable}");
+            assert_eq!(direct.kvs.len(), 2);
+            assert_eq!(metric(gateway.addr(), HITS), Some(hits + 1), "{version}: served from the cache (serializable {serializable})");
+        }
+
+        // Refused the same way as by etcd, and never from the cache.
+        let other = login(&through, "other", "otherpw").await;
+        let hits = metric(gateway.addr(), HITS).unwrap_or(0);
+        for (who, token) in [("other", Some(other.as_str())), ("nobody", None), ("a garbage token", Some("garbage.1"))] {
+            for serializable in [true, false] {
+                let direct = range(&etcd, token, apisix_range(serializable)).await.unwrap_err();
+                let through = range(&through, token, apisix_range(serializable)).await.unwrap_err();
+                assert_eq!(through, direct, "{version}: {who}, serializable {serializable}");
+            }
+        }
+        assert_eq!(metric(gateway.addr(), HITS).unwrap_or(0), hits, "{version}: refused clients are not served from the cache");
+
+        // Over HTTP/JSON, as APISIX reads (its token in `Authorization`).
+        let body = r#"{"key":"L2FwaXNpeC8=","range_end":"L2FwaXNpeDA="}"#;
+        let hits = metric(gateway.addr(), HITS).unwrap_or(0);
+        let (status, json) = post_with_token(gateway.addr(), body, &apisix);
+        assert_eq!((status, json["count"].as_str()), (200, Some("2")), "{version}: {json}");
+        assert_eq!(metric(gateway.addr(), HITS), Some(hits + 1), "{version}: served from the cache");
+        let etcd_addr = cluster.client_url(0).trim_start_matches("http://").to_string();
+        let refused = post_with_token(gateway.addr(), body, &other);
+        assert_eq!(refused, post_with_token(&etcd_addr, body, &login(&etcd, "other", "otherpw").await), "{version}");
+        assert_eq!(refused.0, 403, "{version}: {refused:?}");
+
+        // A watch etcd would refuse gets etcd's refusal; one it allows is the cache's.
+        let (_keep, mut refused) = open_watch(&through, Some(&other), "/apisix/", "/apisix0").await;
+        let (_keep_direct, mut refused_direct) = open_watch(&etcd, Some(&other), "/apisix/", "/apisix0").await;
+        let refusal = next(&mut refused).await;
+        assert_eq!(refusal, next(&mut refused_direct).await, "{version}");
+        assert!(refusal.canceled, "{version}: {refusal:?}");
+        let (_keep, mut watch) = open_watch(&through, Some(&apisix), "/apisix/", "/apisix0").await;
+        assert!(next(&mut watch).await.created);
+        assert_eq!(metric(gateway.addr(), "etcdgate_cache_watchers"), Some(1), "{version}: the allowed watch is the cache's");
+        let revision = put(&through, &apisix, "/apisix/routes/3", "{}").await;
+        let event = next(&mut watch).await;
+        assert_eq!(event.events[0].kv.as_ref().unwrap().mod_revision, revision, "{version}: {event:?}");
+
+        // Any auth change makes every token old: etcdgate logs in again for its barrier
+        // reads; and when the cache's watch is made again on a restarted member with its old
+        // token (refused), the cache logs in again and follows on.
+        AuthClient::new(etcd.clone())
+            .user_add(with_token(AuthUserAddRequest { name: "later".into(), password: "x".into(), ..Default::default() }, Some(&login(&etcd, "root", "rootpw").await)))
+            .await
+            .unwrap();
+        cluster.kill(0);
+        cluster.restart(0).await.unwrap();
+        let apisix = login(&through, "apisix", "apisixpw").await;
+        let revision = put(&through, &apisix, "/apisix/routes/4", "{}").await;
+        let event = next(&mut watch).await;
+        assert_eq!(event.events[0].kv.as_ref().unwrap().mod_revision, revision, "{version}: the hub's watch follows on: {event:?}");
+        let etcd = channel(&cluster.client_url(0)).await;
+        let root = login(&etcd, "root", "rootpw").await;
+        let revision = put(&etcd, &root, "/apisix/routes/5", "{}").await;
+        let mut served = false;
+        for _ in 0..100 {
+            let hits = metric(gateway.addr(), HITS).unwrap_or(0);
+            let read = range(&through, Some(&apisix), apisix_range(false)).await.unwrap();
+            if metric(gateway.addr(), HITS) == Some(hits + 1) {
+                assert!(read.header.unwrap().revision >= revision, "{version}");
+                assert_eq!(read.kvs.len(), 5, "{version}");
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(served, "{version}: linearizable reads come from the cache again after the new login");
+    }
+}
