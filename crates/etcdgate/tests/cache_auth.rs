@@ -41,6 +41,9 @@ async fn login(channel: &Channel, name: &str, password: &str) -> String {
     AuthClient::new(channel.clone()).authenticate(request).await.unwrap().into_inner().token
 }
 
+/// A permission: its type, key and range end.
+type Grant = (PermissionType, &'static str, &'static str);
+
 /// Users `root`, `apisix` (read and write under `/apisix/`), `other` (reads `/other/`) and
 /// `gate` (etcdgate's: reads `/apisix/`), two keys under `/apisix/`, then auth on.
 async fn set_up_auth(etcd: &Channel) {
@@ -49,7 +52,7 @@ async fn set_up_auth(etcd: &Channel) {
     for i in 1..=2 {
         kv.put(PutRequest { key: format!("/apisix/routes/{i}").into(), value: format!("{{\"id\":{i}}}").into(), ..Default::default() }).await.unwrap();
     }
-    let grants: [(&str, Option<(PermissionType, &str, &str)>); 4] = [
+    let grants: [(&str, Option<Grant>); 4] = [
         ("root", None),
         ("apisix", Some((PermissionType::Readwrite, "/apisix/", "/apisix0"))),
         ("other", Some((PermissionType::Read, "/other/", "/other0"))),

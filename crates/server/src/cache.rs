@@ -78,6 +78,8 @@ const MISSED_BACKOFF: Duration = Duration::from_secs(1);
 const CATCH_UP_WAIT: Duration = Duration::from_millis(100);
 /// Pause before the feed tries again after etcd failed it.
 const FEED_RETRY: Duration = Duration::from_millis(200);
+/// ... and after etcd refused its credentials (a new login, if any, is just as rare).
+const REFUSED_RETRY: Duration = Duration::from_secs(1);
 /// A feed silent this long while its hub lacks an acknowledged write is stalled on its
 /// member (a follower applies a write the leader acknowledged within milliseconds) ...
 const STALL: Duration = Duration::from_millis(300);
@@ -485,14 +487,19 @@ struct Feed {
 impl Feed {
     /// etcd refused the feed's read or watch for its credentials (`token`): the hub serves
     /// nothing until the feed follows again, with a new token if etcdgate has a login.
-    async fn refused(&self, token: Option<&str>, why: &str) {
+    /// Returns how long to wait before trying again: not long with a new token.
+    async fn refused(&self, token: Option<&str>, why: &str) -> Duration {
         self.refused.store(true, Ordering::Release);
-        match &self.login {
-            Some(login) => {
-                tracing::warn!(why, "etcd refused the cached prefix's credentials; logging in again");
-                login.renew(&self.pool, token).await;
-            }
-            None => tracing::error!(why, "etcd refused to let the cache follow its prefix (is auth on? give etcdgate --user)"),
+        let Some(login) = &self.login else {
+            tracing::error!(why, "etcd refused to let the cache follow its prefix (is auth on? give etcdgate --user)");
+            return REFUSED_RETRY;
+        };
+        tracing::warn!(why, "etcd refused the cached prefix's credentials; logging in again");
+        login.renew(&self.pool, token).await;
+        if login.token(&self.pool).await.as_deref() != token {
+            FEED_RETRY
+        } else {
+            REFUSED_RETRY
         }
     }
 
@@ -503,6 +510,7 @@ impl Feed {
         let mut reload = true;
         loop {
             let token = token(&self.login, pool).await;
+            let mut wait = FEED_RETRY;
             if reload {
                 let request = RangeRequest { key: keys.request_key(), range_end: keys.end.clone(), ..Default::default() };
                 let loaded = pool
@@ -527,11 +535,11 @@ impl Feed {
                         reload = false;
                     }
                     Err(status) => {
-                        if refused_for_auth(&status) {
-                            self.refused(token.as_deref(), status.message()).await;
-                        }
                         tracing::warn!(error = %status.message(), "reading a cached prefix failed; trying again");
-                        tokio::time::sleep(FEED_RETRY).await;
+                        if refused_for_auth(&status) {
+                            wait = self.refused(token.as_deref(), status.message()).await;
+                        }
+                        tokio::time::sleep(wait).await;
                         continue;
                     }
                 }
@@ -632,7 +640,7 @@ impl Feed {
                                 } else {
                                     // Refused (its token expired or went old, and a member
                                     // it moved to checked it again).
-                                    self.refused(token.as_deref(), &response.cancel_reason).await;
+                                    wait = self.refused(token.as_deref(), &response.cancel_reason).await;
                                 }
                                 break;
                             }
@@ -645,7 +653,7 @@ impl Feed {
                             }
                             Err(status) => {
                                 if refused_for_auth(&status) {
-                                    self.refused(token.as_deref(), status.message()).await;
+                                    wait = self.refused(token.as_deref(), status.message()).await;
                                 }
                                 tracing::warn!(error = %status.message(), "cached prefix's watch failed; resuming it");
                                 break;
@@ -656,13 +664,13 @@ impl Feed {
                 }
                 Err(status) => {
                     if refused_for_auth(&status) {
-                        self.refused(token.as_deref(), status.message()).await;
+                        wait = self.refused(token.as_deref(), status.message()).await;
                     }
                     tracing::warn!(error = %status.message(), "opening the cached prefix's watch failed")
                 }
             }
             drop(requests);
-            tokio::time::sleep(FEED_RETRY).await;
+            tokio::time::sleep(wait).await;
         }
     }
 }
