@@ -4,9 +4,10 @@
 //! - Auth: a client is served only what etcd would let it read. While etcd's auth is off
 //!   (a read without credentials answered within [`PERMIT_AGE`]) that is everything; with
 //!   credentials, or with etcdgate's own login (`--user`, see [`crate::login`]), etcd is
-//!   asked with the client's credentials for one key of the range (serializable, limit 1),
-//!   and its verdict holds for [`PERMIT_AGE`]: a client etcd refuses is forwarded and gets
-//!   etcd's own error. While auth is on, the feeds and barrier reads need that login.
+//!   asked with the client's credentials for one key of the hub's whole range, or else of
+//!   the range asked for (serializable, limit 1), and its verdict holds for [`PERMIT_AGE`]:
+//!   a client etcd refuses is forwarded and gets etcd's own error. While auth is on, the
+//!   feeds and barrier reads need that login.
 //! - A Range wholly inside a cached prefix, at the current revision, is answered from the
 //!   hub: a serializable one once the hub has reached what the client's connection has seen
 //!   and every write into the prefix acknowledged through etcdgate (puts, deletes, txns,
@@ -171,13 +172,16 @@ impl Caches {
         self.max_request_bytes
     }
 
-    /// Whether the cache may serve this client the keys `[key, range_end)`: whether etcd
-    /// would let it read them (see the module doc).
-    pub async fn admits(&self, pool: &Arc<Pool>, ctx: &CallContext, key: &[u8], range_end: &[u8]) -> bool {
+    /// Whether the cache may serve this client the keys `[key, range_end)` of `hub`: whether
+    /// etcd would let it read them (see the module doc). Asks first about all of the hub's
+    /// keys, which settles every range of a client allowed them all (APISIX's user and its
+    /// prefix) with one question.
+    pub async fn admits(&self, pool: &Arc<Pool>, ctx: &CallContext, hub: &Hub, key: &[u8], range_end: &[u8]) -> bool {
         if self.credential_free(ctx) {
             return self.auth_off(pool).await;
         }
-        self.permits.check(pool, ctx, key, range_end).await
+        let all = hub.keys();
+        self.permits.check(pool, ctx, &all.request_key(), &all.end).await || self.permits.check(pool, ctx, key, range_end).await
     }
 
     /// Whether neither the client nor etcdgate sends credentials: then the barrier's reads
@@ -284,7 +288,7 @@ impl Caches {
         let hub = self.hub_for(&request.key, &request.range_end)?;
         hub.revision()?;
         let needed = if request.serializable {
-            if !self.admits(pool, ctx, &request.key, &request.range_end).await {
+            if !self.admits(pool, ctx, hub, &request.key, &request.range_end).await {
                 return None;
             }
             ctx.seen.get().max(hub.expected())
@@ -293,7 +297,7 @@ impl Caches {
                 return None;
             }
             // Without credentials on either side, the barrier's read below is the proof.
-            if !self.credential_free(ctx) && !self.admits(pool, ctx, &request.key, &request.range_end).await {
+            if !self.credential_free(ctx) && !self.admits(pool, ctx, hub, &request.key, &request.range_end).await {
                 return None;
             }
             let held = hub.revision()?;

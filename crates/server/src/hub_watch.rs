@@ -255,7 +255,7 @@ impl Mux {
         }
         let id = create.watch_id;
         let served = match self.caches.hub_for(&create.key, &create.range_end) {
-            Some(hub) if self.caches.admits(&self.pool, &self.ctx, &create.key, &create.range_end).await => {
+            Some(hub) if self.caches.admits(&self.pool, &self.ctx, hub, &create.key, &create.range_end).await => {
                 self.caches.catch_up(hub).await;
                 Watcher::create(hub, id, &create, self.caches.max_request_bytes())
             }

@@ -102,6 +102,9 @@ const BENCH_PREFIX: &str = "/bench/";
 pub struct Keyspace {
     pub keys: Vec<Vec<u8>>,
     pub value: Vec<u8>,
+    /// The auth token every request carries (`--auth`): gRPC `token` metadata, the HTTP
+    /// `Authorization` header.
+    pub token: Option<String>,
     /// `{"key":"<base64>"}` per key, for the HTTP cells.
     http_bodies: Vec<Bytes>,
 }
@@ -112,7 +115,7 @@ impl Keyspace {
         let value = (0..value_size).map(|i| b'a' + (i % 26) as u8).collect();
         let b64 = base64::engine::general_purpose::STANDARD;
         let http_bodies = keys.iter().map(|k| Bytes::from(format!(r#"{{"key":"{}"}}"#, b64.encode(k)))).collect();
-        Keyspace { keys, value, http_bodies }
+        Keyspace { keys, value, token: None, http_bodies }
     }
 }
 
@@ -302,7 +305,7 @@ async fn worker(
                 }
                 Client::Http { client, uris } => {
                     let body = apisix_body.as_ref().unwrap_or(&keys.http_bodies[key]);
-                    http_once(client, &uris[(id + seq) % uris.len()], body).await
+                    http_once(client, &uris[(id + seq) % uris.len()], body, keys.token.as_deref()).await
                 }
             }
         };
@@ -338,18 +341,17 @@ async fn grpc_once(kv: &mut KvClient<Channel>, workload: Workload, keys: &Keyspa
     let status = |s: tonic::Status| format!("gRPC {:?}: {}", s.code(), s.message());
     match workload {
         Workload::RangeSerializable | Workload::RangeLinearizable => {
-            let request = RangeRequest {
-                key: keys.keys[key].clone(),
-                serializable: workload == Workload::RangeSerializable,
-                ..Default::default()
-            };
+            let request = with_token(
+                RangeRequest { key: keys.keys[key].clone(), serializable: workload == Workload::RangeSerializable, ..Default::default() },
+                keys,
+            );
             let response = kv.range(request).await.map_err(status)?.into_inner();
             if response.kvs.len() != 1 {
                 return Err(format!("range returned {} kvs, expected 1", response.kvs.len()));
             }
         }
         Workload::Put => {
-            let request = PutRequest { key: keys.keys[key].clone(), value: keys.value.clone(), ..Default::default() };
+            let request = with_token(PutRequest { key: keys.keys[key].clone(), value: keys.value.clone(), ..Default::default() }, keys);
             let response = kv.put(request).await.map_err(status)?.into_inner();
             if response.header.is_none_or(|h| h.revision <= 0) {
                 return Err("put response without a header revision".into());
@@ -362,9 +364,21 @@ async fn grpc_once(kv: &mut KvClient<Channel>, workload: Workload, keys: &Keyspa
     Ok(())
 }
 
-async fn http_once(client: &HttpPool, uri: &http::Uri, body: &Bytes) -> Result<(), String> {
-    let request = http::Request::post(uri.clone())
-        .header(http::header::CONTENT_TYPE, "application/json")
+/// `message` as a gRPC request carrying the keyspace's token, if any.
+fn with_token<T>(message: T, keys: &Keyspace) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = keys.token.as_deref().and_then(|token| token.parse().ok()) {
+        request.metadata_mut().insert("token", token);
+    }
+    request
+}
+
+async fn http_once(client: &HttpPool, uri: &http::Uri, body: &Bytes, token: Option<&str>) -> Result<(), String> {
+    let mut request = http::Request::post(uri.clone()).header(http::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        request = request.header(http::header::AUTHORIZATION, token);
+    }
+    let request = request
         .body(Full::new(body.clone()))
         .map_err(|e| format!("building request: {e}"))?;
     let response = client.request(request).await.map_err(|e| error_chain(&e))?;

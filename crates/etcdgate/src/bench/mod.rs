@@ -26,7 +26,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use etcdgate_proto::etcdserverpb::{kv_client::KvClient, PutRequest};
+use etcdgate_proto::authpb::{permission::Type as PermissionType, Permission};
+use etcdgate_proto::etcdserverpb::{
+    auth_client::AuthClient, kv_client::KvClient, AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
+    AuthUserGrantRoleRequest, AuthenticateRequest, PutRequest,
+};
 use etcdgate_testkit::{Cluster, EtcdVersion, ProxyProcess};
 use futures::StreamExt;
 use serde_json::json;
@@ -78,6 +82,11 @@ pub struct BenchArgs {
     /// benchmark's as well as `/apisix`). Ratios need `direct` / `grpc-proxy` in the run.
     #[arg(long, value_delimiter = ',', value_parser = TargetKind::parse)]
     pub targets: Vec<TargetKind>,
+    /// Turn etcd's auth on after the preload: every request carries the token of a user
+    /// allowed to read and write under `/` (as APISIX's `deployment.etcd.user`), and
+    /// etcdgate follows its cached prefixes as a user of its own (`--user`).
+    #[arg(long)]
+    pub auth: bool,
     /// Environment for the etcdgate child process, `KEY=VALUE`, repeatable (e.g.
     /// `TOKIO_WORKER_THREADS=1`, `RUST_LOG=debug`).
     #[arg(long = "etcdgate-env", value_parser = parse_env)]
@@ -140,7 +149,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         duration: Duration::from_secs(args.duration_secs),
         concurrency: args.concurrency,
     };
-    let keys = Arc::new(Keyspace::new(PRELOAD_KEYS, args.value_size));
+    let mut keys = Keyspace::new(PRELOAD_KEYS, args.value_size);
 
     eprintln!("bench: starting {} member(s) of {version} ...", args.members);
     let cluster = Cluster::builder(version).members(args.members).start().await?;
@@ -161,9 +170,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    // After etcd's proxies: their readiness checks (`/health`) carry no credentials.
+    if args.auth {
+        keys.token = Some(enable_auth(&member_urls[0]).await.context("turning auth on")?);
+    }
+    let keys = Arc::new(keys);
+    let login: &[&str] = if args.auth { &["--user", "etcdgate:etcdgatepw"] } else { &[] };
     let etcdgate = if wanted(TargetKind::Etcdgate) {
         Some(
-            EtcdgateProcess::start(&member_urls, &[], &args.etcdgate_env, &keys.keys[0])
+            EtcdgateProcess::start(&member_urls, login, &args.etcdgate_env, &keys.keys[0])
                 .await
                 .context("starting etcdgate")?,
         )
@@ -174,7 +189,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         // One prefix holding both key sets: a write to one of two cached prefixes moves etcd's
         // revision past what the other hub has seen, and its linearizable reads would go to
         // etcd until its next event (see the README's watch cache section).
-        let cache_args = ["--cache-prefix", "/"];
+        let cache_args = [&["--cache-prefix", "/"], login].concat();
         Some(
             EtcdgateProcess::start(&member_urls, &cache_args, &args.etcdgate_env, &keys.keys[0])
                 .await
@@ -233,8 +248,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = Report { cells };
     println!(
         "etcdgate bench: {version}, {} member(s), {} s per cell after {} s warm-up, concurrency {}, \
-         {} gRPC channels, {} B values, {PRELOAD_KEYS} keys, {build} build\n",
-        args.members, args.duration_secs, args.warmup_secs, args.concurrency, args.connections, args.value_size
+         {} gRPC channels, {} B values, {PRELOAD_KEYS} keys, {build} build{}\n",
+        args.members,
+        args.duration_secs,
+        args.warmup_secs,
+        args.concurrency,
+        args.connections,
+        args.value_size,
+        if args.auth { ", etcd's auth on (every request with a token)" } else { "" }
     );
     print!("{}", report.markdown());
 
@@ -248,6 +269,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "connections": args.connections,
             "value_size": args.value_size,
             "keys": PRELOAD_KEYS,
+            "auth": args.auth,
             "build": build,
             "etcdgate_env": args.etcdgate_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         });
@@ -315,6 +337,25 @@ async fn preload_apisix(urls: &[String]) -> anyhow::Result<()> {
         kv.put(PutRequest { key, value: value.clone(), ..Default::default() }).await?;
     }
     Ok(())
+}
+
+/// Turns etcd's auth on: `root`, `bench` (reads and writes under `/`) and `etcdgate`
+/// (etcdgate's own: reads under `/`); returns a token of `bench`.
+async fn enable_auth(url: &str) -> anyhow::Result<String> {
+    let mut auth = AuthClient::connect(url.to_string()).await?;
+    let everything = |perm_type: PermissionType| Permission { perm_type: perm_type as i32, key: b"/".to_vec(), range_end: b"0".to_vec() };
+    for (user, permission) in [("root", None), ("bench", Some(PermissionType::Readwrite)), ("etcdgate", Some(PermissionType::Read))] {
+        auth.user_add(AuthUserAddRequest { name: user.into(), password: format!("{user}pw"), ..Default::default() }).await?;
+        auth.role_add(AuthRoleAddRequest { name: user.into() }).await?;
+        auth.user_grant_role(AuthUserGrantRoleRequest { user: user.into(), role: user.into() }).await?;
+        if let Some(permission) = permission {
+            let perm = Some(everything(permission));
+            auth.role_grant_permission(AuthRoleGrantPermissionRequest { name: user.into(), perm }).await?;
+        }
+    }
+    auth.auth_enable(AuthEnableRequest {}).await?;
+    let login = AuthenticateRequest { name: "bench".into(), password: "benchpw".into() };
+    Ok(auth.authenticate(login).await?.into_inner().token)
 }
 
 /// Writes every preloaded key with a value of the configured size, 16 at a time.
