@@ -59,15 +59,16 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::context::CallContext;
-use crate::login::{refused_for_auth, with_token, Login};
+use crate::login::{refused_for_auth, token_refused, with_token, Login};
 use crate::resume::Stalled;
 use crate::watch::{is_progress_answer, progress_request};
 
 /// How long etcd's answer to a read proves that the same credentials (or none) may read the
 /// same keys from the cache.
 const PERMIT_AGE: Duration = Duration::from_secs(1);
-/// Verdicts remembered at most (credentials × ranges); older ones are dropped first.
-const MAX_PERMITS: usize = 4096;
+/// Bytes of credentials and ranges the verdicts remembered may hold; older ones are dropped
+/// first (clients choose both).
+const MAX_PERMIT_BYTES: usize = 1 << 20;
 /// JSON answers remembered (different requests at the current revision).
 const ENCODED_RESPONSES: usize = 8;
 /// After a hub failed to reach in time what a read needed (writes outside the cached
@@ -336,10 +337,21 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// etcd's recent verdicts on whether some credentials (or none) may read some keys: one read
 /// of etcd per credentials and range per [`PERMIT_AGE`], shared by every request meanwhile.
 #[derive(Debug, Default)]
-struct Permits(Mutex<HashMap<PermitKey, Permit>>);
+struct Permits(Mutex<Remembered>);
+
+#[derive(Debug, Default)]
+struct Remembered {
+    permits: HashMap<PermitKey, Permit>,
+    /// What the keys of `permits` hold, in bytes.
+    bytes: usize,
+}
 
 /// Credentials, key, range end.
 type PermitKey = (Vec<(&'static str, Vec<u8>)>, Vec<u8>, Vec<u8>);
+
+fn permit_key_bytes((credentials, key, range_end): &PermitKey) -> usize {
+    credentials.iter().map(|(name, value)| name.len() + value.len()).sum::<usize>() + key.len() + range_end.len()
+}
 
 #[derive(Clone, Debug)]
 struct Permit {
@@ -350,19 +362,25 @@ struct Permit {
 impl Permits {
     async fn check(&self, pool: &Arc<Pool>, ctx: &CallContext, key: &[u8], range_end: &[u8]) -> bool {
         let permit = {
-            let mut permits = lock(&self.0);
+            let mut remembered = lock(&self.0);
             let permit_key = (ctx.credentials(), key.to_vec(), range_end.to_vec());
-            match permits.get(&permit_key) {
+            match remembered.permits.get(&permit_key) {
                 Some(permit) if permit.asked.elapsed() < PERMIT_AGE => permit.clone(),
                 _ => {
-                    if permits.len() >= MAX_PERMITS {
-                        permits.retain(|_, permit| permit.asked.elapsed() < PERMIT_AGE);
-                        if permits.len() >= MAX_PERMITS {
-                            permits.clear();
+                    let bytes = permit_key_bytes(&permit_key);
+                    if remembered.bytes + bytes > MAX_PERMIT_BYTES {
+                        remembered.permits.retain(|_, permit| permit.asked.elapsed() < PERMIT_AGE);
+                        remembered.bytes = remembered.permits.keys().map(permit_key_bytes).sum();
+                        if remembered.bytes + bytes > MAX_PERMIT_BYTES {
+                            remembered.permits.clear();
+                            remembered.bytes = 0;
                         }
                     }
                     let permit = Permit { asked: Instant::now(), granted: Arc::default() };
-                    permits.insert(permit_key, permit.clone());
+                    // An expired verdict of the same key is replaced: its bytes stay counted.
+                    if remembered.permits.insert(permit_key, permit.clone()).is_none() {
+                        remembered.bytes += bytes;
+                    }
                     permit
                 }
             }
@@ -441,7 +459,7 @@ impl Barrier {
             })
             .await;
         if let (Err(status), Some(login)) = (&answer, &self.login) {
-            if refused_for_auth(status) {
+            if token_refused(status) {
                 // Not waited for: the readers of this round go to etcd.
                 let (login, pool) = (login.clone(), pool.clone());
                 tokio::spawn(async move { login.renew(&pool, token.as_deref()).await });
@@ -490,14 +508,19 @@ struct Feed {
 
 impl Feed {
     /// etcd refused the feed's read or watch for its credentials (`token`): the hub serves
-    /// nothing until the feed follows again, with a new token if etcdgate has a login.
-    /// Returns how long to wait before trying again: not long with a new token.
-    async fn refused(&self, token: Option<&str>, why: &str) -> Duration {
+    /// nothing until the feed follows again, with a new token if etcdgate has a login and
+    /// one may help (`relogin`). Returns how long to wait before trying again: not long
+    /// with a new token.
+    async fn refused(&self, token: Option<&str>, why: &str, relogin: bool) -> Duration {
         self.refused.store(true, Ordering::Release);
         let Some(login) = &self.login else {
             tracing::error!(why, "etcd refused to let the cache follow its prefix (is auth on? give etcdgate --user)");
             return REFUSED_RETRY;
         };
+        if !relogin {
+            tracing::error!(why, "etcd refused etcdgate's user (--user) the cached prefix (grant it read permission)");
+            return REFUSED_RETRY;
+        }
         tracing::warn!(why, "etcd refused the cached prefix's credentials; logging in again");
         login.renew(&self.pool, token).await;
         if login.token(&self.pool).await.as_deref() != token {
@@ -541,7 +564,7 @@ impl Feed {
                     Err(status) => {
                         tracing::warn!(error = %status.message(), "reading a cached prefix failed; trying again");
                         if refused_for_auth(&status) {
-                            wait = self.refused(token.as_deref(), status.message()).await;
+                            wait = self.refused(token.as_deref(), status.message(), token_refused(&status)).await;
                         }
                         tokio::time::sleep(wait).await;
                         continue;
@@ -643,8 +666,9 @@ impl Feed {
                                     reload = true;
                                 } else {
                                     // Refused (its token expired or went old, and a member
-                                    // it moved to checked it again).
-                                    wait = self.refused(token.as_deref(), &response.cancel_reason).await;
+                                    // it moved to checked it again; etcd gives any refusal of
+                                    // a watch as "permission denied", so a new login may help).
+                                    wait = self.refused(token.as_deref(), &response.cancel_reason, true).await;
                                 }
                                 break;
                             }
@@ -657,7 +681,7 @@ impl Feed {
                             }
                             Err(status) => {
                                 if refused_for_auth(&status) {
-                                    wait = self.refused(token.as_deref(), status.message()).await;
+                                    wait = self.refused(token.as_deref(), status.message(), token_refused(&status)).await;
                                 }
                                 tracing::warn!(error = %status.message(), "cached prefix's watch failed; resuming it");
                                 break;
@@ -668,7 +692,7 @@ impl Feed {
                 }
                 Err(status) => {
                     if refused_for_auth(&status) {
-                        wait = self.refused(token.as_deref(), status.message()).await;
+                        wait = self.refused(token.as_deref(), status.message(), token_refused(&status)).await;
                     }
                     tracing::warn!(error = %status.message(), "opening the cached prefix's watch failed")
                 }

@@ -14,17 +14,18 @@ use tonic::Status;
 /// Logins at most this often.
 const RELOGIN_PAUSE: Duration = Duration::from_secs(1);
 
-/// etcd's refusals that a new token may cure.
-const REFUSED_FOR_AUTH: &[&str] = &[
-    "etcdserver: user name is empty",
-    "etcdserver: invalid auth token",
-    "etcdserver: revision of auth store is old",
-    "etcdserver: permission denied",
-];
+/// etcd's refusals of a call's token, which a new token may cure.
+const TOKEN_REFUSED: &[&str] =
+    &["etcdserver: user name is empty", "etcdserver: invalid auth token", "etcdserver: revision of auth store is old"];
 
-/// Whether etcd refused a call for its credentials (see [`REFUSED_FOR_AUTH`]).
+/// Whether etcd refused a call's token (see [`TOKEN_REFUSED`]).
+pub fn token_refused(status: &Status) -> bool {
+    TOKEN_REFUSED.contains(&status.message())
+}
+
+/// Whether etcd refused a call for its credentials: its token, or its user's permissions.
 pub fn refused_for_auth(status: &Status) -> bool {
-    REFUSED_FOR_AUTH.contains(&status.message())
+    token_refused(status) || status.message() == "etcdserver: permission denied"
 }
 
 /// A user name and password to log in with, and the token the last login got.
