@@ -110,6 +110,9 @@ pub struct Hub {
     /// the cluster was restored from a snapshot or rebuilt, and what watchers of earlier
     /// epochs were sent belongs to a history that is gone.
     went_back: AtomicU64,
+    /// The epoch after the last [`Hub::abandon`] (0: none): watchers of earlier epochs are
+    /// canceled.
+    abandoned: AtomicU64,
 }
 
 impl Hub {
@@ -121,6 +124,7 @@ impl Hub {
             revision: watch::Sender::new(0),
             expected: AtomicI64::new(0),
             went_back: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
         }
     }
 
@@ -203,6 +207,21 @@ impl Hub {
     /// Whether the cluster's revision went back (see [`Hub::reset`]) after epoch `epoch`.
     pub fn went_back_since(&self, epoch: u64) -> bool {
         self.went_back.load(Ordering::Acquire) > epoch
+    }
+
+    /// The feed can no longer follow etcd (etcd refuses it the prefix): every watcher is
+    /// canceled with `compact_revision` (its client then reads again and watches anew,
+    /// elsewhere: the hub must not serve until the prefix is read again, see
+    /// [`Hub::reset`]), rather than left waiting for events that will not come.
+    pub fn abandon(&self) {
+        self.abandoned.fetch_max(self.epoch() + 1, Ordering::AcqRel);
+        self.revision.send_modify(|_| {});
+    }
+
+    /// Whether watchers made in epoch `epoch` are to be canceled: the cluster went back, or
+    /// the hub was abandoned, since.
+    pub fn cancels_watchers_of(&self, epoch: u64) -> bool {
+        self.went_back_since(epoch) || self.abandoned.load(Ordering::Acquire) > epoch
     }
 
     /// The store's revision; `None` until the prefix is loaded.
@@ -376,6 +395,26 @@ mod tests {
         assert!(canceled.canceled && canceled.compact_revision == 5, "{canceled:?}");
         let waiting = tokio::time::timeout(Duration::from_millis(50), after.next()).await;
         assert!(waiting.is_err(), "a watch made after the reset follows the new history");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_hub_cancels_its_watchers_until_read_again() {
+        use crate::watcher::Watcher;
+        use etcdgate_proto::etcdserverpb::WatchCreateRequest;
+        let hub = Arc::new(Hub::new(KeyRange::prefix(b"/a/"), HistoryLimits::default()));
+        hub.reset(Vec::new(), header(20));
+        let create = WatchCreateRequest { key: b"/a/".to_vec(), range_end: b"/a0".to_vec(), ..Default::default() };
+        let (mut before, _) = Watcher::create(&hub, 1, &create, 1 << 20).unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), before.next()).await;
+        assert!(waiting.is_err(), "nothing to send yet");
+        hub.abandon();
+        let canceled = before.next().await.into_message();
+        assert!(canceled.canceled && canceled.compact_revision == 21, "{canceled:?}");
+        hub.reset(Vec::new(), header(30));
+        assert!(!hub.went_back_since(0), "abandoned is not gone back");
+        let (mut after, _) = Watcher::create(&hub, 2, &create, 1 << 20).unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), after.next()).await;
+        assert!(waiting.is_err(), "a watch made after the prefix was read again is served");
     }
 
     #[test]

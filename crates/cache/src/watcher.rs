@@ -2,7 +2,8 @@
 //! the client has not been sent), read forward at the client's own pace. Nothing is buffered
 //! per watcher; one that falls behind the history's start is canceled with etcd's
 //! `compact_revision`, as is every one created before the cluster's revision went back (a
-//! restore from a snapshot: what it was sent belongs to a history that is gone). Responses look like etcd's: one per revision when live, catch-ups
+//! restore from a snapshot: what it was sent belongs to a history that is gone) or before
+//! its hub was abandoned (etcd refused its feed). Responses look like etcd's: one per revision when live, catch-ups
 //! grouped, filters and prev_kv applied, progress notifications every ten minutes (etcd's
 //! default) when asked for, and — for a watch created with `fragment` — a response larger
 //! than the request size limit split into fragments as etcd splits it.
@@ -124,8 +125,8 @@ impl Watcher {
             // Nothing to read before the hub passes this watcher's position (a reset that
             // moved it back cannot have lost events this watcher still needs either).
             let revision = *self.updates.borrow_and_update();
-            let read = if self.hub.went_back_since(self.epoch) {
-                // The new history starts after the revision the hub read the prefix at.
+            let read = if self.hub.cancels_watchers_of(self.epoch) {
+                // The new history (if any) starts after the revision the hub read the prefix at.
                 Some(Read::Compacted(self.hub.revision().unwrap_or(revision) + 1))
             } else {
                 (revision >= self.next).then(|| self.hub.read_since(self.next, &self.keys, MAX_RESPONSE_BYTES))

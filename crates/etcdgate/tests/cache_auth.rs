@@ -230,3 +230,43 @@ async fn with_auth_on_the_cache_serves_each_client_what_etcd_lets_it_read() {
         assert!(served, "{version}: linearizable reads come from the cache again after the new login");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_etcd_no_longer_lets_follow_its_prefix_cancels_its_watches_and_forwards() {
+    use etcdgate_proto::etcdserverpb::AuthRoleRevokePermissionRequest;
+    for version in EtcdVersion::all() {
+        let mut cluster = Cluster::start(version, 1).await.unwrap();
+        let etcd = channel(&cluster.client_url(0)).await;
+        set_up_auth(&etcd).await;
+        let gateway = Etcdgate::start_with_args(&cluster.endpoints(), &["--cache-prefix", "/apisix/", "--user", "gate:gatepw"]);
+        let through = channel(&gateway.url()).await;
+        wait_following(&gateway).await;
+        let apisix = login(&through, "apisix", "apisixpw").await;
+        let (_keep, mut watch) = open_watch(&through, Some(&apisix), "/apisix/", "/apisix0").await;
+        assert!(next(&mut watch).await.created);
+        assert_eq!(metric(gateway.addr(), "etcdgate_cache_watchers"), Some(1), "{version}: the cache's");
+
+        // etcdgate's user loses its permission; its watch is checked again on the
+        // restarted member, refused, and a new login does not help.
+        let root = login(&etcd, "root", "rootpw").await;
+        let revoke = AuthRoleRevokePermissionRequest { role: "gate".into(), key: b"/apisix/".to_vec(), range_end: b"/apisix0".to_vec() };
+        AuthClient::new(etcd.clone()).role_revoke_permission(with_token(revoke, Some(&root))).await.unwrap();
+        cluster.kill(0);
+        cluster.restart(0).await.unwrap();
+        let canceled = next(&mut watch).await;
+        assert!(canceled.canceled && canceled.compact_revision > 0, "{version}: told to read again, not left waiting: {canceled:?}");
+
+        // Reads and watches now go to etcd, with the client's own credentials.
+        let apisix = login(&through, "apisix", "apisixpw").await;
+        let hits = metric(gateway.addr(), HITS).unwrap_or(0);
+        let read = range(&through, Some(&apisix), apisix_range(true)).await.unwrap();
+        assert_eq!(read.kvs.len(), 2, "{version}");
+        assert_eq!(metric(gateway.addr(), HITS).unwrap_or(0), hits, "{version}: not from the abandoned cache");
+        let (_keep, mut watch) = open_watch(&through, Some(&apisix), "/apisix/", "/apisix0").await;
+        assert!(next(&mut watch).await.created);
+        let revision = put(&through, &apisix, "/apisix/routes/3", "{}").await;
+        let event = next(&mut watch).await;
+        assert_eq!(event.events[0].kv.as_ref().unwrap().mod_revision, revision, "{version}: {event:?}");
+        assert_eq!(metric(gateway.addr(), "etcdgate_cache_watchers"), Some(0), "{version}: etcd's");
+    }
+}

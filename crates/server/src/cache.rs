@@ -82,6 +82,10 @@ const CATCH_UP_WAIT: Duration = Duration::from_millis(100);
 const FEED_RETRY: Duration = Duration::from_millis(200);
 /// ... and after etcd refused its credentials (a new login, if any, is just as rare).
 const REFUSED_RETRY: Duration = Duration::from_secs(1);
+/// A feed refused this long (a new login did not help) abandons its hub: the hub's watchers
+/// are canceled (their clients read again and watch anew, through to etcd) rather than
+/// left waiting, and the prefix is read again once etcd lets the feed.
+const ABANDON_AFTER: Duration = Duration::from_secs(3);
 /// A feed silent this long while its hub lacks an acknowledged write is stalled on its
 /// member (a follower applies a write the leader acknowledged within milliseconds) ...
 const STALL: Duration = Duration::from_millis(300);
@@ -535,7 +539,19 @@ impl Feed {
         let Feed { pool, hub, barrier, doubt, .. } = &self;
         let keys = hub.keys().clone();
         let mut reload = true;
+        // Since when etcd has refused the feed, and whether the hub was abandoned since.
+        let mut refused_since: Option<(Instant, bool)> = None;
         loop {
+            if !self.refused.load(Ordering::Acquire) {
+                refused_since = None;
+            } else if let (since, abandoned @ false) = refused_since.get_or_insert((Instant::now(), false)) {
+                if since.elapsed() >= ABANDON_AFTER {
+                    tracing::warn!(prefix = %String::from_utf8_lossy(&keys.start), "the cache cannot follow its prefix; canceling the watches it serves");
+                    hub.abandon();
+                    *abandoned = true;
+                    reload = true;
+                }
+            }
             let token = token(&self.login, pool).await;
             let mut wait = FEED_RETRY;
             if reload {
