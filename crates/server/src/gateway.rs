@@ -110,7 +110,7 @@ impl Gateway {
             None => call.await,
         };
         if result.as_ref().is_err_and(|status| status.message().starts_with(etcdgate_upstream::CUT_TWICE)) {
-            crate::guard::hold_back(R::NAME, &message);
+            crate::guard::hold_back(R::NAME, &message, self.pool.clone());
         }
         if let Some((response, revision)) = result.as_ref().ok().and_then(|r| Some((r, R::header_revision(r)?))) {
             ctx.seen.saw(revision);

@@ -22,18 +22,23 @@
 //! it, both found down right after, is not sent to a third (see
 //! `etcdgate_upstream::CUT_TWICE`), and the same client request (same RPC, same bytes) is
 //! then held back for [`HOLD`], long enough for a supervisor to restart the members: a client
-//! that retries it cannot kill them again as they come back. etcdgate's own reads (the
-//! cache's loads and barriers) are never held back.
+//! that retries it cannot kill them again as they come back. It is let go as soon as another
+//! member goes down while the first two are still down: the request never reached it, so
+//! something else is taking members down (the whole cluster being stopped or restarted, one
+//! after the other), and holding it back would only refuse a harmless request once they are
+//! back.
+//! etcdgate's own reads (the cache's loads and barriers) are never held back.
 
 use std::collections::VecDeque;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use etcdgate_proto::etcdserverpb::alarm_request::AlarmAction;
 use etcdgate_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use etcdgate_proto::etcdserverpb::{request_op, AlarmRequest, AlarmType, AuthRoleGrantPermissionRequest, RangeRequest, TxnRequest};
+use etcdgate_upstream::{Pool, State};
 use tonic::Status;
 
 /// What checking a request found.
@@ -123,6 +128,8 @@ pub fn role_grant_permission(request: &AuthRoleGrantPermissionRequest) -> Option
 pub const HOLD: Duration = Duration::from_secs(30);
 /// Requests held back at most (the oldest is let go first).
 const MAX_HELD: usize = 64;
+/// How often a held request looks for another member down (see the module doc).
+const ANOTHER_DOWN_CHECK: Duration = Duration::from_millis(100);
 
 /// Requests held back: their fingerprints and until when.
 static HELD: Mutex<VecDeque<(u64, Instant)>> = Mutex::new(VecDeque::new());
@@ -146,8 +153,10 @@ fn with_held<T>(f: impl FnOnce(&mut VecDeque<(u64, Instant)>) -> T) -> T {
 }
 
 /// Holds back `message` (an `rpc` call) for [`HOLD`]: two members failed while serving it.
-pub fn hold_back<M: prost::Message>(rpc: &'static str, message: &M) {
+/// Lets it go once another member of `pool` goes down (see the module doc).
+pub fn hold_back<M: prost::Message>(rpc: &'static str, message: &M, pool: Arc<Pool>) {
     let fingerprint = fingerprint(rpc, message);
+    tokio::spawn(let_go_when_another_member_goes_down(pool, rpc, fingerprint));
     tracing::warn!(rpc, hold_secs = HOLD.as_secs(), "two etcd members failed while serving the same request: holding it back");
     crate::metrics::held_back(rpc);
     with_held(|held| {
@@ -157,6 +166,30 @@ pub fn hold_back<M: prost::Message>(rpc: &'static str, message: &M) {
         }
         held.push_back((fingerprint, Instant::now() + HOLD));
     });
+}
+
+async fn let_go_when_another_member_goes_down(pool: Arc<Pool>, rpc: &'static str, fingerprint: u64) {
+    let down = || -> Vec<String> {
+        pool.member_states().into_iter().filter(|(_, _, state, _)| *state == State::Down).map(|(url, ..)| url).collect()
+    };
+    // The two that failed serving it, and any that was down before.
+    let down_when_held = down();
+    let until = Instant::now() + HOLD;
+    while Instant::now() < until {
+        let now = down();
+        if down_when_held.iter().all(|url| now.contains(url)) && now.iter().any(|url| !down_when_held.contains(url)) {
+            let held = with_held(|held| {
+                let before = held.len();
+                held.retain(|(held, _)| *held != fingerprint);
+                held.len() < before
+            });
+            if held {
+                tracing::info!(rpc, "another etcd member went down, one the held request never reached; letting it go");
+            }
+            return;
+        }
+        tokio::time::sleep(ANOTHER_DOWN_CHECK).await;
+    }
 }
 
 /// The refusal of a request that is held back.
@@ -209,15 +242,57 @@ mod tests {
         assert!(txn(&TxnRequest { success: vec![put("w"), RequestOp::default()], ..Default::default() }).is_none());
     }
 
-    #[test]
-    fn a_request_held_back_is_refused_and_others_are_not() {
+    /// A pool of the members at `urls`.
+    fn pool(urls: &[String]) -> Arc<Pool> {
+        Arc::new(Pool::new(urls, etcdgate_upstream::PoolOptions::default()).expect("pool"))
+    }
+
+    /// A URL where nothing listens (a member found down at once).
+    fn dead_url() -> String {
+        format!("http://127.0.0.1:{}", etcdgate_testkit::free_port())
+    }
+
+    /// Waits until `pool` has `count` members down.
+    async fn until_down(pool: &Pool, count: usize) {
+        while pool.member_states().iter().filter(|(_, _, state, _)| *state == State::Down).count() < count {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_held_back_is_refused_and_others_are_not() {
         let request = sorted("/held", 1, 1);
         assert!(held_back("Range", &request).is_none());
-        hold_back("Range", &request);
+        let pool = pool(&[dead_url(), dead_url(), dead_url()]);
+        until_down(&pool, 3).await;
+        hold_back("Range", &request, pool);
         let refused = held_back("Range", &request).expect("held back");
         assert_eq!(refused.code(), tonic::Code::Unavailable);
         assert!(held_back("Range", &sorted("/held", 1, 2)).is_none(), "another request");
         assert!(held_back("DeleteRange", &request).is_none(), "another RPC");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(held_back("Range", &request).is_some(), "no other member went down: still held");
+    }
+
+    #[tokio::test]
+    async fn a_held_request_is_let_go_when_another_member_goes_down() {
+        let request = sorted("/held-then-let-go", 1, 1);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let alive = format!("http://{}", listener.local_addr().unwrap());
+        let pool = pool(&[dead_url(), dead_url(), alive]);
+        until_down(&pool, 2).await;
+        hold_back("Range", &request, pool.clone());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(held_back("Range", &request).is_some(), "only the two it reached are down");
+        drop(listener);
+        until_down(&pool, 3).await;
+        for _ in 0..100 {
+            if held_back("Range", &request).is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("a member the request never reached went down, and the request is still held back");
     }
 
     #[test]
