@@ -59,7 +59,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::context::CallContext;
-use crate::login::{refused_for_auth, token_refused, with_token, Login};
+use crate::login::{refused_for_auth, token_refused, Login};
 use crate::resume::Stalled;
 use crate::watch::{is_progress_answer, progress_request};
 
@@ -456,9 +456,10 @@ impl Barrier {
     async fn run_round(self: Arc<Self>, pool: Arc<Pool>, round: u64) {
         let request = RangeRequest { key: self.key.clone(), count_only: true, ..Default::default() };
         let token = token(&self.login, &pool).await;
+        let ctx = CallContext::with_token(token.as_deref());
         let answer = pool
             .call(&Target::Any, RetryPolicy::Read, Timing::Measured, |connection| {
-                let request = with_token(tonic::Request::new(request.clone()), token.as_deref());
+                let request = ctx.request(request.clone());
                 async move { KvClient::new(connection).range(request).await }
             })
             .await;
@@ -553,12 +554,13 @@ impl Feed {
                 }
             }
             let token = token(&self.login, pool).await;
+            let ctx = CallContext::with_token(token.as_deref());
             let mut wait = FEED_RETRY;
             if reload {
                 let request = RangeRequest { key: keys.request_key(), range_end: keys.end.clone(), ..Default::default() };
                 let loaded = pool
                     .call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, |connection| {
-                        let request = with_token(tonic::Request::new(request.clone()), token.as_deref());
+                        let request = ctx.request(request.clone());
                         async move { KvClient::new(connection).max_decoding_message_size(usize::MAX).range(request).await }
                     })
                     .await;
@@ -600,7 +602,6 @@ impl Feed {
             let _ = requests.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await;
             let stalled = Stalled::default();
             let input = ReceiverStream::new(input).boxed();
-            let ctx = CallContext::with_token(token.as_deref());
             match crate::watch::watch_reporting_stalls(pool.clone(), ctx, input, stalled.clone()).await {
                 Ok(mut responses) => {
                     crate::metrics::upstream_watches(1);

@@ -168,15 +168,17 @@ pub fn hold_back<M: prost::Message>(rpc: &'static str, message: &M, pool: Arc<Po
     });
 }
 
+/// The URLs of the members of `pool` that are down.
+fn members_down(pool: &Pool) -> Vec<String> {
+    pool.member_states().into_iter().filter(|(_, _, state, _)| *state == State::Down).map(|(url, ..)| url).collect()
+}
+
 async fn let_go_when_another_member_goes_down(pool: Arc<Pool>, rpc: &'static str, fingerprint: u64) {
-    let down = || -> Vec<String> {
-        pool.member_states().into_iter().filter(|(_, _, state, _)| *state == State::Down).map(|(url, ..)| url).collect()
-    };
     // The two that failed serving it, and any that was down before.
-    let down_when_held = down();
+    let down_when_held = members_down(&pool);
     let until = Instant::now() + HOLD;
     while Instant::now() < until {
-        let now = down();
+        let now = members_down(&pool);
         if down_when_held.iter().all(|url| now.contains(url)) && now.iter().any(|url| !down_when_held.contains(url)) {
             let held = with_held(|held| {
                 let before = held.len();
@@ -254,7 +256,7 @@ mod tests {
 
     /// Waits until `pool` has `count` members down.
     async fn until_down(pool: &Pool, count: usize) {
-        while pool.member_states().iter().filter(|(_, _, state, _)| *state == State::Down).count() < count {
+        while members_down(pool).len() < count {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

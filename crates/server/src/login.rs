@@ -95,11 +95,3 @@ impl Login {
         }
     }
 }
-
-/// Sets `token` (if any) on a request to etcd.
-pub fn with_token<T>(mut request: tonic::Request<T>, token: Option<&str>) -> tonic::Request<T> {
-    if let Some(value) = token.and_then(|token| token.parse().ok()) {
-        request.metadata_mut().insert("token", value);
-    }
-    request
-}
