@@ -142,15 +142,23 @@ async fn wait_following(gateway: &Etcdgate) {
     panic!("the cache does not follow its prefix with auth on");
 }
 
+/// One etcd member with [`set_up_auth`]'s users, and etcdgate caching `/apisix/` as `gate`,
+/// once its cache follows the prefix: the cluster, a channel to etcd, etcdgate, a channel
+/// through it.
+async fn start_with_auth(version: EtcdVersion) -> (Cluster, Channel, Etcdgate, Channel) {
+    let cluster = Cluster::start(version, 1).await.unwrap();
+    let etcd = channel(&cluster.client_url(0)).await;
+    set_up_auth(&etcd).await;
+    let gateway = Etcdgate::start_with_args(&cluster.endpoints(), &["--cache-prefix", "/apisix/", "--user", "gate:gatepw"]);
+    let through = channel(&gateway.url()).await;
+    wait_following(&gateway).await;
+    (cluster, etcd, gateway, through)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn with_auth_on_the_cache_serves_each_client_what_etcd_lets_it_read() {
     for version in EtcdVersion::all() {
-        let mut cluster = Cluster::start(version, 1).await.unwrap();
-        let etcd = channel(&cluster.client_url(0)).await;
-        set_up_auth(&etcd).await;
-        let gateway = Etcdgate::start_with_args(&cluster.endpoints(), &["--cache-prefix", "/apisix/", "--user", "gate:gatepw"]);
-        let through = channel(&gateway.url()).await;
-        wait_following(&gateway).await;
+        let (mut cluster, etcd, gateway, through) = start_with_auth(version).await;
 
         let apisix = login(&through, "apisix", "apisixpw").await;
         let apisix_direct = login(&etcd, "apisix", "apisixpw").await;
@@ -235,12 +243,7 @@ async fn with_auth_on_the_cache_serves_each_client_what_etcd_lets_it_read() {
 async fn a_cache_etcd_no_longer_lets_follow_its_prefix_cancels_its_watches_and_forwards() {
     use etcdgate_proto::etcdserverpb::AuthRoleRevokePermissionRequest;
     for version in EtcdVersion::all() {
-        let mut cluster = Cluster::start(version, 1).await.unwrap();
-        let etcd = channel(&cluster.client_url(0)).await;
-        set_up_auth(&etcd).await;
-        let gateway = Etcdgate::start_with_args(&cluster.endpoints(), &["--cache-prefix", "/apisix/", "--user", "gate:gatepw"]);
-        let through = channel(&gateway.url()).await;
-        wait_following(&gateway).await;
+        let (mut cluster, etcd, gateway, through) = start_with_auth(version).await;
         let apisix = login(&through, "apisix", "apisixpw").await;
         let (_keep, mut watch) = open_watch(&through, Some(&apisix), "/apisix/", "/apisix0").await;
         assert!(next(&mut watch).await.created);
