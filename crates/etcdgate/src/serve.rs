@@ -224,15 +224,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // The cache's feeds run on this (the first worker's) runtime.
     let cache_config = args.cache_config()?;
     let caches = runtime.block_on(async { cache_config.map(|config| Caches::start(pool.clone(), &config)) });
+    let gateway = args.gateway(pool.clone(), &caches);
     let (stop, stopped) = tokio::sync::watch::channel(());
     let mut workers = Vec::new();
     for (index, listener) in listeners.drain(1..).enumerate() {
-        let (pool, config, mut stopped) = (pool.clone(), config.clone(), stopped.clone());
-        let (args, caches) = (args.clone(), caches.clone());
+        let (pool, first, config, mut stopped) = (pool.clone(), gateway.clone(), config.clone(), stopped.clone());
         let worker = std::thread::Builder::new().name(format!("etcdgate-worker-{}", index + 1)).spawn(
             move || -> anyhow::Result<()> {
                 worker_runtime()?.block_on(async move {
-                    let gateway = args.gateway(Arc::new(pool.sibling()), &caches);
+                    let gateway = Arc::new(first.sibling(Arc::new(pool.sibling())));
                     let listener = TcpListener::from_std(listener)?;
                     etcdgate_server::serve(listener, gateway, config, async move {
                         let _ = stopped.changed().await;
@@ -249,7 +249,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(listen = %addr, tls = config.tls.is_some(), endpoints = ?args.endpoints, threads, "etcdgate serving gRPC and HTTP/JSON");
     let served = runtime.block_on(async {
         let listener = TcpListener::from_std(listeners.remove(0))?;
-        etcdgate_server::serve(listener, args.gateway(pool, &caches), config, async {
+        etcdgate_server::serve(listener, gateway, config, async {
             shutdown_signal().await;
             let _ = stop.send(());
         })

@@ -138,7 +138,12 @@ impl CallContext {
     /// The client's credentials as sent (empty without any): what etcd's permission checks
     /// look at.
     pub fn credentials(&self) -> Vec<(&'static str, Vec<u8>)> {
-        self.forwarded.iter().filter(|(key, _)| *key != "hasleader").map(|(key, value)| (*key, value.as_bytes().to_vec())).collect()
+        self.metadata().into_iter().filter(|(key, _)| *key != "hasleader").collect()
+    }
+
+    /// All the metadata this call passes on to etcd.
+    pub fn metadata(&self) -> Vec<(&'static str, Vec<u8>)> {
+        self.forwarded.iter().map(|(key, value)| (*key, value.as_bytes().to_vec())).collect()
     }
 
     /// Builds the upstream request for `message` with this call's metadata and what is left

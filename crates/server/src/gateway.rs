@@ -15,12 +15,13 @@ use etcdgate_proto::etcdserverpb::{
 use etcdgate_proto::v3electionpb::{election_client::ElectionClient, LeaderRequest, LeaderResponse};
 use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tonic::Status;
 
 use crate::cache::Caches;
 use crate::context::CallContext;
 use crate::rpc::{Route, UnaryRpc};
+use crate::shared_calls::SharedCalls;
 
 /// Pauses before asking again for a read answered from behind the client (members apply a
 /// committed entry within milliseconds of each other).
@@ -40,17 +41,24 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 pub struct Gateway {
     pool: Arc<Pool>,
     caches: Option<Arc<Caches>>,
+    shared: Arc<SharedCalls>,
 }
 
 impl Gateway {
     /// A gateway that forwards everything.
     pub fn new(pool: Arc<Pool>) -> Gateway {
-        Gateway { pool, caches: None }
+        Gateway { pool, caches: None, shared: Arc::default() }
     }
 
     /// A gateway that answers reads and watches inside cached prefixes from `caches`.
     pub fn with_caches(pool: Arc<Pool>, caches: Arc<Caches>) -> Gateway {
-        Gateway { pool, caches: Some(caches) }
+        Gateway { pool, caches: Some(caches), shared: Arc::default() }
+    }
+
+    /// The gateway of another worker thread, with that worker's `pool` (connections live on
+    /// one runtime), the same caches and the same calls in flight.
+    pub fn sibling(&self, pool: Arc<Pool>) -> Gateway {
+        Gateway { pool, caches: self.caches.clone(), shared: self.shared.clone() }
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
@@ -101,7 +109,10 @@ impl Gateway {
                     return Ok(response);
                 }
             }
-            self.unary_not_behind::<R>(ctx, &message).await
+            if R::SHARED {
+                return self.shared_call::<R>(ctx, &message).await;
+            }
+            Self::unary_not_behind::<R>(&self.pool, ctx, &message).await
         };
         let result = match ctx.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, call)
@@ -131,24 +142,40 @@ impl Gateway {
         self.caches.as_ref()?.range(&self.pool, ctx, range).await.and_then(R::from_range)
     }
 
+    /// Forwards a unary RPC whose identical concurrent calls share one call to etcd. The
+    /// shared call runs without this client's deadline (the retry budget bounds it); a client
+    /// that has seen a later revision than the shared answer's asks on its own.
+    async fn shared_call<R: UnaryRpc>(&self, ctx: &CallContext, message: &R::Req) -> Result<R::Resp, Status> {
+        let (pool, request) = (self.pool.clone(), message.clone());
+        let mut shared_ctx = ctx.clone();
+        shared_ctx.deadline = None;
+        let forward = move || async move { Self::unary_not_behind::<R>(&pool, &shared_ctx, &request).await }.boxed();
+        match self.shared.call::<R>(ctx, message, forward).await {
+            (Ok(response), true) if R::header_revision(&response).is_some_and(|revision| revision < ctx.seen.get()) => {
+                Self::unary_not_behind::<R>(&self.pool, ctx, message).await
+            }
+            (result, _) => result,
+        }
+    }
+
     /// Forwards a unary RPC. A balanced read answered by a member that has not applied the
     /// revision the client's connection has already seen is asked again where it cannot be
     /// behind: a serializable Range as a linearizable one, other reads after short pauses.
-    async fn unary_not_behind<R: UnaryRpc>(&self, ctx: &CallContext, message: &R::Req) -> Result<R::Resp, Status> {
+    async fn unary_not_behind<R: UnaryRpc>(pool: &Pool, ctx: &CallContext, message: &R::Req) -> Result<R::Resp, Status> {
         let target = Self::target(R::ROUTE, ctx);
         let seen = ctx.seen.get();
         let behind = |response: &R::Resp| R::header_revision(response).is_some_and(|revision| revision < seen);
-        let response = self.forward::<R>(&target, ctx, message).await?;
+        let response = Self::forward::<R>(pool, &target, ctx, message).await?;
         if !behind(&response) || target != Target::Any || R::POLICY != RetryPolicy::Read {
             return Ok(response);
         }
         crate::metrics::read_behind(R::NAME);
         if let Some(current) = R::current_read(message) {
-            return self.forward::<R>(&target, ctx, &current).await;
+            return Self::forward::<R>(pool, &target, ctx, &current).await;
         }
         for pause in CATCH_UP_PAUSES {
             tokio::time::sleep(pause).await;
-            let response = self.forward::<R>(&target, ctx, message).await?;
+            let response = Self::forward::<R>(pool, &target, ctx, message).await?;
             if !behind(&response) {
                 return Ok(response);
             }
@@ -156,9 +183,8 @@ impl Gateway {
         Err(Status::unavailable(format!("etcdgate: no member has caught up with revision {seen} yet")))
     }
 
-    async fn forward<R: UnaryRpc>(&self, target: &Target, ctx: &CallContext, message: &R::Req) -> Result<R::Resp, Status> {
-        self.pool
-            .call(target, R::POLICY, R::TIMING, |connection| R::call(connection, ctx.request(message.clone())))
+    async fn forward<R: UnaryRpc>(pool: &Pool, target: &Target, ctx: &CallContext, message: &R::Req) -> Result<R::Resp, Status> {
+        pool.call(target, R::POLICY, R::TIMING, |connection| R::call(connection, ctx.request(message.clone())))
             .await
             .map(tonic::Response::into_inner)
     }

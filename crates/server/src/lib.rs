@@ -18,6 +18,7 @@ mod rpc;
 mod resume;
 mod rewind;
 mod serve;
+mod shared_calls;
 mod tls;
 mod watch;
 

@@ -29,6 +29,7 @@ struct ServerMetrics {
     stream_moves: Family<StreamLabels, Counter>,
     reads_behind: Family<RpcLabels, Counter>,
     held_back: Family<RpcLabels, Counter>,
+    joined: Family<RpcLabels, Counter>,
     cache_reads: Family<CacheReadLabels, Counter>,
     cache_loads: Counter,
     cache_events_in: Counter,
@@ -79,6 +80,11 @@ pub fn request_done<T>(rpc: &'static str, result: &Result<T, Status>) {
 /// A request two members failed while serving it was held back (see [`crate::guard`]).
 pub fn held_back(rpc: &'static str) {
     metrics().held_back.get_or_create(&RpcLabels { rpc }).inc();
+}
+
+/// A call was answered by the identical one in flight (see [`crate::shared_calls`]).
+pub fn call_joined(rpc: &'static str) {
+    metrics().joined.get_or_create(&RpcLabels { rpc }).inc();
 }
 
 /// A read was answered from behind what its client had seen, and asked again.
@@ -172,6 +178,11 @@ fn registry() -> &'static Registry {
             "etcdgate_requests_held_back",
             "Requests held back after two members failed while serving them (a request etcd crashes on?)",
             metrics.held_back.clone(),
+        );
+        registry.register(
+            "etcdgate_calls_joined",
+            "Calls answered by the identical call in flight instead of a call of their own (Authenticate: one password hash for many)",
+            metrics.joined.clone(),
         );
         registry.register("etcdgate_cache_reads", "Ranges inside a cached prefix, by whether the cache answered", metrics.cache_reads.clone());
         registry.register("etcdgate_cache_loads", "Full reads of a cached prefix from etcd (start, resync after compaction)", metrics.cache_loads.clone());

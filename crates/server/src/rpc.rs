@@ -34,12 +34,14 @@ pub enum Route {
 /// One unary etcd RPC.
 pub trait UnaryRpc: Send + Sync + 'static {
     type Req: prost::Message + serde::de::DeserializeOwned + Default + Clone + Send + Sync + 'static;
-    type Resp: prost::Message + serde::Serialize + Send + 'static;
+    type Resp: prost::Message + serde::Serialize + Clone + Send + Sync + 'static;
     /// gRPC method name, for logs and metrics.
     const NAME: &'static str;
     const POLICY: RetryPolicy;
     const ROUTE: Route;
     const TIMING: Timing;
+    /// Whether identical concurrent calls share one call to etcd (see [`crate::shared_calls`]).
+    const SHARED: bool = false;
     /// The answer's `header.revision`, if it has one (etcd 3.4 leaves it out of some answers,
     /// e.g. MemberList's).
     fn header_revision(response: &Self::Resp) -> Option<i64>;
@@ -131,7 +133,7 @@ macro_rules! cached_range {
 macro_rules! unary_rpcs {
     (@timing) => { Timing::Measured };
     (@timing $timing:ident) => { Timing::$timing };
-    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, current: $current:path)? $(, wrote: $wrote:path)? $(, revokes: $revokes:path)? $(, cache: $cached:ident)? $(, timing: $timing:ident)? $(, refuse: $refuse:path)?;)*) => {$(
+    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, current: $current:path)? $(, wrote: $wrote:path)? $(, revokes: $revokes:path)? $(, cache: $cached:ident)? $(, timing: $timing:ident)? $(, refuse: $refuse:path)?$(, shared: $shared:literal)?;)*) => {$(
         #[doc = concat!("`", stringify!($name), "`")]
         pub struct $name;
         impl UnaryRpc for $name {
@@ -141,6 +143,7 @@ macro_rules! unary_rpcs {
             const POLICY: RetryPolicy = RetryPolicy::$policy;
             const ROUTE: Route = Route::$route;
             const TIMING: Timing = unary_rpcs!(@timing $($timing)?);
+            $(const SHARED: bool = $shared;)?
             fn header_revision(response: &$resp) -> Option<i64> {
                 response.header.as_ref().map(|header| header.revision).filter(|revision| *revision > 0)
             }
@@ -193,7 +196,7 @@ unary_rpcs! {
     AuthEnable: AuthClient.auth_enable(AuthEnableRequest) -> AuthEnableResponse, Write, Balanced;
     AuthDisable: AuthClient.auth_disable(AuthDisableRequest) -> AuthDisableResponse, Write, Balanced;
     AuthStatus: AuthClient.auth_status(AuthStatusRequest) -> AuthStatusResponse, Read, Balanced;
-    Authenticate: AuthClient.authenticate(AuthenticateRequest) -> AuthenticateResponse, Read, Balanced, timing: Unmeasured;
+    Authenticate: AuthClient.authenticate(AuthenticateRequest) -> AuthenticateResponse, Read, Balanced, timing: Unmeasured, shared: true;
     UserAdd: AuthClient.user_add(AuthUserAddRequest) -> AuthUserAddResponse, Write, Balanced;
     UserGet: AuthClient.user_get(AuthUserGetRequest) -> AuthUserGetResponse, Read, Balanced;
     UserList: AuthClient.user_list(AuthUserListRequest) -> AuthUserListResponse, Read, Balanced;

@@ -1,7 +1,11 @@
-//! The watch cache with etcd's auth on: etcdgate follows the prefix with its own login
-//! (`--user`), and serves a client from the cache only what etcd lets that client's own
-//! credentials read — everything else gets etcd's own answer. Its token going old (any auth
-//! change) or refused on a member it moves to is replaced by a new login.
+//! etcdgate with etcd's auth on.
+//!
+//! - The watch cache: etcdgate follows the prefix with its own login (`--user`), and serves a
+//!   client from the cache only what etcd lets that client's own credentials read —
+//!   everything else gets etcd's own answer. Its token going old (any auth change) or refused
+//!   on a member it moves to is replaced by a new login.
+//! - Logins: identical `Authenticate` calls in flight together cost etcd one password hash,
+//!   and each gets a token that works; nothing is kept once etcd has answered.
 
 mod common;
 
@@ -271,5 +275,90 @@ async fn a_cache_etcd_no_longer_lets_follow_its_prefix_cancels_its_watches_and_f
         let event = next(&mut watch).await;
         assert_eq!(event.events[0].kv.as_ref().unwrap().mod_revision, revision, "{version}: {event:?}");
         assert_eq!(metric(gateway.addr(), "etcdgate_cache_watchers"), Some(0), "{version}: etcd's");
+    }
+}
+
+/// `Authenticate` for `name` over HTTP/JSON, as APISIX logs in: the token, or the answer.
+async fn http_login(addr: &str, name: &str, password: &str) -> Result<String, (u16, String)> {
+    let (addr, body) = (addr.to_string(), format!(r#"{{"name":"{name}","password":"{password}"}}"#));
+    let (status, body) = tokio::task::spawn_blocking(move || common::http_post(&addr, "/v3/auth/authenticate", &body)).await.unwrap();
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    match (status, json["token"].as_str()) {
+        (200, Some(token)) => Ok(token.to_string()),
+        _ => Err((status, body)),
+    }
+}
+
+/// Logins of `name` through etcdgate while etcd's only member is paused: `grpc` over gRPC
+/// connections of their own and `http` over HTTP/JSON, all in flight together before etcd
+/// answers any. Returns their answers once etcd is back.
+async fn logins_while_paused(cluster: &mut Cluster, gateway: &Etcdgate, logins: &[(&'static str, &'static str)], joining: u64) -> Vec<Result<String, String>> {
+    let joined = || metric(gateway.addr(), "etcdgate_calls_joined_total{rpc=\"Authenticate\"}").unwrap_or(0);
+    let joined_before = joined();
+    cluster.pause(0).unwrap();
+    let mut calls = Vec::new();
+    for (i, &(name, password)) in logins.iter().enumerate() {
+        let url = gateway.url();
+        let addr = gateway.addr().to_string();
+        calls.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                let connection = channel(&url).await;
+                let request = AuthenticateRequest { name: name.into(), password: password.into() };
+                AuthClient::new(connection).authenticate(request).await.map(|r| r.into_inner().token).map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+            } else {
+                http_login(&addr, name, password).await.map_err(|(status, body)| format!("HTTP {status}: {body}"))
+            }
+        }));
+    }
+    for _ in 0..400 {
+        if joined() == joined_before + joining {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(joined(), joined_before + joining, "identical logins join the one in flight");
+    cluster.resume(0).unwrap();
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.unwrap());
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identical_logins_in_flight_cost_etcd_one_password_check() {
+    for version in EtcdVersion::all() {
+        let (mut cluster, etcd, gateway, through) = start_with_auth(version).await;
+
+        // 20 logins of one user (half over HTTP/JSON), one with a wrong password, one of another user.
+        let mut logins = vec![("apisix", "apisixpw"); 20];
+        logins.extend([("apisix", "wrong"), ("other", "otherpw")]);
+        let answers = logins_while_paused(&mut cluster, &gateway, &logins, 19).await;
+        let token = answers[0].clone().unwrap_or_else(|e| panic!("{version}: {e}"));
+        for answer in &answers[..20] {
+            assert_eq!(answer.as_ref(), Ok(&token), "{version}: every login of the storm gets the one token");
+        }
+        let direct = AuthClient::new(etcd.clone()).authenticate(AuthenticateRequest { name: "apisix".into(), password: "wrong".into() }).await.unwrap_err();
+        assert_eq!(answers[20], Err(format!("{:?}: {}", direct.code(), direct.message())), "{version}: a wrong password gets etcd's refusal");
+        let other = answers[21].clone().unwrap_or_else(|e| panic!("{version}: {e}"));
+        assert_ne!(other, token, "{version}");
+        let apisix_read = range(&etcd, Some(&token), apisix_range(true)).await;
+        assert_eq!(apisix_read.map(|r| r.kvs.len()), Ok(2), "{version}: the shared token works on etcd");
+        assert!(range(&through, Some(&other), apisix_range(true)).await.is_err(), "{version}: and the other user's is its own");
+
+        // Nothing is kept: a login after the storm gets a token of its own.
+        let later = login(&through, "apisix", "apisixpw").await;
+        assert_ne!(later, token, "{version}");
+
+        // After an auth change (which makes JWT tokens old), the next storm gets a token of
+        // its own that works.
+        let root = login(&etcd, "root", "rootpw").await;
+        let change = AuthUserAddRequest { name: "later".into(), password: "x".into(), ..Default::default() };
+        AuthClient::new(etcd.clone()).user_add(with_token(change, Some(&root))).await.unwrap();
+        let answers = logins_while_paused(&mut cluster, &gateway, &[("apisix", "apisixpw"); 6], 5).await;
+        let renewed = answers[0].clone().unwrap_or_else(|e| panic!("{version}: {e}"));
+        assert!(answers.iter().all(|answer| answer.as_ref() == Ok(&renewed)), "{version}: {answers:?}");
+        assert!(![token.as_str(), later.as_str()].contains(&renewed.as_str()), "{version}");
+        assert_eq!(range(&through, Some(&renewed), apisix_range(false)).await.map(|r| r.kvs.len()), Ok(2), "{version}");
     }
 }
