@@ -13,10 +13,12 @@
 //! - [`report`]: the markdown table, the verdicts and the JSON file.
 //! - [`watchers`]: `etcdgate bench watchers`, the watch cache's benchmarks (its own run).
 //! - [`failover`]: `etcdgate bench failover`, member failures as clients see them (its own run).
+//! - [`logins`]: `etcdgate bench logins`, a storm of identical Authenticates (its own run).
 
 mod failover;
 mod gate;
 mod load;
+mod logins;
 mod report;
 mod watchers;
 
@@ -106,6 +108,11 @@ pub enum Scenario {
     /// through `etcd gateway` and through etcdgate: errors, traffic to the bad member,
     /// throughput and watch delays over time (markdown, JSON, PNG).
     Failover(failover::FailoverArgs),
+    /// An Authenticate storm: many clients logging in with the same user and password at
+    /// once (as every APISIX worker does at start and after any auth change), direct, through
+    /// etcd's proxies and through etcdgate: time until all have a token, password hashes etcd
+    /// spent, what it does to other clients' reads.
+    Logins(logins::LoginsArgs),
 }
 
 fn parse_version(s: &str) -> Result<EtcdVersion, String> {
@@ -133,6 +140,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.scenario.clone() {
         Some(Scenario::Watchers(watchers)) => return watchers::run(watchers).await,
         Some(Scenario::Failover(failover)) => return failover::run(failover).await,
+        Some(Scenario::Logins(logins)) => return logins::run(logins).await,
         None => {}
     }
     if args.duration_secs == 0 || args.concurrency == 0 || args.connections == 0 || args.members == 0 {
@@ -342,20 +350,40 @@ async fn preload_apisix(urls: &[String]) -> anyhow::Result<()> {
 /// Turns etcd's auth on: `root`, `bench` (reads and writes under `/`) and `etcdgate`
 /// (etcdgate's own: reads under `/`); returns a token of `bench`.
 async fn enable_auth(url: &str) -> anyhow::Result<String> {
-    let mut auth = AuthClient::connect(url.to_string()).await?;
     let everything = |perm_type: PermissionType| Permission { perm_type: perm_type as i32, key: b"/".to_vec(), range_end: b"0".to_vec() };
-    for (user, permission) in [("root", None), ("bench", Some(PermissionType::Readwrite)), ("etcdgate", Some(PermissionType::Read))] {
-        auth.user_add(AuthUserAddRequest { name: user.into(), password: format!("{user}pw"), ..Default::default() }).await?;
-        auth.role_add(AuthRoleAddRequest { name: user.into() }).await?;
-        auth.user_grant_role(AuthUserGrantRoleRequest { user: user.into(), role: user.into() }).await?;
+    let users =
+        [("root", None), ("bench", Some(everything(PermissionType::Readwrite))), ("etcdgate", Some(everything(PermissionType::Read)))];
+    add_users_and_enable_auth(url, &users).await?;
+    login(url, "bench").await
+}
+
+/// The password the benchmarks give etcd user `user`.
+fn password(user: &str) -> String {
+    format!("{user}pw")
+}
+
+/// Adds each user (password [`password`]) with a role of its own name granted its permission
+/// (`root`'s role is etcd's root role: everything), then turns etcd's auth on.
+async fn add_users_and_enable_auth(url: &str, users: &[(&str, Option<Permission>)]) -> anyhow::Result<()> {
+    let mut auth = AuthClient::connect(url.to_string()).await?;
+    for (user, permission) in users {
+        auth.user_add(AuthUserAddRequest { name: user.to_string(), password: password(user), ..Default::default() }).await?;
+        auth.role_add(AuthRoleAddRequest { name: user.to_string() }).await?;
+        auth.user_grant_role(AuthUserGrantRoleRequest { user: user.to_string(), role: user.to_string() }).await?;
         if let Some(permission) = permission {
-            let perm = Some(everything(permission));
-            auth.role_grant_permission(AuthRoleGrantPermissionRequest { name: user.into(), perm }).await?;
+            let perm = Some(permission.clone());
+            auth.role_grant_permission(AuthRoleGrantPermissionRequest { name: user.to_string(), perm }).await?;
         }
     }
     auth.auth_enable(AuthEnableRequest {}).await?;
-    let login = AuthenticateRequest { name: "bench".into(), password: "benchpw".into() };
-    Ok(auth.authenticate(login).await?.into_inner().token)
+    Ok(())
+}
+
+/// A token of `user` (password [`password`]), from etcd at `url` over gRPC.
+async fn login(url: &str, user: &str) -> anyhow::Result<String> {
+    let mut auth = AuthClient::connect(url.to_string()).await?;
+    let request = AuthenticateRequest { name: user.to_string(), password: password(user) };
+    Ok(auth.authenticate(request).await?.into_inner().token)
 }
 
 /// Writes every preloaded key with a value of the configured size, 16 at a time.
@@ -382,20 +410,42 @@ struct CpuTotals {
     loadgen: Option<f64>,
 }
 
+/// CPU time used so far by all etcd members together, the proxy and this process (the load
+/// generator), in clock ticks, from `/proc/<pid>/stat`.
+struct CpuSample {
+    etcd: Option<u64>,
+    proxy: Option<u64>,
+    loadgen: Option<u64>,
+}
+
+impl CpuSample {
+    fn take(etcd_pids: &[u32], proxy_pid: Option<u32>) -> CpuSample {
+        CpuSample {
+            etcd: etcd_pids.iter().map(|&pid| cpu_ticks(&pid.to_string())).sum(),
+            proxy: proxy_pid.and_then(|pid| cpu_ticks(&pid.to_string())),
+            loadgen: cpu_ticks("self"),
+        }
+    }
+
+    /// What was spent from `before` until this sample.
+    fn since(&self, before: &CpuSample) -> CpuTotals {
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let delta = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?) as f64 * 1e6 / ticks_per_sec);
+        CpuTotals {
+            etcd: delta(before.etcd, self.etcd),
+            proxy: delta(before.proxy, self.proxy),
+            loadgen: delta(before.loadgen, self.loadgen),
+        }
+    }
+}
+
 /// Samples `/proc/<pid>/stat` at `from` and at `to`.
 async fn cpu_during(etcd_pids: &[u32], proxy_pid: Option<u32>, from: Instant, to: Instant) -> CpuTotals {
-    let sample = || {
-        let etcd: Option<u64> = etcd_pids.iter().map(|&pid| cpu_ticks(&pid.to_string())).sum();
-        (etcd, proxy_pid.and_then(|pid| cpu_ticks(&pid.to_string())), cpu_ticks("self"))
-    };
     tokio::time::sleep_until(from.into()).await;
-    let before = sample();
+    let before = CpuSample::take(etcd_pids, proxy_pid);
     tokio::time::sleep_until(to.into()).await;
-    let after = sample();
-    // SAFETY: sysconf has no preconditions.
-    let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let delta = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?) as f64 * 1e6 / ticks_per_sec);
-    CpuTotals { etcd: delta(before.0, after.0), proxy: delta(before.1, after.1), loadgen: delta(before.2, after.2) }
+    CpuSample::take(etcd_pids, proxy_pid).since(&before)
 }
 
 /// utime + stime of a process, in clock ticks.

@@ -12,7 +12,7 @@
 
 mod behind;
 mod fanout;
-mod observe;
+pub(super) mod observe;
 mod watch_conn;
 
 use std::time::Duration;
@@ -371,6 +371,6 @@ fn host_port(url: &str) -> &str {
 }
 
 /// µs as ms with one decimal.
-fn ms(us: u64) -> String {
+pub(super) fn ms(us: u64) -> String {
     format!("{:.1}", us as f64 / 1000.0)
 }
