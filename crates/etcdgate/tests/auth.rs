@@ -2,7 +2,7 @@
 //!
 //! - The watch cache: etcdgate follows the prefix with its own login (`--user`), and serves a
 //!   client from the cache only what etcd lets that client's own credentials read —
-//!   everything else gets etcd's own answer. Its token going old (any auth change) or refused
+//!   everything else gets etcd's own answer. Its token going bad (a member restart) or refused
 //!   on a member it moves to is replaced by a new login.
 //! - Logins: identical `Authenticate` calls in flight together cost etcd one password hash,
 //!   and each gets a token that works; nothing is kept once etcd has answered.
@@ -211,9 +211,9 @@ async fn with_auth_on_the_cache_serves_each_client_what_etcd_lets_it_read() {
         let event = next(&mut watch).await;
         assert_eq!(event.events[0].kv.as_ref().unwrap().mod_revision, revision, "{version}: {event:?}");
 
-        // Any auth change makes every token old: etcdgate logs in again for its barrier
-        // reads; and when the cache's watch is made again on a restarted member with its old
-        // token (refused), the cache logs in again and follows on.
+        // An auth change, then a member restart that loses every simple token: etcdgate logs
+        // in again for its barrier reads; and when the cache's watch is made again on the
+        // restarted member with its old token (refused), the cache logs in again and follows on.
         AuthClient::new(etcd.clone())
             .user_add(with_token(AuthUserAddRequest { name: "later".into(), password: "x".into(), ..Default::default() }, Some(&login(&etcd, "root", "rootpw").await)))
             .await

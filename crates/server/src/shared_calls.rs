@@ -1,8 +1,8 @@
 //! Identical concurrent calls of an RPC etcd makes costly on purpose, answered by one call to
 //! etcd: `Authenticate`, on which etcd spends a bcrypt hash of the password (~80 ms of CPU on
 //! a 2-core host). APISIX's workers and other clients of one user log in together — at start,
-//! and again all at once when every token goes bad (any auth change makes every token "old";
-//! a member restart loses simple tokens) — and without this, N of them cost etcd N hashes,
+//! and again all at once when every token goes bad (a member restart loses simple tokens; any
+//! auth change makes JWT tokens "old") — and without this, N of them cost etcd N hashes,
 //! starving its other clients and its raft heartbeats for seconds.
 //!
 //! A call joins the one in flight with the same RPC, the same request bytes (same user, same
