@@ -362,3 +362,33 @@ async fn identical_logins_in_flight_cost_etcd_one_password_check() {
         assert_eq!(range(&through, Some(&renewed), apisix_range(false)).await.map(|r| r.kvs.len()), Ok(2), "{version}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_linearizable_cached_read_sees_a_permission_revoked_just_before() {
+    use etcdgate_proto::etcdserverpb::AuthRoleRevokePermissionRequest;
+    for version in EtcdVersion::all() {
+        let (_cluster, etcd, gateway, through) = start_with_auth(version).await;
+        let apisix = login(&through, "apisix", "apisixpw").await;
+        let root = login(&etcd, "root", "rootpw").await;
+        for serializable in [true, false] {
+            let hits = metric(gateway.addr(), HITS).unwrap_or(0);
+            assert_eq!(range(&through, Some(&apisix), apisix_range(serializable)).await.map(|r| r.kvs.len()), Ok(2), "{version}");
+            assert_eq!(metric(gateway.addr(), HITS), Some(hits + 1), "{version}: from the cache (serializable {serializable})");
+        }
+
+        // Revoked on etcd: the very next linearizable read is refused as etcd refuses it.
+        let revoke = AuthRoleRevokePermissionRequest { role: "apisix".into(), key: b"/apisix/".to_vec(), range_end: b"/apisix0".to_vec() };
+        AuthClient::new(etcd.clone()).role_revoke_permission(with_token(revoke, Some(&root))).await.unwrap();
+        let hits = metric(gateway.addr(), HITS).unwrap_or(0);
+        let refused = range(&through, Some(&apisix), apisix_range(false)).await.unwrap_err();
+        assert_eq!(refused, range(&etcd, Some(&apisix), apisix_range(false)).await.unwrap_err(), "{version}");
+        assert_eq!(metric(gateway.addr(), HITS).unwrap_or(0), hits, "{version}: not from the cache");
+
+        // Granted again: the next linearizable read is the cache's again.
+        let perm = Permission { perm_type: PermissionType::Readwrite as i32, key: b"/apisix/".to_vec(), range_end: b"/apisix0".to_vec() };
+        let grant = AuthRoleGrantPermissionRequest { name: "apisix".into(), perm: Some(perm) };
+        AuthClient::new(etcd.clone()).role_grant_permission(with_token(grant, Some(&root))).await.unwrap();
+        assert_eq!(range(&through, Some(&apisix), apisix_range(false)).await.map(|r| r.kvs.len()), Ok(2), "{version}");
+        assert_eq!(metric(gateway.addr(), HITS), Some(hits + 1), "{version}: from the cache again");
+    }
+}

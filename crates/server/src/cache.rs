@@ -5,9 +5,12 @@
 //!   (a read without credentials answered within [`PERMIT_AGE`]) that is everything; with
 //!   credentials, or with etcdgate's own login (`--user`, see [`crate::login`]), etcd is
 //!   asked with the client's credentials for one key of the hub's whole range, or else of
-//!   the range asked for (serializable, limit 1), and its verdict holds for [`PERMIT_AGE`]:
-//!   a client etcd refuses is forwarded and gets etcd's own error. While auth is on, the
-//!   feeds and barrier reads need that login.
+//!   the range asked for (limit 1): for serializable reads and watches a serializable read
+//!   whose verdict holds for [`PERMIT_AGE`] (a member behind on auth changes answers as
+//!   stale), for a linearizable read a linearizable one sent after the read arrived (etcd
+//!   checks its own linearizable Ranges against the cluster's current auth state). A client
+//!   etcd refuses is forwarded and gets etcd's own error. While auth is on, the feeds and
+//!   barrier reads need that login.
 //! - A Range wholly inside a cached prefix, at the current revision, is answered from the
 //!   hub: a serializable one once the hub has reached what the client's connection has seen
 //!   and every write into the prefix acknowledged through etcdgate (puts, deletes, txns,
@@ -15,7 +18,8 @@
 //!   connections: an HTTP/1.1 client such as APISIX's Admin API may write on one and read
 //!   on another), a linearizable one once the hub has reached the cluster's revision
 //!   as a linearizable read of one key on a member tells it (one such read serves every
-//!   request that arrived before it was sent). A hub that does not get there within
+//!   request that arrived before it was sent; with credentials, the linearizable permission
+//!   read of those credentials is that read). A hub that does not get there within
 //!   [`CATCH_UP_WAIT`] (writes outside the prefix move the cluster's revision without
 //!   events the hub would see; a stuck feed) lets the read go to etcd, and for
 //!   [`MISSED_BACKOFF`] then linearizable reads, and reads that need more than a hub holds,
@@ -189,6 +193,18 @@ impl Caches {
         self.permits.check(pool, ctx, &all.request_key(), &all.end).await || self.permits.check(pool, ctx, key, range_end).await
     }
 
+    /// The cluster's current revision if etcd lets this client read the keys `[key, range_end)`
+    /// of `hub` now: for a linearizable read, etcd is asked with a linearizable read sent after
+    /// `since` (the revision it answers at serves as the read's barrier). Asks first about all
+    /// of the hub's keys, as [`Caches::admits`] does.
+    async fn admits_now(&self, pool: &Arc<Pool>, ctx: &CallContext, hub: &Hub, key: &[u8], range_end: &[u8], since: Instant) -> Option<i64> {
+        let all = hub.keys();
+        match self.permits.check_current(pool, ctx, &all.request_key(), &all.end, since).await {
+            Some(revision) => Some(revision),
+            None => self.permits.check_current(pool, ctx, key, range_end, since).await,
+        }
+    }
+
     /// Whether neither the client nor etcdgate sends credentials: then the barrier's reads
     /// tell whether etcd's auth is off.
     fn credential_free(&self, ctx: &CallContext) -> bool {
@@ -301,12 +317,13 @@ impl Caches {
             if self.missed_recently() {
                 return None;
             }
-            // Without credentials on either side, the barrier's read below is the proof.
-            if !self.credential_free(ctx) && !self.admits(pool, ctx, hub, &request.key, &request.range_end).await {
-                return None;
-            }
             let held = hub.revision()?;
-            let cluster = self.barrier.cluster_revision(pool).await?;
+            let cluster = if self.credential_free(ctx) {
+                // Without credentials on either side, the barrier's read proves auth off.
+                self.barrier.cluster_revision(pool).await?
+            } else {
+                self.admits_now(pool, ctx, hub, &request.key, &request.range_end, Instant::now()).await?
+            };
             if cluster < held {
                 // The cluster went back (restored): what connections saw is gone, and the
                 // feed reads the prefix again.
@@ -338,8 +355,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// etcd's recent verdicts on whether some credentials (or none) may read some keys: one read
-/// of etcd per credentials and range per [`PERMIT_AGE`], shared by every request meanwhile.
+/// etcd's recent verdicts on whether some credentials (or none) may read some keys: for
+/// serializable reads and watches, one read of etcd per credentials and range per
+/// [`PERMIT_AGE`], shared by every request meanwhile; for linearizable reads, a linearizable
+/// read asked after the request arrived (as etcd checks a linearizable Range against the
+/// cluster's current auth state), shared by every request that arrived before it was sent.
 #[derive(Debug, Default)]
 struct Permits(Mutex<Remembered>);
 
@@ -360,43 +380,76 @@ fn permit_key_bytes((credentials, key, range_end): &PermitKey) -> usize {
 #[derive(Clone, Debug)]
 struct Permit {
     asked: Instant,
-    granted: Arc<tokio::sync::OnceCell<bool>>,
+    /// Asked with a linearizable read: its answer is the cluster's current state.
+    current: bool,
+    /// The answer's revision if etcd let the credentials read, `None` if it refused.
+    answer: Arc<tokio::sync::OnceCell<Option<i64>>>,
 }
 
-impl Permits {
-    async fn check(&self, pool: &Arc<Pool>, ctx: &CallContext, key: &[u8], range_end: &[u8]) -> bool {
-        let permit = {
-            let mut remembered = lock(&self.0);
-            let permit_key = (ctx.credentials(), key.to_vec(), range_end.to_vec());
-            match remembered.permits.get(&permit_key) {
-                Some(permit) if permit.asked.elapsed() < PERMIT_AGE => permit.clone(),
-                _ => {
-                    let bytes = permit_key_bytes(&permit_key);
-                    if remembered.bytes + bytes > MAX_PERMIT_BYTES {
-                        remembered.permits.retain(|_, permit| permit.asked.elapsed() < PERMIT_AGE);
-                        remembered.bytes = remembered.permits.keys().map(permit_key_bytes).sum();
-                        if remembered.bytes + bytes > MAX_PERMIT_BYTES {
-                            remembered.permits.clear();
-                            remembered.bytes = 0;
-                        }
-                    }
-                    let permit = Permit { asked: Instant::now(), granted: Arc::default() };
-                    // An expired verdict of the same key is replaced: its bytes stay counted.
-                    if remembered.permits.insert(permit_key, permit.clone()).is_none() {
-                        remembered.bytes += bytes;
-                    }
-                    permit
-                }
-            }
-        };
-        *permit.granted.get_or_init(|| may_read(pool, ctx, key, range_end)).await
+impl Permit {
+    fn in_flight(&self) -> bool {
+        !self.answer.initialized()
+    }
+
+    async fn answer(&self, pool: &Arc<Pool>, ctx: &CallContext, (key, range_end): (&[u8], &[u8])) -> Option<i64> {
+        *self.answer.get_or_init(|| may_read(pool, ctx, key, range_end, self.current)).await
     }
 }
 
-/// Asks etcd whether the client's credentials may read `[key, range_end)`: a serializable
-/// read of one key of it, which etcd checks as it checks any Range (and any watch) of it.
-async fn may_read(pool: &Arc<Pool>, ctx: &CallContext, key: &[u8], range_end: &[u8]) -> bool {
-    let request = RangeRequest { key: key.to_vec(), range_end: range_end.to_vec(), limit: 1, keys_only: true, serializable: true, ..Default::default() };
+impl Permits {
+    /// Whether etcd lets `ctx`'s credentials read `[key, range_end)`, as it said within
+    /// [`PERMIT_AGE`].
+    async fn check(&self, pool: &Arc<Pool>, ctx: &CallContext, key: &[u8], range_end: &[u8]) -> bool {
+        let permit = self.permit(ctx, key, range_end, |permit| permit.asked.elapsed() < PERMIT_AGE, false);
+        permit.answer(pool, ctx, (key, range_end)).await.is_some()
+    }
+
+    /// The cluster's revision, if etcd lets `ctx`'s credentials read `[key, range_end)` as a
+    /// linearizable read asked after `since` says; `None` if it does not.
+    async fn check_current(&self, pool: &Arc<Pool>, ctx: &CallContext, key: &[u8], range_end: &[u8], since: Instant) -> Option<i64> {
+        let fresh = |permit: &Permit| permit.current && permit.asked >= since;
+        loop {
+            let permit = self.permit(ctx, key, range_end, |permit| fresh(permit) || permit.in_flight(), true);
+            let answer = permit.answer(pool, ctx, (key, range_end)).await;
+            if fresh(&permit) {
+                return answer;
+            }
+            // A question asked before this request was in flight; the next one is asked after.
+        }
+    }
+
+    /// The remembered permit of these credentials and keys if it is `usable`, else a new one
+    /// (linearizable if `current`), remembered in its place.
+    fn permit(&self, ctx: &CallContext, key: &[u8], range_end: &[u8], usable: impl Fn(&Permit) -> bool, current: bool) -> Permit {
+        let mut remembered = lock(&self.0);
+        let permit_key = (ctx.credentials(), key.to_vec(), range_end.to_vec());
+        if let Some(permit) = remembered.permits.get(&permit_key).filter(|permit| usable(permit)) {
+            return permit.clone();
+        }
+        let bytes = permit_key_bytes(&permit_key);
+        if remembered.bytes + bytes > MAX_PERMIT_BYTES {
+            remembered.permits.retain(|_, permit| permit.asked.elapsed() < PERMIT_AGE);
+            remembered.bytes = remembered.permits.keys().map(permit_key_bytes).sum();
+            if remembered.bytes + bytes > MAX_PERMIT_BYTES {
+                remembered.permits.clear();
+                remembered.bytes = 0;
+            }
+        }
+        let permit = Permit { asked: Instant::now(), current, answer: Arc::default() };
+        // A permit of the same key is replaced: its bytes stay counted.
+        if remembered.permits.insert(permit_key, permit.clone()).is_none() {
+            remembered.bytes += bytes;
+        }
+        permit
+    }
+}
+
+/// Asks etcd whether the client's credentials may read `[key, range_end)`: a read of one key
+/// of it (linearizable if `current`), which etcd checks as it checks any Range (and any
+/// watch) of it. The answer's revision if etcd answered.
+async fn may_read(pool: &Arc<Pool>, ctx: &CallContext, key: &[u8], range_end: &[u8], current: bool) -> Option<i64> {
+    let request =
+        RangeRequest { key: key.to_vec(), range_end: range_end.to_vec(), limit: 1, keys_only: true, serializable: !current, ..Default::default() };
     let answer = pool
         .call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, |connection| {
             let request = ctx.request(request.clone());
@@ -404,7 +457,7 @@ async fn may_read(pool: &Arc<Pool>, ctx: &CallContext, key: &[u8], range_end: &[
         })
         .await;
     crate::metrics::permit_asked(answer.is_ok());
-    answer.is_ok()
+    answer.ok().and_then(|response| response.into_inner().header).map(|header| header.revision)
 }
 
 /// Learns the cluster's current revision for linearizable cached reads: one read of one key
