@@ -4,11 +4,12 @@
 //! - Auth: a client is served only what etcd would let it read. While etcd's auth is off
 //!   (a read without credentials answered within [`PERMIT_AGE`]) that is everything; with
 //!   credentials, or with etcdgate's own login (`--user`, see [`crate::login`]), etcd is
-//!   asked with the client's credentials for one key of the hub's whole range, or else of
-//!   the range asked for (limit 1): for serializable reads and watches a serializable read
+//!   asked with the client's credentials for the hub's whole range, or else for the range
+//!   asked for (see [`may_read`]): for serializable reads and watches a serializable question
 //!   whose verdict holds for [`PERMIT_AGE`] (a member behind on auth changes answers as
-//!   stale), for a linearizable read a linearizable one sent after the read arrived (etcd
-//!   checks its own linearizable Ranges against the cluster's current auth state). A client
+//!   stale), for a linearizable read a linearizable one sent after the read arrived, beside
+//!   its barrier read (etcd checks its own linearizable Ranges against the cluster's current
+//!   auth state). A client
 //!   etcd refuses is forwarded and gets etcd's own error. While auth is on, the feeds and
 //!   barrier reads need that login.
 //! - A Range wholly inside a cached prefix, at the current revision, is answered from the
@@ -18,8 +19,7 @@
 //!   connections: an HTTP/1.1 client such as APISIX's Admin API may write on one and read
 //!   on another), a linearizable one once the hub has reached the cluster's revision
 //!   as a linearizable read of one key on a member tells it (one such read serves every
-//!   request that arrived before it was sent; with credentials, the linearizable permission
-//!   read of those credentials is that read). A hub that does not get there within
+//!   request that arrived before it was sent). A hub that does not get there within
 //!   [`CATCH_UP_WAIT`] (writes outside the prefix move the cluster's revision without
 //!   events the hub would see; a stuck feed) lets the read go to etcd, and for
 //!   [`MISSED_BACKOFF`] then linearizable reads, and reads that need more than a hub holds,
@@ -67,6 +67,8 @@ use crate::login::{refused_for_auth, token_refused, Login};
 use crate::resume::Stalled;
 use crate::watch::{is_progress_answer, progress_request};
 
+/// The end of etcd's refusal of a Range at a revision it has not reached.
+const FUTURE_REVISION: &str = "required revision is a future revision";
 /// How long etcd's answer to a read proves that the same credentials (or none) may read the
 /// same keys from the cache.
 const PERMIT_AGE: Duration = Duration::from_secs(1);
@@ -193,16 +195,13 @@ impl Caches {
         self.permits.check(pool, ctx, &all.request_key(), &all.end).await || self.permits.check(pool, ctx, key, range_end).await
     }
 
-    /// The cluster's current revision if etcd lets this client read the keys `[key, range_end)`
-    /// of `hub` now: for a linearizable read, etcd is asked with a linearizable read sent after
-    /// `since` (the revision it answers at serves as the read's barrier). Asks first about all
-    /// of the hub's keys, as [`Caches::admits`] does.
-    async fn admits_now(&self, pool: &Arc<Pool>, ctx: &CallContext, hub: &Hub, key: &[u8], range_end: &[u8], since: Instant) -> Option<i64> {
+    /// Whether etcd lets this client read the keys `[key, range_end)` of `hub` now, as a
+    /// linearizable question sent after `since` tells (for a linearizable read). Asks first
+    /// about all of the hub's keys, as [`Caches::admits`] does.
+    async fn admits_now(&self, pool: &Arc<Pool>, ctx: &CallContext, hub: &Hub, key: &[u8], range_end: &[u8], since: Instant) -> bool {
         let all = hub.keys();
-        match self.permits.check_current(pool, ctx, &all.request_key(), &all.end, since).await {
-            Some(revision) => Some(revision),
-            None => self.permits.check_current(pool, ctx, key, range_end, since).await,
-        }
+        self.permits.check_current(pool, ctx, &all.request_key(), &all.end, since).await
+            || self.permits.check_current(pool, ctx, key, range_end, since).await
     }
 
     /// Whether neither the client nor etcdgate sends credentials: then the barrier's reads
@@ -322,7 +321,12 @@ impl Caches {
                 // Without credentials on either side, the barrier's read proves auth off.
                 self.barrier.cluster_revision(pool).await?
             } else {
-                self.admits_now(pool, ctx, hub, &request.key, &request.range_end, Instant::now()).await?
+                let since = Instant::now();
+                let admitted = self.admits_now(pool, ctx, hub, &request.key, &request.range_end, since);
+                match tokio::join!(admitted, self.barrier.cluster_revision(pool)) {
+                    (true, cluster) => cluster?,
+                    (false, _) => return None,
+                }
             };
             if cluster < held {
                 // The cluster went back (restored): what connections saw is gone, and the
@@ -358,7 +362,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// etcd's recent verdicts on whether some credentials (or none) may read some keys: for
 /// serializable reads and watches, one read of etcd per credentials and range per
 /// [`PERMIT_AGE`], shared by every request meanwhile; for linearizable reads, a linearizable
-/// read asked after the request arrived (as etcd checks a linearizable Range against the
+/// question asked after the request arrived (etcd checks a linearizable Range against the
 /// cluster's current auth state), shared by every request that arrived before it was sent.
 #[derive(Debug, Default)]
 struct Permits(Mutex<Remembered>);
@@ -382,17 +386,17 @@ struct Permit {
     asked: Instant,
     /// Asked with a linearizable read: its answer is the cluster's current state.
     current: bool,
-    /// The answer's revision if etcd let the credentials read, `None` if it refused.
-    answer: Arc<tokio::sync::OnceCell<Option<i64>>>,
+    /// Whether etcd let the credentials read.
+    granted: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 impl Permit {
     fn in_flight(&self) -> bool {
-        !self.answer.initialized()
+        !self.granted.initialized()
     }
 
-    async fn answer(&self, pool: &Arc<Pool>, ctx: &CallContext, (key, range_end): (&[u8], &[u8])) -> Option<i64> {
-        *self.answer.get_or_init(|| may_read(pool, ctx, key, range_end, self.current)).await
+    async fn granted(&self, pool: &Arc<Pool>, ctx: &CallContext, (key, range_end): (&[u8], &[u8])) -> bool {
+        *self.granted.get_or_init(|| may_read(pool, ctx, key, range_end, self.current)).await
     }
 }
 
@@ -401,18 +405,18 @@ impl Permits {
     /// [`PERMIT_AGE`].
     async fn check(&self, pool: &Arc<Pool>, ctx: &CallContext, key: &[u8], range_end: &[u8]) -> bool {
         let permit = self.permit(ctx, key, range_end, |permit| permit.asked.elapsed() < PERMIT_AGE, false);
-        permit.answer(pool, ctx, (key, range_end)).await.is_some()
+        permit.granted(pool, ctx, (key, range_end)).await
     }
 
-    /// The cluster's revision, if etcd lets `ctx`'s credentials read `[key, range_end)` as a
-    /// linearizable read asked after `since` says; `None` if it does not.
-    async fn check_current(&self, pool: &Arc<Pool>, ctx: &CallContext, key: &[u8], range_end: &[u8], since: Instant) -> Option<i64> {
+    /// Whether etcd lets `ctx`'s credentials read `[key, range_end)`, as a linearizable
+    /// question asked after `since` says.
+    async fn check_current(&self, pool: &Arc<Pool>, ctx: &CallContext, key: &[u8], range_end: &[u8], since: Instant) -> bool {
         let fresh = |permit: &Permit| permit.current && permit.asked >= since;
         loop {
             let permit = self.permit(ctx, key, range_end, |permit| fresh(permit) || permit.in_flight(), true);
-            let answer = permit.answer(pool, ctx, (key, range_end)).await;
+            let granted = permit.granted(pool, ctx, (key, range_end)).await;
             if fresh(&permit) {
-                return answer;
+                return granted;
             }
             // A question asked before this request was in flight; the next one is asked after.
         }
@@ -435,7 +439,7 @@ impl Permits {
                 remembered.bytes = 0;
             }
         }
-        let permit = Permit { asked: Instant::now(), current, answer: Arc::default() };
+        let permit = Permit { asked: Instant::now(), current, granted: Arc::default() };
         // A permit of the same key is replaced: its bytes stay counted.
         if remembered.permits.insert(permit_key, permit.clone()).is_none() {
             remembered.bytes += bytes;
@@ -444,20 +448,24 @@ impl Permits {
     }
 }
 
-/// Asks etcd whether the client's credentials may read `[key, range_end)`: a read of one key
-/// of it (linearizable if `current`), which etcd checks as it checks any Range (and any
-/// watch) of it. The answer's revision if etcd answered.
-async fn may_read(pool: &Arc<Pool>, ctx: &CallContext, key: &[u8], range_end: &[u8], current: bool) -> Option<i64> {
-    let request =
-        RangeRequest { key: key.to_vec(), range_end: range_end.to_vec(), limit: 1, keys_only: true, serializable: !current, ..Default::default() };
+/// Asks etcd whether the client's credentials may read `[key, range_end)`: a Range of it
+/// (linearizable if `current`) at a revision far in the future. etcd checks the permission
+/// as for any Range (and any watch) of it, and only then refuses the revision — at once,
+/// without walking the keys of the range (which even a `limit 1` read does, to count them).
+async fn may_read(pool: &Arc<Pool>, ctx: &CallContext, key: &[u8], range_end: &[u8], current: bool) -> bool {
+    let request = RangeRequest { key: key.to_vec(), range_end: range_end.to_vec(), revision: i64::MAX, serializable: !current, ..Default::default() };
     let answer = pool
         .call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, |connection| {
             let request = ctx.request(request.clone());
             async move { KvClient::new(connection).range(request).await }
         })
         .await;
-    crate::metrics::permit_asked(answer.is_ok());
-    answer.ok().and_then(|response| response.into_inner().header).map(|header| header.revision)
+    let granted = match answer {
+        Ok(_) => true,
+        Err(status) => status.code() == tonic::Code::OutOfRange && status.message().ends_with(FUTURE_REVISION),
+    };
+    crate::metrics::permit_asked(granted);
+    granted
 }
 
 /// Learns the cluster's current revision for linearizable cached reads: one read of one key
