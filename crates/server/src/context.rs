@@ -141,6 +141,12 @@ impl CallContext {
         self.metadata().into_iter().filter(|(key, _)| *key != "hasleader").collect()
     }
 
+    /// The same call without the client's credentials (`hasleader` kept).
+    pub fn without_credentials(&self) -> CallContext {
+        let forwarded = self.forwarded.iter().filter(|(key, _)| *key == "hasleader").cloned().collect();
+        CallContext { forwarded, ..self.clone() }
+    }
+
     /// All the metadata this call passes on to etcd.
     pub fn metadata(&self) -> Vec<(&'static str, Vec<u8>)> {
         self.forwarded.iter().map(|(key, value)| (*key, value.as_bytes().to_vec())).collect()

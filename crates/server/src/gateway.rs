@@ -98,6 +98,13 @@ impl Gateway {
     }
 
     async fn answer<R: UnaryRpc>(&self, ctx: &CallContext, message: R::Req, ask_cache: bool) -> Result<R::Resp, Status> {
+        let without_credentials;
+        let ctx = if R::SENDS_CREDENTIALS {
+            ctx
+        } else {
+            without_credentials = ctx.without_credentials();
+            &without_credentials
+        };
         if let Some(refusal) = R::refused(&message).or_else(|| crate::guard::held_back(R::NAME, &message)) {
             let refused = Err(refusal);
             crate::metrics::request_done(R::NAME, &refused);

@@ -1,9 +1,9 @@
 //! etcdgate's own login to etcd (`--user`): the token the watch cache's feeds, barrier reads
 //! and continuity checks send while etcd's auth is on. It is got by `Authenticate` when first
 //! needed and got again when etcd refuses it (a simple token expires after `--auth-token-ttl`
-//! of disuse, goes when its user's password changes and is lost when a member restarts; a
-//! JWT expires at its `exp` and is refused as old after any auth change), at most once per
-//! [`RELOGIN_PAUSE`] (etcd spends a password hash on every login).
+//! of disuse, goes when its user's password changes and, on etcd 3.5.1, when a member
+//! restarts; a JWT expires at its `exp` and is refused as old after any auth change), at
+//! most once per [`RELOGIN_PAUSE`] (etcd spends a password hash on every login).
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};

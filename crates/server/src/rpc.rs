@@ -42,6 +42,11 @@ pub trait UnaryRpc: Send + Sync + 'static {
     const TIMING: Timing;
     /// Whether identical concurrent calls share one call to etcd (see [`crate::shared_calls`]).
     const SHARED: bool = false;
+    /// Whether the client's credentials (`token`, `authorization`) go to etcd with the call.
+    /// Not with `Authenticate`, which needs none: etcd 3.5 ignores them, and 3.4 refuses a
+    /// login carrying a token that went bad, so a client that logs in again with its old
+    /// token, as lua-resty-etcd does, would never get a new one.
+    const SENDS_CREDENTIALS: bool = true;
     /// The answer's `header.revision`, if it has one (etcd 3.4 leaves it out of some answers,
     /// e.g. MemberList's).
     fn header_revision(response: &Self::Resp) -> Option<i64>;
@@ -133,7 +138,7 @@ macro_rules! cached_range {
 macro_rules! unary_rpcs {
     (@timing) => { Timing::Measured };
     (@timing $timing:ident) => { Timing::$timing };
-    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, current: $current:path)? $(, wrote: $wrote:path)? $(, revokes: $revokes:path)? $(, cache: $cached:ident)? $(, timing: $timing:ident)? $(, refuse: $refuse:path)?$(, shared: $shared:literal)?;)*) => {$(
+    ($($name:ident: $client:ident.$method:ident($req:ty) -> $resp:ty, $policy:ident, $route:ident $(, current: $current:path)? $(, wrote: $wrote:path)? $(, revokes: $revokes:path)? $(, cache: $cached:ident)? $(, timing: $timing:ident)? $(, refuse: $refuse:path)?$(, shared: $shared:literal)?$(, credentials: $credentials:literal)?;)*) => {$(
         #[doc = concat!("`", stringify!($name), "`")]
         pub struct $name;
         impl UnaryRpc for $name {
@@ -144,6 +149,7 @@ macro_rules! unary_rpcs {
             const ROUTE: Route = Route::$route;
             const TIMING: Timing = unary_rpcs!(@timing $($timing)?);
             $(const SHARED: bool = $shared;)?
+            $(const SENDS_CREDENTIALS: bool = $credentials;)?
             fn header_revision(response: &$resp) -> Option<i64> {
                 response.header.as_ref().map(|header| header.revision).filter(|revision| *revision > 0)
             }
@@ -196,7 +202,7 @@ unary_rpcs! {
     AuthEnable: AuthClient.auth_enable(AuthEnableRequest) -> AuthEnableResponse, Write, Balanced;
     AuthDisable: AuthClient.auth_disable(AuthDisableRequest) -> AuthDisableResponse, Write, Balanced;
     AuthStatus: AuthClient.auth_status(AuthStatusRequest) -> AuthStatusResponse, Read, Balanced;
-    Authenticate: AuthClient.authenticate(AuthenticateRequest) -> AuthenticateResponse, Read, Balanced, timing: Unmeasured, shared: true;
+    Authenticate: AuthClient.authenticate(AuthenticateRequest) -> AuthenticateResponse, Read, Balanced, timing: Unmeasured, shared: true, credentials: false;
     UserAdd: AuthClient.user_add(AuthUserAddRequest) -> AuthUserAddResponse, Write, Balanced;
     UserGet: AuthClient.user_get(AuthUserGetRequest) -> AuthUserGetResponse, Read, Balanced;
     UserList: AuthClient.user_list(AuthUserListRequest) -> AuthUserListResponse, Read, Balanced;

@@ -1,12 +1,14 @@
 //! Identical concurrent calls of an RPC etcd makes costly on purpose, answered by one call to
 //! etcd: `Authenticate`, on which etcd spends a bcrypt hash of the password (~80 ms of CPU on
 //! a 2-core host). APISIX's workers and other clients of one user log in together — at start,
-//! and again all at once when every token goes bad (a member restart loses simple tokens; any
-//! auth change makes JWT tokens "old") — and without this, N of them cost etcd N hashes,
-//! starving its other clients and its raft heartbeats for seconds.
+//! every 3 minutes after (lua-resty-etcd renews its token on a timer), and all at once when
+//! every token goes bad (a restart of etcd 3.5.1 loses simple tokens; any auth change makes
+//! JWT tokens "old") — and without this, N of them cost etcd N hashes, starving its other
+//! clients and its raft heartbeats for seconds.
 //!
 //! A call joins the one in flight with the same RPC, the same request bytes (same user, same
-//! password) and the same metadata, and gets the same answer: the same token, which is what
+//! password) and the same metadata (a login's own token is not part of it: see
+//! `UnaryRpc::SENDS_CREDENTIALS`), and gets the same answer: the same token, which is what
 //! each would have got, valid for the same user under the same auth revision. Nothing is kept
 //! once etcd has answered: a call made after that makes a call of its own, so a token that
 //! went bad is never handed out again, and a wrong password is checked by etcd every time.

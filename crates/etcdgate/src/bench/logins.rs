@@ -1,6 +1,7 @@
 //! `etcdgate bench logins`: an Authenticate storm. Every APISIX instance (each nginx worker) logs in with the same user
-//! and password at start and whenever every token became invalid (a member restart loses simple tokens; any auth change
-//! makes JWT tokens old), and etcd spends a bcrypt hash on each login.
+//! and password at start, every 3 minutes after (lua-resty-etcd renews on a timer) and whenever every token became invalid
+//! (a restart of etcd 3.5.1 loses simple tokens; any auth change makes JWT tokens old), and etcd spends a bcrypt hash on
+//! each login.
 //!
 //! This module owns that run: one cluster with auth on (user `app` reading `/apisix`, `root`), the targets (direct, etcd
 //! gateway, grpc-proxy, etcdgate as a child process with `--user root`), and per transport and target `rounds` rounds:
