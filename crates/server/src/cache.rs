@@ -9,9 +9,8 @@
 //!   whose verdict holds for [`PERMIT_AGE`] (a member behind on auth changes answers as
 //!   stale), for a linearizable read a linearizable one sent after the read arrived, beside
 //!   its barrier read (etcd checks its own linearizable Ranges against the cluster's current
-//!   auth state). A client
-//!   etcd refuses is forwarded and gets etcd's own error. While auth is on, the feeds and
-//!   barrier reads need that login.
+//!   auth state). A client etcd refuses is forwarded and gets etcd's own error. While auth
+//!   is on, the feeds and barrier reads need that login.
 //! - A Range wholly inside a cached prefix, at the current revision, is answered from the
 //!   hub: a serializable one once the hub has reached what the client's connection has seen
 //!   and every write into the prefix acknowledged through etcdgate (puts, deletes, txns,

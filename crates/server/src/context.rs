@@ -87,6 +87,12 @@ pub struct CallContext {
     pub seen: SeenRevision,
 }
 
+/// Whether forwarded metadata `key` carries the client's credentials (`token`,
+/// `authorization`), rather than `hasleader`.
+fn is_credential(key: &str) -> bool {
+    key != "hasleader"
+}
+
 fn seen_revision(extensions: &Extensions) -> SeenRevision {
     extensions.get::<SeenRevision>().cloned().unwrap_or_default()
 }
@@ -132,18 +138,18 @@ impl CallContext {
 
     /// Whether the client sent a token (it then gets etcd's own permission checks).
     pub fn has_credentials(&self) -> bool {
-        self.forwarded.iter().any(|(key, _)| *key != "hasleader")
+        self.forwarded.iter().any(|(key, _)| is_credential(key))
     }
 
     /// The client's credentials as sent (empty without any): what etcd's permission checks
     /// look at.
     pub fn credentials(&self) -> Vec<(&'static str, Vec<u8>)> {
-        self.metadata().into_iter().filter(|(key, _)| *key != "hasleader").collect()
+        self.metadata().into_iter().filter(|(key, _)| is_credential(key)).collect()
     }
 
     /// The same call without the client's credentials (`hasleader` kept).
     pub fn without_credentials(&self) -> CallContext {
-        let forwarded = self.forwarded.iter().filter(|(key, _)| *key == "hasleader").cloned().collect();
+        let forwarded = self.forwarded.iter().filter(|(key, _)| !is_credential(key)).cloned().collect();
         CallContext { forwarded, ..self.clone() }
     }
 

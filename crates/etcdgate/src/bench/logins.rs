@@ -21,7 +21,7 @@ use clap::{Args, ValueEnum};
 use etcdgate_proto::authpb::{permission::Type as PermissionType, Permission};
 use etcdgate_proto::etcdserverpb::{auth_client::AuthClient, kv_client::KvClient, AuthenticateRequest, PutRequest, RangeRequest};
 use etcdgate_testkit::workload::error_chain;
-use etcdgate_testkit::{Cluster, EtcdVersion, ProxyProcess};
+use etcdgate_testkit::{Cluster, EtcdVersion};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -37,7 +37,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::gate::EtcdgateProcess;
 use super::report::TargetKind;
 use super::watchers::{ms, observe};
-use super::{add_users_and_enable_auth, login, parse_env, parse_version, password, CpuSample, CpuTotals, Target};
+use super::{add_users_and_enable_auth, login, parse_env, parse_version, password, start_etcd_proxies, CpuSample, CpuTotals, Target};
 
 /// The user every client logs in as (APISIX's `deployment.etcd.user`), allowed to read `/apisix`.
 const APP_USER: &str = "app";
@@ -172,16 +172,7 @@ pub async fn run(args: LoginsArgs) -> anyhow::Result<()> {
     kv.put(PutRequest { key: PROBE_KEY.to_vec(), value: b"{}".to_vec(), ..Default::default() }).await.context("preload")?;
 
     let wanted = |kind: TargetKind| args.targets.contains(&kind);
-    let etcd_gateway = if wanted(TargetKind::EtcdGateway) {
-        Some(ProxyProcess::etcd_gateway(version, &urls).context("starting etcd gateway")?)
-    } else {
-        None
-    };
-    let grpc_proxy = if wanted(TargetKind::GrpcProxy) {
-        Some(ProxyProcess::grpc_proxy(version, &urls).context("starting etcd grpc-proxy")?)
-    } else {
-        None
-    };
+    let (etcd_gateway, grpc_proxy) = start_etcd_proxies(version, &urls, wanted)?;
     // After etcd's proxies (their readiness checks carry no credentials), before etcdgate (which logs in).
     let read_apisix =
         Permission { perm_type: PermissionType::Read as i32, key: b"/apisix".to_vec(), range_end: b"/apisiy".to_vec() };

@@ -168,16 +168,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     eprintln!("bench: preloaded {PRELOAD_KEYS} keys of {} bytes; starting proxies ...", args.value_size);
     let wanted = |kind: TargetKind| args.targets.is_empty() || args.targets.contains(&kind);
-    let etcd_gateway = if wanted(TargetKind::EtcdGateway) {
-        Some(ProxyProcess::etcd_gateway(version, &member_urls).context("starting etcd gateway")?)
-    } else {
-        None
-    };
-    let grpc_proxy = if wanted(TargetKind::GrpcProxy) {
-        Some(ProxyProcess::grpc_proxy(version, &member_urls).context("starting etcd grpc-proxy")?)
-    } else {
-        None
-    };
+    let (etcd_gateway, grpc_proxy) = start_etcd_proxies(version, &member_urls, wanted)?;
     // After etcd's proxies: their readiness checks (`/health`) carry no credentials.
     if args.auth {
         keys.token = Some(enable_auth(&member_urls[0]).await.context("turning auth on")?);
@@ -345,6 +336,26 @@ async fn preload_apisix(urls: &[String]) -> anyhow::Result<()> {
         kv.put(PutRequest { key, value: value.clone(), ..Default::default() }).await?;
     }
     Ok(())
+}
+
+/// etcd's own proxies in front of `urls`, each started if `wanted`: `etcd gateway` and
+/// `etcd grpc-proxy`.
+fn start_etcd_proxies(
+    version: EtcdVersion,
+    urls: &[String],
+    wanted: impl Fn(TargetKind) -> bool,
+) -> anyhow::Result<(Option<ProxyProcess>, Option<ProxyProcess>)> {
+    let etcd_gateway = if wanted(TargetKind::EtcdGateway) {
+        Some(ProxyProcess::etcd_gateway(version, urls).context("starting etcd gateway")?)
+    } else {
+        None
+    };
+    let grpc_proxy = if wanted(TargetKind::GrpcProxy) {
+        Some(ProxyProcess::grpc_proxy(version, urls).context("starting etcd grpc-proxy")?)
+    } else {
+        None
+    };
+    Ok((etcd_gateway, grpc_proxy))
 }
 
 /// Turns etcd's auth on: `root`, `bench` (reads and writes under `/`) and `etcdgate`
