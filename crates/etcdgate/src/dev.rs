@@ -87,6 +87,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     println!("etcd members:  {}", cluster.endpoints());
     println!("etcdgate:      {url}  (gRPC and HTTP/JSON)");
+    println!("console:       {url}/console");
     println!();
     println!("try:");
     println!("  ETCDCTL_API=3 etcdctl --endpoints={url} get /apisix/routes --prefix");

@@ -2,8 +2,11 @@
 //! a local 3-member cluster with the gateway in front and APISIX-shaped sample data, `bench`
 //! measures it against etcd and etcd's own proxies. Argument parsing and wiring only.
 
+mod backup;
 mod bench;
+mod cluster_args;
 mod dev;
+mod inspect;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -21,22 +24,36 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Start a local 3-member etcd cluster with etcdgate in front and sample APISIX data.
     Dev(dev::DevArgs),
+    /// Look at the etcd cluster: members, leader, lag, db size against quota, alarms, and
+    /// whether the members hold the same data (exit status 0 fine, 1 warning, 2 critical).
+    Inspect(inspect::InspectArgs),
+    /// Verified backups: take one now, check a snapshot file, list a backup directory.
+    Backup(backup::BackupArgs),
     /// Measure etcdgate against direct etcd and etcd's own proxies (`bench failover`: member
     /// failures).
     Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
+    let command = Cli::parse().command;
+    // A one-shot command's output is its report; the member pool's state changes are noise there.
+    let default_filter = if matches!(command, Command::Inspect(_) | Command::Backup(_)) { "warn" } else { "etcdgate=info,warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "etcdgate=info,warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match command {
         // Builds its own runtimes, one per worker thread.
         Command::Serve(args) => serve::run(args),
         Command::Dev(args) => tokio::runtime::Runtime::new()?.block_on(dev::run(args)),
+        Command::Inspect(args) => {
+            let status = tokio::runtime::Runtime::new()?.block_on(inspect::run(args))?;
+            std::process::exit(status)
+        }
+        Command::Backup(args) => {
+            let status = tokio::runtime::Runtime::new()?.block_on(backup::run(args))?;
+            std::process::exit(status)
+        }
         Command::Bench(args) => tokio::runtime::Runtime::new()?.block_on(bench::run(args)),
     }
 }

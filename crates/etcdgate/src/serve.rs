@@ -15,14 +15,23 @@ use anyhow::Context;
 use clap::Parser;
 use etcdgate_cache::HistoryLimits;
 use etcdgate_server::{tls_server_config, CacheConfig, Caches, Gateway, ServerConfig, ServerTlsFiles};
-use etcdgate_upstream::{MemberTls, Pool, PoolOptions, TlsFiles};
+use etcdgate_console::inspect::InspectOptions;
+use etcdgate_console::backup::BackupOptions;
+use etcdgate_console::web::{BackupSchedule, Console};
+use etcdgate_upstream::login::Login;
+use etcdgate_upstream::{Pool, PoolOptions};
+
+use crate::cluster_args::ClusterArgs;
 use tokio::net::TcpListener;
+
+/// A snapshot that has not arrived whole after this long is given up (etcd streams a few
+/// hundred MiB/s; the default quota is 2 GiB, the largest 8 GiB).
+pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Parser, Clone, Debug)]
 pub struct ServeArgs {
-    /// etcd client URLs to start from, comma-separated (`http://127.0.0.1:2379,...`).
-    #[arg(long, env = "ETCDGATE_ENDPOINTS", value_delimiter = ',', required = true)]
-    pub endpoints: Vec<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Address to serve gRPC and HTTP/JSON on.
     #[arg(long, env = "ETCDGATE_LISTEN_ADDR", default_value = "127.0.0.1:23790")]
     pub listen_addr: SocketAddr,
@@ -65,14 +74,23 @@ pub struct ServeArgs {
     /// Bytes of events each cached prefix's history keeps at most.
     #[arg(long, default_value_t = HistoryLimits::default().max_bytes)]
     pub cache_history_bytes: usize,
-    /// etcdgate's own etcd user, `name[:password]` (as etcdctl's --user), with read access to
-    /// the cached prefixes: the cache follows them with it while etcd's auth is on. Clients
-    /// are still served only what etcd lets their own credentials read.
-    #[arg(long, env = "ETCDGATE_USER")]
-    pub user: Option<String>,
-    /// The password of --user (if --user has none).
-    #[arg(long, env = "ETCDGATE_PASSWORD", requires = "user")]
-    pub password: Option<String>,
+    /// Serve no operations console (`/console`) and take no inspections.
+    #[arg(long)]
+    pub no_console: bool,
+    /// Seconds between the console's inspections of the cluster (each has every member hash
+    /// its database: HashKV).
+    #[arg(long, default_value_t = 60)]
+    pub inspect_interval: u64,
+    /// Take a verified snapshot of etcd into this directory every --backup-interval (kept only
+    /// once its checksum, pages and data hash check out; see the README's Backups).
+    #[arg(long, env = "ETCDGATE_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Seconds between backups (counted from the newest one kept).
+    #[arg(long, default_value_t = 3600)]
+    pub backup_interval: u64,
+    /// How many verified backups to keep.
+    #[arg(long, default_value_t = 24)]
+    pub backup_keep: usize,
     /// TLS on etcdgate's port (as etcd's --cert-file): PEM certificate it presents to clients.
     #[arg(long, env = "ETCDGATE_CERT_FILE", requires = "key_file")]
     pub cert_file: Option<PathBuf>,
@@ -87,19 +105,6 @@ pub struct ServeArgs {
     /// certificate signed by --trusted-ca-file.
     #[arg(long, requires_all = ["trusted_ca_file", "cert_file"])]
     pub client_cert_auth: bool,
-    /// TLS to members: PEM bundle of the CAs that signed their certificates (default: the
-    /// system's). TLS is used for `https://` endpoints and member URLs.
-    #[arg(long, env = "ETCDGATE_CACERT")]
-    pub cacert: Option<PathBuf>,
-    /// TLS to members: PEM certificate etcdgate presents (for etcd's --client-cert-auth).
-    #[arg(long, env = "ETCDGATE_CERT", requires = "key")]
-    pub cert: Option<PathBuf>,
-    /// TLS to members: PEM private key of --cert.
-    #[arg(long, env = "ETCDGATE_KEY", requires = "cert")]
-    pub key: Option<PathBuf>,
-    /// TLS to members: accept any certificate they present (encrypted, but not verified).
-    #[arg(long)]
-    pub insecure_skip_tls_verify: bool,
 }
 
 impl ServeArgs {
@@ -111,32 +116,43 @@ impl ServeArgs {
             }
             _ => None,
         };
-        Ok(ServerConfig { max_request_bytes: self.max_request_bytes, http_body_timeout: Duration::from_secs(self.http_body_timeout), tls })
+        Ok(ServerConfig {
+            max_request_bytes: self.max_request_bytes,
+            http_body_timeout: Duration::from_secs(self.http_body_timeout),
+            tls,
+            extra_routes: None,
+        })
     }
 
-    fn cache_config(&self) -> anyhow::Result<Option<CacheConfig>> {
-        let login = self.login()?;
-        Ok((!self.no_cache).then(|| CacheConfig {
+    fn cache_config(&self, login: &Option<Arc<Login>>) -> Option<CacheConfig> {
+        (!self.no_cache).then(|| CacheConfig {
             prefixes: self.cache_prefixes.iter().map(|p| p.as_bytes().to_vec()).collect(),
             limits: HistoryLimits { max_events: self.cache_history_events.max(1), max_bytes: self.cache_history_bytes.max(1) },
             max_request_bytes: self.max_request_bytes,
-            login,
-        }))
+            login: login.clone(),
+        })
     }
 
-    /// User name and password from --user and --password.
-    fn login(&self) -> anyhow::Result<Option<(String, String)>> {
-        let Some(user) = &self.user else { return Ok(None) };
-        let (name, password) = match (user.split_once(':'), &self.password) {
-            (Some(_), Some(_)) => anyhow::bail!("--user has a password (name:password) and --password gives another"),
-            (Some((name, password)), None) => (name, password.to_string()),
-            (None, Some(password)) => (user.as_str(), password.clone()),
-            (None, None) => anyhow::bail!("--user {user} needs a password: --user {user}:PASSWORD or --password"),
-        };
-        if name.is_empty() {
-            anyhow::bail!("--user needs a user name");
+    /// etcdgate's own login to etcd (`--user`), shared by the cache and the console.
+    fn login(&self) -> anyhow::Result<Option<Arc<Login>>> {
+        Ok(self.cluster.login()?.map(|(name, password)| Arc::new(Login::new(name, password))))
+    }
+
+    /// The console on the current runtime (the pool's), inspecting every --inspect-interval and
+    /// taking backups if --backup-dir is given.
+    fn console(&self, pool: &Arc<Pool>, login: &Option<Arc<Login>>) -> Option<Arc<Console>> {
+        if self.no_console {
+            return None;
         }
-        Ok(Some((name.to_string(), password)))
+        let options = InspectOptions { lag_threshold: self.lag_threshold, ..InspectOptions::default() };
+        let backups = self.backup_dir.as_ref().map(|dir| BackupSchedule {
+            options: BackupOptions { dir: dir.clone(), keep: self.backup_keep.max(1), timeout: BACKUP_TIMEOUT },
+            interval: Duration::from_secs(self.backup_interval.max(1)),
+        });
+        let console = Console::new(pool.clone(), login.clone(), options, backups);
+        console.start(Duration::from_secs(self.inspect_interval.max(1)));
+        etcdgate_server::add_metrics(etcdgate_console::metrics::register);
+        Some(console)
     }
 
     /// The gateway of one worker.
@@ -147,24 +163,6 @@ impl ServeArgs {
         })
     }
 
-    /// TLS to members, if a TLS file is given or an endpoint is `https://`.
-    fn member_tls(&self) -> anyhow::Result<Option<MemberTls>> {
-        let files = TlsFiles {
-            ca: self.cacert.clone(),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-            insecure_skip_verify: self.insecure_skip_tls_verify,
-        };
-        let wanted = files.ca.is_some()
-            || files.cert.is_some()
-            || files.insecure_skip_verify
-            || self.endpoints.iter().any(|e| e.trim().starts_with("https://"));
-        if !wanted {
-            return Ok(None);
-        }
-        MemberTls::from_files(&files).map(Some).map_err(anyhow::Error::msg)
-    }
-
     fn pool(&self) -> anyhow::Result<Pool> {
         let options = PoolOptions {
             probe_interval: Duration::from_millis(self.probe_interval_ms.max(1)),
@@ -172,10 +170,9 @@ impl ServeArgs {
             member_sync_interval: Duration::from_secs(self.member_sync_interval.max(1)),
             lag_threshold: self.lag_threshold,
             retry_budget: Duration::from_millis(self.retry_budget_ms),
-            tls: self.member_tls()?,
             ..PoolOptions::default()
         };
-        Pool::new(&self.endpoints, options).map_err(anyhow::Error::msg)
+        self.cluster.pool(options)
     }
 }
 
@@ -186,8 +183,11 @@ pub async fn serve_on(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let pool = Arc::new(args.pool()?);
-    let caches = args.cache_config()?.map(|config| Caches::start(pool.clone(), &config));
-    etcdgate_server::serve(listener, args.gateway(pool, &caches), args.server_config()?, shutdown).await?;
+    let login = args.login()?;
+    let caches = args.cache_config(&login).map(|config| Caches::start(pool.clone(), &config));
+    let console = args.console(&pool, &login);
+    let config = ServerConfig { extra_routes: console.map(etcdgate_console::web::routes), ..args.server_config()? };
+    etcdgate_server::serve(listener, args.gateway(pool, &caches), config, shutdown).await?;
     Ok(())
 }
 
@@ -218,12 +218,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         listeners.push(reuseport_listener(addr)?);
     }
 
-    let config = args.server_config()?;
     let runtime = worker_runtime()?;
     let pool = Arc::new(runtime.block_on(async { args.pool() })?);
-    // The cache's feeds run on this (the first worker's) runtime.
-    let cache_config = args.cache_config()?;
+    // The cache's feeds and the console's inspections run on this (the first worker's) runtime.
+    let login = args.login()?;
+    let cache_config = args.cache_config(&login);
     let caches = runtime.block_on(async { cache_config.map(|config| Caches::start(pool.clone(), &config)) });
+    let console = runtime.block_on(async { args.console(&pool, &login) });
+    let config = ServerConfig { extra_routes: console.map(etcdgate_console::web::routes), ..args.server_config()? };
     let gateway = args.gateway(pool.clone(), &caches);
     let (stop, stopped) = tokio::sync::watch::channel(());
     let mut workers = Vec::new();
@@ -246,7 +248,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     drop(stopped);
 
-    tracing::info!(listen = %addr, tls = config.tls.is_some(), endpoints = ?args.endpoints, threads, "etcdgate serving gRPC and HTTP/JSON");
+    tracing::info!(listen = %addr, tls = config.tls.is_some(), endpoints = ?args.cluster.endpoints, threads, "etcdgate serving gRPC and HTTP/JSON");
     let served = runtime.block_on(async {
         let listener = TcpListener::from_std(listeners.remove(0))?;
         etcdgate_server::serve(listener, gateway, config, async {

@@ -3,7 +3,7 @@
 //!
 //! - Auth: a client is served only what etcd would let it read. While etcd's auth is off
 //!   (a read without credentials answered within [`PERMIT_AGE`]) that is everything; with
-//!   credentials, or with etcdgate's own login (`--user`, see [`crate::login`]), etcd is
+//!   credentials, or with etcdgate's own login (`--user`, see `etcdgate_upstream::login`), etcd is
 //!   asked with the client's credentials for the hub's whole range, or else for the range
 //!   asked for (see [`may_read`]): for serializable reads and watches a serializable question
 //!   whose verdict holds for [`PERMIT_AGE`] (a member behind on auth changes answers as
@@ -62,7 +62,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::context::CallContext;
-use crate::login::{refused_for_auth, token_refused, Login};
+use etcdgate_upstream::login::{refused_for_auth, token_refused, Login};
 use crate::resume::Stalled;
 use crate::watch::{is_progress_answer, progress_request};
 
@@ -114,8 +114,8 @@ pub struct CacheConfig {
     /// The request size limit, above which responses of watches asking for `fragment` are
     /// split (as etcd does with its `--max-request-bytes`).
     pub max_request_bytes: usize,
-    /// etcdgate's own user name and password, to follow the prefixes while etcd's auth is on.
-    pub login: Option<(String, String)>,
+    /// etcdgate's own login (`--user`), to follow the prefixes while etcd's auth is on.
+    pub login: Option<Arc<Login>>,
 }
 
 /// The cached prefixes, shared by every worker.
@@ -142,7 +142,7 @@ impl Caches {
     pub fn start(pool: Arc<Pool>, config: &CacheConfig) -> Arc<Caches> {
         let hubs: Vec<Arc<Hub>> = config.prefixes.iter().map(|p| Arc::new(Hub::new(KeyRange::prefix(p), config.limits))).collect();
         let barrier_key = hubs.first().map(|h| h.keys().request_key()).unwrap_or_else(|| vec![0]);
-        let login = config.login.as_ref().map(|(name, password)| Arc::new(Login::new(name, password)));
+        let login = config.login.clone();
         let barrier = Arc::new(Barrier::new(barrier_key, login.clone()));
         let doubt = Arc::new(Notify::new());
         let refused: Vec<Arc<AtomicBool>> = hubs.iter().map(|_| Arc::default()).collect();

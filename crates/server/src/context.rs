@@ -130,7 +130,7 @@ impl CallContext {
         }
     }
 
-    /// An internal call's context, sending etcdgate's own `token` (see `crate::login`).
+    /// An internal call's context, sending etcdgate's own `token` (see `etcdgate_upstream::login`).
     pub fn with_token(token: Option<&str>) -> CallContext {
         let forwarded = token.and_then(|token| token.parse().ok()).map(|value| vec![("token", value)]).unwrap_or_default();
         CallContext { forwarded, ..CallContext::default() }

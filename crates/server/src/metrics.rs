@@ -1,7 +1,7 @@
 //! Prometheus metrics of the serving side (requests per RPC and outcome, client streams moved
 //! between members, reads asked again because they came from behind the client) and the `/metrics` endpoint, which also carries the member pool's.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue};
@@ -158,6 +158,14 @@ pub fn stream_moved(stream: &'static str) {
     metrics().stream_moves.get_or_create(&StreamLabels { stream }).inc();
 }
 
+/// Other crates' metrics (the console's), added to `/metrics` when it is first served.
+static MORE_METRICS: Mutex<Vec<fn(&mut Registry)>> = Mutex::new(Vec::new());
+
+/// Serves the metrics `register` adds beside etcdgate's own; call before serving.
+pub fn add_metrics(register: fn(&mut Registry)) {
+    MORE_METRICS.lock().unwrap_or_else(PoisonError::into_inner).push(register);
+}
+
 fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(|| {
@@ -203,6 +211,9 @@ fn registry() -> &'static Registry {
         registry.register("etcdgate_cache_barrier_rounds", "Reads of etcd's revision for linearizable cached reads (each serves every read waiting)", metrics.barrier_rounds.clone());
         registry.register("etcdgate_cache_held", "What each cached prefix holds (keys, history events and bytes, history's oldest and newest revision)", metrics.history.clone());
         etcdgate_upstream::metrics::register(&mut registry);
+        for register in MORE_METRICS.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            register(&mut registry);
+        }
         registry
     })
 }

@@ -49,11 +49,13 @@ pub struct ServerConfig {
     pub http_body_timeout: Duration,
     /// TLS on the listener; `None`: plain.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Routes served beside etcd's (the operations console).
+    pub extra_routes: Option<axum::Router>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_request_bytes: 1536 * 1024, http_body_timeout: Duration::from_secs(10), tls: None }
+        ServerConfig { max_request_bytes: 1536 * 1024, http_body_timeout: Duration::from_secs(10), tls: None, extra_routes: None }
     }
 }
 
@@ -75,6 +77,7 @@ pub async fn serve(
     let app = crate::grpc::routes(gateway.clone(), max_grpc_message)
         .into_axum_router()
         .merge(http::router(gateway, errors.clone(), limits))
+        .merge(config.extra_routes.unwrap_or_default())
         .fallback(fallback);
     let lean = LeanServer::new(app.clone(), errors);
     let tls = config.tls.map(TlsAcceptor::from);

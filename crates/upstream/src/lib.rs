@@ -15,12 +15,16 @@
 //! - `connection`: one HTTP/2 connection to one member;
 //! - `tls`: TLS to `https://` members (CA, client certificate and key);
 //! - `retry`: which failures may go to another member, and the pause before it;
+//! - `login`: etcdgate's own login to etcd (`--user`) and the token it sends;
+//! - `member_http`: plain HTTP GETs of members' client URLs (`/version`, `/health`, `/metrics`);
 //! - `metrics`: member states, state changes, requests and failovers for Prometheus.
 
 mod balance;
 mod connection;
 mod hedge;
 pub mod health;
+pub mod login;
+pub mod member_http;
 pub mod metrics;
 mod pool;
 mod probe;

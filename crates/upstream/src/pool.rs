@@ -656,6 +656,13 @@ impl Pool {
             .collect()
     }
 
+    /// A connection of its own to the member at client URL `url`, outside the pool's rotation
+    /// and state, with the pool's TLS settings and no keep-alive pings (inspections, which
+    /// must reach each member, whatever the pool thinks of it).
+    pub fn direct_connection(&self, url: &str) -> Result<MemberConnection, String> {
+        MemberConnection::with_options(&normalize_url(url), self.options().probe_connection())
+    }
+
     /// Reads MemberList now instead of at the next sync interval (after a membership change).
     pub fn resync_members(&self) {
         self.family().resync.notify_one();

@@ -6,70 +6,23 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use etcdgate_upstream::MemberTls;
+use etcdgate_upstream::member_http::HttpAnswer;
 use http::{header, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 
 use super::errors::json_response;
 use super::HttpState;
 
-/// HTTP/1.1 clients for members' `http://` URLs, and for their `https://` ones when TLS to
-/// members is configured.
-pub struct MemberHttpClient {
-    plain: Client<HttpConnector, Empty<Bytes>>,
-    tls: Option<Client<HttpsConnector<HttpConnector>, Empty<Bytes>>>,
-}
-
-impl MemberHttpClient {
-    pub fn new(tls: Option<&MemberTls>) -> MemberHttpClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(1)));
-        connector.set_nodelay(true);
-        let client = || Client::builder(TokioExecutor::new());
-        let tls = tls.map(|tls| {
-            let mut connector = connector.clone();
-            connector.enforce_http(false);
-            // The member connections' config, its ALPN (h2) left for the builder to set.
-            let mut config = tls.config().clone();
-            config.alpn_protocols.clear();
-            let https = HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1();
-            client().build(https.wrap_connector(connector))
-        });
-        MemberHttpClient { plain: client().build(connector), tls }
-    }
-
-    async fn get(&self, uri: http::Uri) -> Option<http::Response<hyper::body::Incoming>> {
-        match (&self.tls, uri.scheme() == Some(&http::uri::Scheme::HTTPS)) {
-            (Some(tls), true) => tls.get(uri).await.ok(),
-            (None, true) => None,
-            (_, false) => self.plain.get(uri).await.ok(),
-        }
-    }
-}
-
 /// GETs `path` from the members in turn; the first answer wins.
-pub async fn get_from_members(state: &HttpState, path: &str) -> Option<(StatusCode, Option<http::HeaderValue>, Bytes)> {
+pub async fn get_from_members(state: &HttpState, path: &str) -> Option<HttpAnswer> {
     for member in state.gateway.pool().members() {
-        let Ok(uri) = format!("{}{}", member.url(), path).parse::<http::Uri>() else { continue };
-        let attempt = async {
-            let response = state.member_http.get(uri).await?;
-            let status = response.status();
-            let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-            let body = response.into_body().collect().await.ok()?.to_bytes();
-            Some((status, content_type, body))
-        };
-        if let Ok(Some(answer)) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        if let Some(answer) = state.member_http.get(member.url(), path, Duration::from_secs(5)).await {
             return Some(answer);
         }
     }
     None
 }
 
-fn passthrough((status, content_type, body): (StatusCode, Option<http::HeaderValue>, Bytes)) -> Response {
+fn passthrough((status, content_type, body): HttpAnswer) -> Response {
     let mut response = (status, Body::from(body)).into_response();
     if let Some(content_type) = content_type {
         response.headers_mut().insert(header::CONTENT_TYPE, content_type);

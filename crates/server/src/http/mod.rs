@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use tonic::{Code, Status};
 
 use crate::context::CallContext;
+use etcdgate_upstream::member_http::MemberHttpClient;
 use crate::gateway::{Gateway, ResponseStream};
 use crate::rpc::{self, UnaryRpc};
 pub use errors::ErrorStyle;
@@ -43,13 +44,13 @@ pub struct HttpLimits {
 pub struct HttpState {
     gateway: Arc<Gateway>,
     errors: Arc<ErrorStyle>,
-    member_http: cluster::MemberHttpClient,
+    member_http: MemberHttpClient,
     limits: HttpLimits,
 }
 
 /// The JSON gateway's routes.
 pub fn router(gateway: Arc<Gateway>, errors: Arc<ErrorStyle>, limits: HttpLimits) -> Router {
-    let member_http = cluster::MemberHttpClient::new(gateway.pool().options().tls.as_ref());
+    let member_http = MemberHttpClient::new(gateway.pool().options().tls.as_ref());
     let state = Arc::new(HttpState { gateway, errors, member_http, limits });
     Router::new()
         .route("/version", get(cluster::version))

@@ -5,11 +5,11 @@
 //! restarts; a JWT expires at its `exp` and is refused as old after any auth change), at
 //! most once per [`RELOGIN_PAUSE`] (etcd spends a password hash on every login).
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use etcdgate_proto::etcdserverpb::{auth_client::AuthClient, AuthenticateRequest};
-use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
+use crate::{Pool, RetryPolicy, Target, Timing};
 use tonic::Status;
 
 /// Logins at most this often.
@@ -56,7 +56,7 @@ impl Login {
 
     /// The token to send, logging in first if that was never tried; `None` while etcd's auth
     /// is off (or the login failed: calls then get etcd's refusal, and [`Login::renew`]).
-    pub async fn token(&self, pool: &Arc<Pool>) -> Option<String> {
+    pub async fn token(&self, pool: &Pool) -> Option<String> {
         let never_tried = self.state().last_attempt.is_none();
         if never_tried {
             self.renew(pool, None).await;
@@ -66,7 +66,7 @@ impl Login {
 
     /// etcd refused a call that carried `used`: logs in again, unless another caller already
     /// got a different token meanwhile or the last attempt was under [`RELOGIN_PAUSE`] ago.
-    pub async fn renew(&self, pool: &Arc<Pool>, used: Option<&str>) {
+    pub async fn renew(&self, pool: &Pool, used: Option<&str>) {
         let _one_at_a_time = self.logging_in.lock().await;
         {
             let state = self.state();

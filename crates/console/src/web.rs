@@ -1,0 +1,183 @@
+//! The console as etcdgate serves it, beside etcd's API on the same port: `GET /console` (one
+//! page), `GET /console/api/inspect` (the latest inspection as JSON; `?fresh` asks for a new
+//! one) and `GET /console/api/backups`. Inspections run one at a time on the console's own
+//! runtime, every `interval` in the background (their figures go to `/metrics`, see
+//! [`crate::metrics`]) and on demand, at most once per [`FRESH_AT_MOST_EVERY`] however many
+//! ask. Backups, when configured, are taken on the same runtime every backup interval after
+//! the newest one kept (so a restart does not take one early).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use etcdgate_upstream::login::Login;
+use etcdgate_upstream::Pool;
+use serde::Deserialize;
+
+use crate::backup::{list_backups, take_backup, BackupOptions};
+use crate::inspect::{inspect, judge, BackupsView, InspectOptions, Inspection};
+
+/// A fresh inspection asked for within this long of the last one gets the last one: each costs
+/// every member a read of its whole database (HashKV).
+pub const FRESH_AT_MOST_EVERY: Duration = Duration::from_secs(5);
+
+const PAGE: &str = include_str!("console.html");
+
+/// A failed backup is tried again after this long (or the backup interval, if shorter).
+const BACKUP_RETRY: Duration = Duration::from_secs(60);
+
+/// Backups taken on a schedule.
+pub struct BackupSchedule {
+    pub options: BackupOptions,
+    pub interval: Duration,
+}
+
+/// The console's state: how to reach the cluster, the latest inspection, the backups.
+pub struct Console {
+    pool: Arc<Pool>,
+    login: Option<Arc<Login>>,
+    options: InspectOptions,
+    backups: Option<BackupSchedule>,
+    /// The latest backup attempt's failure.
+    backup_error: Mutex<Option<String>>,
+    /// Where inspections run: the runtime the pool was made on (its connections live there).
+    runtime: tokio::runtime::Handle,
+    latest: Mutex<Option<(Instant, Arc<Inspection>)>>,
+    /// Held while an inspection runs.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Console {
+    /// A console for the cluster behind `pool`; must be called on the pool's runtime.
+    /// `login` is etcdgate's own (`--user`), for what etcd's auth guards (HashKV: root role).
+    pub fn new(pool: Arc<Pool>, login: Option<Arc<Login>>, options: InspectOptions, backups: Option<BackupSchedule>) -> Arc<Console> {
+        Arc::new(Console {
+            pool,
+            login,
+            options,
+            backups,
+            backup_error: Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
+            latest: Mutex::new(None),
+            running: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Inspects the cluster now and then every `interval`, and takes the scheduled backups, as
+    /// long as the console lives.
+    pub fn start(self: &Arc<Self>, interval: Duration) {
+        let console = Arc::downgrade(self);
+        self.runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(console) = console.upgrade() else { return };
+                console.inspection(Duration::ZERO).await;
+            }
+        });
+        if self.backups.is_some() {
+            let console = Arc::downgrade(self);
+            self.runtime.spawn(async move {
+                loop {
+                    let Some(wait) = console.upgrade().map(|c| c.until_next_backup()) else { return };
+                    tokio::time::sleep(wait).await;
+                    let Some(console) = console.upgrade() else { return };
+                    console.back_up().await;
+                }
+            });
+        }
+    }
+
+    /// How long until the next scheduled backup is due.
+    fn until_next_backup(&self) -> Duration {
+        let Some(schedule) = &self.backups else { return Duration::MAX };
+        if self.backup_error.lock().unwrap_or_else(PoisonError::into_inner).is_some() {
+            return BACKUP_RETRY.min(schedule.interval);
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        match list_backups(&schedule.options.dir).first() {
+            Some(latest) => (Duration::from_millis(latest.taken_at_unix_ms) + schedule.interval).saturating_sub(now),
+            None => Duration::ZERO,
+        }
+    }
+
+    /// Takes a scheduled backup now.
+    async fn back_up(&self) {
+        let Some(schedule) = &self.backups else { return };
+        let taken = take_backup(&self.pool, self.login.as_deref(), &schedule.options).await;
+        let error = match taken {
+            Ok(record) => {
+                tracing::info!(file = %record.file, revision = record.revision, keys = record.keys, verified = %record.verified, "backup taken");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, dir = %schedule.options.dir.display(), "backup failed");
+                Some(error)
+            }
+        };
+        *self.backup_error.lock().unwrap_or_else(PoisonError::into_inner) = error;
+    }
+
+    /// The backups kept, and the latest attempt's failure; `None` without a schedule.
+    pub fn backups(&self) -> Option<BackupsView> {
+        let schedule = self.backups.as_ref()?;
+        Some(BackupsView {
+            dir: schedule.options.dir.display().to_string(),
+            interval_secs: Some(schedule.interval.as_secs()),
+            kept: list_backups(&schedule.options.dir),
+            last_error: self.backup_error.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+        })
+    }
+
+    /// The latest inspection if it is younger than `max_age`, else a new one (joining the one
+    /// under way, if any).
+    pub async fn inspection(&self, max_age: Duration) -> Arc<Inspection> {
+        if let Some(latest) = self.latest_within(max_age) {
+            return latest;
+        }
+        let _running = self.running.lock().await;
+        if let Some(latest) = self.latest_within(max_age.max(FRESH_AT_MOST_EVERY)) {
+            return latest;
+        }
+        let (pool, login, options) = (self.pool.clone(), self.login.clone(), self.options.clone());
+        let taken = self.runtime.spawn(async move { inspect(&pool, login.as_deref(), &options).await }).await;
+        let mut inspection = taken.unwrap_or_default();
+        if let Some(backups) = self.backups() {
+            inspection.backups = Some(backups);
+            inspection.findings = judge(&inspection, &self.options);
+        }
+        let inspection = Arc::new(inspection);
+        crate::metrics::inspected(&inspection);
+        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), inspection.clone()));
+        inspection
+    }
+
+    fn latest_within(&self, max_age: Duration) -> Option<Arc<Inspection>> {
+        let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        latest.as_ref().filter(|(at, _)| at.elapsed() < max_age).map(|(_, inspection)| inspection.clone())
+    }
+}
+
+#[derive(Deserialize)]
+struct InspectQuery {
+    fresh: Option<String>,
+}
+
+/// The console's routes.
+pub fn routes(console: Arc<Console>) -> Router {
+    Router::new()
+        .route("/console", get(|| async { Html(PAGE) }))
+        .route("/console/api/inspect", get(inspection))
+        .route("/console/api/backups", get(|State(console): State<Arc<Console>>| async move { Json(console.backups()) }))
+        .with_state(console)
+}
+
+async fn inspection(State(console): State<Arc<Console>>, Query(query): Query<InspectQuery>) -> Response {
+    // Without `fresh`, any inspection will do; the background one keeps them recent.
+    let max_age = if query.fresh.is_some() { FRESH_AT_MOST_EVERY } else { Duration::MAX };
+    Json(console.inspection(max_age).await.as_ref().clone()).into_response()
+}

@@ -1,0 +1,112 @@
+//! The operations console as users reach it, against real etcd: `etcdgate inspect` (table,
+//! JSON, exit status), `etcdgate backup` (take, verify, list), and what `etcdgate serve` serves
+//! beside etcd's API (`/console`, its JSON API, the inspection's figures in `/metrics`,
+//! scheduled backups).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{http_get, metric, Etcdgate};
+use etcdgate_testkit::{Cluster, EtcdVersion};
+
+fn etcdgate(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_etcdgate")).args(args).output().expect("run etcdgate");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+fn inspect(endpoints: &str, extra: &[&str]) -> (i32, String) {
+    etcdgate(&[&["inspect", "--endpoints", endpoints, "--timeout", "2"], extra].concat())
+}
+
+fn body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
+
+#[tokio::test]
+async fn inspect_command_and_console_report_the_cluster() {
+    for version in EtcdVersion::all() {
+        let mut cluster = Cluster::start(version, 3).await.unwrap();
+        let endpoints = cluster.endpoints();
+
+        // `etcdgate inspect` on a healthy cluster: status 0, every member, nothing to report.
+        let (status, text) = inspect(&endpoints, &[]);
+        assert_eq!(status, 0, "{version}: {text}");
+        assert!(text.contains("no findings"), "{version}: {text}");
+        for i in 0..3 {
+            assert!(text.contains(cluster.member_name(i)), "{version}: {text}");
+        }
+        let (status, json) = inspect(&endpoints, &["--json"]);
+        let parsed: serde_json::Value = serde_json::from_str(&json).expect("inspect --json prints JSON");
+        assert_eq!((status, parsed["members"].as_array().map(Vec::len)), (0, Some(3)), "{version}: {json}");
+
+        // `etcdgate backup`: take one, verify it, list it.
+        let dir = tempfile::tempdir().unwrap();
+        let dir_arg = dir.path().to_str().unwrap();
+        let (status, taken) = etcdgate(&["backup", "take", "--endpoints", &endpoints, "--dir", dir_arg]);
+        assert_eq!(status, 0, "{version}: {taken}");
+        let taken: serde_json::Value = serde_json::from_str(&taken).expect("backup take prints its record");
+        assert!(taken["verified"].as_str().unwrap().starts_with("HashKV matched"), "{version}: {taken}");
+        let file = dir.path().join(taken["file"].as_str().unwrap());
+        let (status, verified) = etcdgate(&["backup", "verify", file.to_str().unwrap()]);
+        assert_eq!(status, 0, "{version}: {verified}");
+        assert!(verified.contains("\"checksum\": \"sha256_verified\"") && verified.contains(&format!("\"hash\": {}", taken["hash"])), "{verified}");
+        let (status, listed) = etcdgate(&["backup", "list", "--dir", dir_arg]);
+        assert_eq!((status, serde_json::from_str::<serde_json::Value>(&listed).unwrap()), (0, serde_json::json!([taken])), "{version}");
+        let damaged = dir.path().join("damaged.db");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&damaged, bytes).unwrap();
+        let (status, refused) = etcdgate(&["backup", "verify", damaged.to_str().unwrap()]);
+        assert!(status == 1 && refused.contains("sha256"), "{version}: {refused}");
+
+        // `etcdgate serve` serves the page, the inspection and its metrics, and takes backups.
+        let scheduled = tempfile::tempdir().unwrap();
+        let gateway = Etcdgate::start_with_args(
+            &endpoints,
+            &["--inspect-interval", "1", "--backup-dir", scheduled.path().to_str().unwrap(), "--backup-interval", "3600"],
+        );
+        let page = http_get(gateway.addr(), "/console");
+        assert!(page.starts_with("HTTP/1.1 200") && page.contains("text/html") && page.contains("etcdgate console"), "{page}");
+        let served = http_get(gateway.addr(), "/console/api/inspect");
+        let served: serde_json::Value = serde_json::from_str(body(&served)).expect("the console's API answers JSON");
+        assert_eq!(served["members"].as_array().map(Vec::len), Some(3), "{version}: {served}");
+        assert_eq!(served["findings"], serde_json::json!([]), "{version}: {served}");
+        let names: Vec<String> = (0..3).map(|i| cluster.member_name(i).to_string()).collect();
+        let up = |i: usize| metric(gateway.addr(), &format!("etcdgate_etcd_member_up{{member=\"{}\"}}", names[i]));
+        assert_eq!((up(0), up(1), up(2)), (Some(1), Some(1), Some(1)), "{version}");
+        assert_eq!(metric(gateway.addr(), "etcdgate_etcd_members_consistent"), Some(1), "{version}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let backups = loop {
+            let backups: serde_json::Value = serde_json::from_str(body(&http_get(gateway.addr(), "/console/api/backups"))).unwrap();
+            if backups["kept"].as_array().is_some_and(|kept| !kept.is_empty()) {
+                break backups;
+            }
+            assert!(Instant::now() < deadline, "{version}: no scheduled backup: {backups}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(backups["kept"][0]["verified"].as_str().unwrap().starts_with("HashKV matched"), "{version}: {backups}");
+        assert!(backups["last_error"].is_null(), "{version}: {backups}");
+
+        // A member killed: the command exits 1 and names it; the console and metrics follow.
+        cluster.kill(2);
+        let victim = &names[2];
+        let (status, text) = inspect(&endpoints, &[]);
+        assert_eq!(status, 1, "{version}: {text}");
+        assert!(text.contains(&format!("WARNING  {victim}: does not answer")) && text.contains("one more failure"), "{version}: {text}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let served = http_get(gateway.addr(), "/console/api/inspect?fresh=1");
+            let served: serde_json::Value = serde_json::from_str(body(&served)).expect("JSON");
+            let down = served["members"].as_array().into_iter().flatten().any(|m| m["name"] == victim.as_str() && m["status"].is_null());
+            if down && up(2) == Some(0) {
+                assert!(served["findings"].to_string().contains("one more failure"), "{version}: {served}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{version}: the console never saw {victim} down: {served}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
