@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use etcdgate_proto::etcdserverpb::{maintenance_client::MaintenanceClient, HashKvRequest, SnapshotRequest};
+use etcdgate_proto::etcdserverpb::{maintenance_client::MaintenanceClient, HashKvRequest, SnapshotRequest, StatusRequest};
 use etcdgate_upstream::login::{token_refused, Login};
 use etcdgate_upstream::Pool;
 use futures::StreamExt;
@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::snapshot::{read_snapshot, Checksum, SnapshotSummary};
+
+/// Deadline of the Status asked of the member before its snapshot.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where backups go and how many stay.
 #[derive(Clone, Debug)]
@@ -100,7 +103,15 @@ async fn backup_from(pool: &Pool, login: Option<&Login>, url: &str, options: &Ba
     let result = async {
         let connection = pool.direct_connection(url)?;
         let mut maintenance = MaintenanceClient::new(connection);
-        let (header, size) = tokio::time::timeout(options.timeout, save(pool, login, &mut maintenance, &partial))
+        // Which cluster and member: the snapshot stream's header has no IDs on etcd 3.5.1.
+        let header = tokio::time::timeout(STATUS_TIMEOUT, maintenance.status(StatusRequest {}))
+            .await
+            .map_err(|_| format!("no answer to Status within {STATUS_TIMEOUT:?}"))?
+            .map_err(|status| format!("Status failed: {}", status.message()))?
+            .into_inner()
+            .header
+            .unwrap_or_default();
+        let size = tokio::time::timeout(options.timeout, save(pool, login, &mut maintenance, &partial))
             .await
             .map_err(|_| format!("the snapshot did not arrive whole within {:?}", options.timeout))??;
         let checked = partial.clone();
@@ -147,14 +158,13 @@ async fn backup_from(pool: &Pool, login: Option<&Login>, url: &str, options: &Ba
     result
 }
 
-/// Streams the member's snapshot into `path` (fsynced); the first message's header and the
-/// bytes written.
+/// Streams the member's snapshot into `path` (fsynced); the bytes written.
 async fn save(
     pool: &Pool,
     login: Option<&Login>,
     maintenance: &mut MaintenanceClient<etcdgate_upstream::MemberConnection>,
     path: &Path,
-) -> Result<(etcdgate_proto::etcdserverpb::ResponseHeader, u64), String> {
+) -> Result<u64, String> {
     let mut stream = match maintenance.snapshot(request(pool, login, SnapshotRequest {}).await).await {
         Ok(stream) => stream.into_inner(),
         Err(status) => {
@@ -163,18 +173,14 @@ async fn save(
         }
     };
     let mut file = tokio::fs::File::create(path).await.map_err(|e| format!("creating {}: {e}", path.display()))?;
-    let mut header = None;
     let mut written = 0u64;
     while let Some(message) = stream.next().await {
         let message = message.map_err(|status| format!("the snapshot stream broke after {written} bytes: {}", status.message()))?;
-        if header.is_none() {
-            header = message.header;
-        }
         file.write_all(&message.blob).await.map_err(|e| format!("writing {}: {e}", path.display()))?;
         written += message.blob.len() as u64;
     }
     file.sync_all().await.map_err(|e| format!("syncing {}: {e}", path.display()))?;
-    Ok((header.unwrap_or_default(), written))
+    Ok(written)
 }
 
 /// The member's HashKV at the snapshot's revision must equal the snapshot's own hash, unless

@@ -16,7 +16,7 @@ use etcdgate_proto::etcdserverpb::{
 };
 use etcdgate_upstream::login::{token_refused, Login};
 use etcdgate_upstream::member_http::MemberHttpClient;
-use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
+use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing, NOT_SENT};
 
 use crate::backup::BackupRecord;
 use serde::Serialize;
@@ -183,7 +183,7 @@ impl Inspection {
         let _ = writeln!(out, "cluster {}  ({} members, inspected in {} ms)", self.cluster_id, self.members.len(), self.took_ms);
         let _ = writeln!(
             out,
-            "{:<12} {:<16} {:<8} {:<7} {:>8} {:>10} {:>12} {:>10} {:>11} {:>10}  GATEWAY",
+            "{:<12} {:<16} {:<8} {:<8} {:>8} {:>10} {:>12} {:>10} {:>11} {:>10}  GATEWAY",
             "NAME", "ID", "VERSION", "ROLE", "DB MiB", "IN USE MiB", "QUOTA USED", "APPLIED", "REVISION", "HASH"
         );
         for member in &self.members {
@@ -208,7 +208,7 @@ impl Inspection {
             let hash = member.hash.as_ref().map_or("-".into(), |h| format!("{:08x}", h.hash));
             let _ = writeln!(
                 out,
-                "{:<12} {:<16} {:<8} {:<7} {:>8} {:>10} {:>12} {:>10} {:>11} {:>10}  {}",
+                "{:<12} {:<16} {:<8} {:<8} {:>8} {:>10} {:>12} {:>10} {:>11} {:>10}  {}",
                 member.label(),
                 member.id,
                 version,
@@ -322,6 +322,7 @@ async fn list_members(pool: &Pool, options: &InspectOptions, inspection: &mut In
                     ..MemberReport::default()
                 })
                 .collect();
+            inspection.members.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
         }
         failed => {
             inspection.member_list_error = Some(match failed {
@@ -395,11 +396,11 @@ async fn status_of(pool: &Pool, url: &str, timeout: Duration) -> Result<(String,
     Ok((hex(header.member_id), status, answer.db_size_quota))
 }
 
+/// What went wrong, in etcd's words or the connection's.
 fn status_message(status: &Status) -> String {
-    if status.message().is_empty() {
-        format!("{:?}", status.code())
-    } else {
-        status.message().to_string()
+    match status.message().trim_start_matches(NOT_SENT) {
+        "" => format!("{:?}", status.code()),
+        message => message.to_string(),
     }
 }
 

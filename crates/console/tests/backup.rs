@@ -28,6 +28,8 @@ async fn backups_are_kept_only_verified_and_the_newest_stay() {
 
         let first = take_backup(&pool, None, &options).await.unwrap_or_else(|e| panic!("{version}: {e}"));
         assert_eq!(first.verified, format!("HashKV matched at revision {}", first.revision), "{version}: {first:?}");
+        let cluster_id = format!("{:x}", cluster.status(0).await.unwrap().header.unwrap().cluster_id);
+        assert!(first.file.starts_with(&format!("etcd-{cluster_id}-")) && first.cluster_id == cluster_id, "{version}: {first:?}");
         assert_eq!((first.keys, first.revision, first.compact_revision), (200, compact_at, compact_at - 50), "{version}: {first:?}");
         let summary = read_snapshot(&dir.path().join(&first.file)).unwrap();
         assert_eq!((summary.checksum, summary.hash, summary.size_bytes), (Checksum::Sha256Verified, first.hash, first.size_bytes));

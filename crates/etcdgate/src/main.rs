@@ -37,7 +37,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let command = Cli::parse().command;
     // A one-shot command's output is its report; the member pool's state changes are noise there.
-    let default_filter = if matches!(command, Command::Inspect(_) | Command::Backup(_)) { "warn" } else { "etcdgate=info,warn" };
+    let default_filter = if matches!(command, Command::Inspect(_) | Command::Backup(_)) { "error" } else { "etcdgate=info,warn" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))
         .with_writer(std::io::stderr)

@@ -32,7 +32,7 @@ mod retry;
 mod tls;
 
 pub use balance::Timing;
-pub use connection::{ConnectOptions, MemberConnection};
+pub use connection::{ConnectOptions, MemberConnection, NOT_SENT};
 pub use health::State;
 pub use pool::{Member, Pool, PoolOptions, Target, CUT_TWICE};
 pub use retry::{classify, Failure, RetryPolicy};
