@@ -11,12 +11,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etcdgate_proto::etcdserverpb::{maintenance_client::MaintenanceClient, HashKvRequest, SnapshotRequest, StatusRequest};
-use etcdgate_upstream::login::{token_refused, Login};
+use etcdgate_upstream::login::Login;
 use etcdgate_upstream::Pool;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+use crate::calls::{as_gateway, status_message, with_token};
 use crate::snapshot::{read_snapshot, Checksum, SnapshotSummary};
 
 /// Deadline of the Status asked of the member before its snapshot.
@@ -75,27 +76,6 @@ pub async fn take_backup(pool: &Pool, login: Option<&Login>, options: &BackupOpt
     Err(failures.join("; "))
 }
 
-/// A request carrying etcdgate's token, if it has one.
-async fn request<T>(pool: &Pool, login: Option<&Login>, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    let token = match login {
-        Some(login) => login.token(pool).await,
-        None => None,
-    };
-    if let Some(value) = token.and_then(|t| t.parse().ok()) {
-        request.metadata_mut().insert("token", value);
-    }
-    request
-}
-
-/// Renews etcdgate's token if etcd refused it, for the next attempt.
-async fn after_refusal(pool: &Pool, login: Option<&Login>, status: &tonic::Status) {
-    if let (Some(login), true) = (login, token_refused(status)) {
-        let used = login.token(pool).await;
-        login.renew(pool, used.as_deref()).await;
-    }
-}
-
 async fn backup_from(pool: &Pool, login: Option<&Login>, url: &str, options: &BackupOptions) -> Result<BackupRecord, String> {
     let started = Instant::now();
     let taken_at = SystemTime::now();
@@ -111,7 +91,7 @@ async fn backup_from(pool: &Pool, login: Option<&Login>, url: &str, options: &Ba
             .into_inner()
             .header
             .unwrap_or_default();
-        let size = tokio::time::timeout(options.timeout, save(pool, login, &mut maintenance, &partial))
+        let size = tokio::time::timeout(options.timeout, save(pool, login, &maintenance, &partial))
             .await
             .map_err(|_| format!("the snapshot did not arrive whole within {:?}", options.timeout))??;
         let checked = partial.clone();
@@ -125,7 +105,7 @@ async fn backup_from(pool: &Pool, login: Option<&Login>, url: &str, options: &Ba
         if summary.size_bytes != size {
             return Err(format!("wrote {size} bytes but the file has {}", summary.size_bytes));
         }
-        let verified = compare_with_member(pool, login, &mut maintenance, &summary).await?;
+        let verified = compare_with_member(pool, login, &maintenance, &summary).await?;
         let cluster_id = format!("{:x}", header.cluster_id);
         let file = format!("etcd-{cluster_id}-{}-r{}.db", utc_stamp(taken_at), summary.revision);
         let record = BackupRecord {
@@ -162,16 +142,14 @@ async fn backup_from(pool: &Pool, login: Option<&Login>, url: &str, options: &Ba
 async fn save(
     pool: &Pool,
     login: Option<&Login>,
-    maintenance: &mut MaintenanceClient<etcdgate_upstream::MemberConnection>,
+    maintenance: &MaintenanceClient<etcdgate_upstream::MemberConnection>,
     path: &Path,
 ) -> Result<u64, String> {
-    let mut stream = match maintenance.snapshot(request(pool, login, SnapshotRequest {}).await).await {
-        Ok(stream) => stream.into_inner(),
-        Err(status) => {
-            after_refusal(pool, login, &status).await;
-            return Err(format!("Snapshot refused: {}", status.message()));
-        }
-    };
+    let started = as_gateway(pool, login, |token| {
+        let mut maintenance = maintenance.clone();
+        async move { maintenance.snapshot(with_token(SnapshotRequest {}, &token)).await }
+    });
+    let mut stream = started.await.map_err(|status| format!("Snapshot refused: {}", status_message(&status)))?.into_inner();
     let mut file = tokio::fs::File::create(path).await.map_err(|e| format!("creating {}: {e}", path.display()))?;
     let mut written = 0u64;
     while let Some(message) = stream.next().await {
@@ -188,19 +166,20 @@ async fn save(
 async fn compare_with_member(
     pool: &Pool,
     login: Option<&Login>,
-    maintenance: &mut MaintenanceClient<etcdgate_upstream::MemberConnection>,
+    maintenance: &MaintenanceClient<etcdgate_upstream::MemberConnection>,
     summary: &SnapshotSummary,
 ) -> Result<String, String> {
     let revision = summary.revision;
-    let answer = match maintenance.hash_kv(request(pool, login, HashKvRequest { revision }).await).await {
+    let asked = as_gateway(pool, login, |token| {
+        let mut maintenance = maintenance.clone();
+        async move { maintenance.hash_kv(with_token(HashKvRequest { revision }, &token)).await }
+    });
+    let answer = match asked.await {
         Ok(answer) => answer.into_inner(),
         Err(status) if status.message().contains("required revision has been compacted") => {
             return Ok(format!("not compared: the member compacted past revision {revision} since"));
         }
-        Err(status) => {
-            after_refusal(pool, login, &status).await;
-            return Err(format!("HashKV at revision {revision} failed: {}", status.message()));
-        }
+        Err(status) => return Err(format!("HashKV at revision {revision} failed: {}", status_message(&status))),
     };
     if answer.compact_revision.max(0) != summary.compact_revision {
         return Ok(format!(

@@ -14,13 +14,13 @@ use etcdgate_proto::etcdserverpb::{
     alarm_request::AlarmAction, cluster_client::ClusterClient, maintenance_client::MaintenanceClient, AlarmRequest,
     AlarmType, HashKvRequest, MemberListRequest, StatusRequest, StatusResponse,
 };
-use etcdgate_upstream::login::{token_refused, Login};
+use etcdgate_upstream::login::Login;
 use etcdgate_upstream::member_http::MemberHttpClient;
-use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing, NOT_SENT};
+use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
 
 use crate::backup::BackupRecord;
+use crate::calls::{as_gateway, status_message, with_token};
 use serde::Serialize;
-use tonic::Status;
 
 /// How an inspection asks, and where its judgement draws lines.
 #[derive(Clone, Debug)]
@@ -396,14 +396,6 @@ async fn status_of(pool: &Pool, url: &str, timeout: Duration) -> Result<(String,
     Ok((hex(header.member_id), status, answer.db_size_quota))
 }
 
-/// What went wrong, in etcd's words or the connection's.
-fn status_message(status: &Status) -> String {
-    match status.message().trim_start_matches(NOT_SENT) {
-        "" => format!("{:?}", status.code()),
-        message => message.to_string(),
-    }
-}
-
 /// `etcd_server_quota_backend_bytes` from the member's `/metrics`.
 async fn quota_of(http: &MemberHttpClient, url: &str, timeout: Duration) -> Option<i64> {
     let (status, _, body) = http.get(url.trim_end_matches('/'), "/metrics", timeout).await?;
@@ -414,35 +406,6 @@ async fn quota_of(http: &MemberHttpClient, url: &str, timeout: Duration) -> Opti
     let line = text.lines().find(|line| line.starts_with("etcd_server_quota_backend_bytes "))?;
     let value: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(value as i64)
-}
-
-/// A request carrying etcdgate's token, if it has one.
-fn with_token<T>(message: T, token: &Option<String>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(value) = token.as_deref().and_then(|t| t.parse().ok()) {
-        request.metadata_mut().insert("token", value);
-    }
-    request
-}
-
-/// Runs `call` with etcdgate's token; once more with a new one if etcd refuses the token.
-async fn as_gateway<T, F, Fut>(pool: &Pool, login: Option<&Login>, call: F) -> Result<T, Status>
-where
-    F: Fn(Option<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<T, Status>>,
-{
-    let token = match login {
-        Some(login) => login.token(pool).await,
-        None => None,
-    };
-    match call(token.clone()).await {
-        Err(status) if token_refused(&status) && login.is_some() => {
-            let login = login.expect("checked");
-            login.renew(pool, token.as_deref()).await;
-            call(login.token(pool).await).await
-        }
-        result => result,
-    }
 }
 
 async fn read_alarms(pool: &Pool, login: Option<&Login>, options: &InspectOptions, inspection: &mut Inspection) {

@@ -8,12 +8,16 @@
 //!   without etcd: checks its integrity and says what it holds (revision, keys, KV hash).
 //! - [`backup`]: takes snapshots through the member pool, keeps each only once it is verified
 //!   (integrity, and its data's hash against the member's HashKV), keeps the newest ones.
+//! - [`membership`]: membership changes that cannot take the cluster down (learner first,
+//!   promote once caught up, remove only while a quorum stays).
 //! - [`web`]: the `/console` page and its JSON API, served on etcdgate's port, and the
 //!   background inspections behind them;
 //! - [`metrics`]: the latest inspection's figures for `/metrics`.
 
 pub mod backup;
+mod calls;
 pub mod inspect;
+pub mod membership;
 pub mod metrics;
 pub mod snapshot;
 pub mod web;

@@ -7,6 +7,7 @@ mod bench;
 mod cluster_args;
 mod dev;
 mod inspect;
+mod member;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,9 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Verified backups: take one now, check a snapshot file, list a backup directory.
     Backup(backup::BackupArgs),
+    /// Membership changes that cannot take the cluster down: add (as a learner), promote (once
+    /// caught up), remove (only while a quorum stays).
+    Member(member::MemberArgs),
     /// Measure etcdgate against direct etcd and etcd's own proxies (`bench failover`: member
     /// failures).
     Bench(bench::BenchArgs),
@@ -37,7 +41,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let command = Cli::parse().command;
     // A one-shot command's output is its report; the member pool's state changes are noise there.
-    let default_filter = if matches!(command, Command::Inspect(_) | Command::Backup(_)) { "error" } else { "etcdgate=info,warn" };
+    let default_filter = if matches!(command, Command::Inspect(_) | Command::Backup(_) | Command::Member(_)) { "error" } else { "etcdgate=info,warn" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))
         .with_writer(std::io::stderr)
@@ -52,6 +56,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Backup(args) => {
             let status = tokio::runtime::Runtime::new()?.block_on(backup::run(args))?;
+            std::process::exit(status)
+        }
+        Command::Member(args) => {
+            let status = tokio::runtime::Runtime::new()?.block_on(member::run(args))?;
             std::process::exit(status)
         }
         Command::Bench(args) => tokio::runtime::Runtime::new()?.block_on(bench::run(args)),
