@@ -1,5 +1,6 @@
-//! Calls the console makes as etcdgate's own etcd user (`--user`): the token attached where
-//! etcd's auth asks for one, and a new one got once when etcd refuses it.
+//! Whose credentials the console's calls carry: etcdgate's own etcd user (`--user`: the token
+//! attached where etcd's auth asks for one, and a new one got once when etcd refuses it), or
+//! the token of the person asking (the key browser reads only what they may read).
 
 use etcdgate_upstream::login::{token_refused, Login};
 use etcdgate_upstream::{Pool, NOT_SENT};
@@ -12,6 +13,27 @@ pub(crate) fn with_token<T>(message: T, token: &Option<String>) -> tonic::Reques
         request.metadata_mut().insert("token", value);
     }
     request
+}
+
+/// Whose credentials a call carries.
+#[derive(Clone, Copy, Debug)]
+pub enum Credentials<'a> {
+    /// etcdgate's own login (`--user`), if it has one.
+    Gateway(Option<&'a Login>),
+    /// A token from the person asking (as etcd's HTTP gateway takes it, `Authorization`), if any.
+    Token(Option<&'a str>),
+}
+
+/// Runs `call` with the token `credentials` give.
+pub(crate) async fn call_as<T, F, Fut>(pool: &Pool, credentials: Credentials<'_>, call: F) -> Result<T, Status>
+where
+    F: Fn(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    match credentials {
+        Credentials::Gateway(login) => as_gateway(pool, login, call).await,
+        Credentials::Token(token) => call(token.map(str::to_string)).await,
+    }
 }
 
 /// Runs `call` with etcdgate's token; once more with a new one if etcd refuses the token.

@@ -10,10 +10,14 @@
 //!   (integrity, and its data's hash against the member's HashKV), keeps the newest ones.
 //! - [`membership`]: membership changes that cannot take the cluster down (learner first,
 //!   promote once caught up, remove only while a quorum stays).
+//! - [`apisix`]: the APISIX-aware key browser: APISIX's configuration in etcd by resource
+//!   type, and what in it APISIX would skip or serve wrongly (invalid JSON, references to
+//!   nothing, shadowed routes, ...).
 //! - [`web`]: the `/console` page and its JSON API, served on etcdgate's port, and the
 //!   background inspections behind them;
 //! - [`metrics`]: the latest inspection's figures for `/metrics`.
 
+pub mod apisix;
 pub mod backup;
 mod calls;
 pub mod inspect;
@@ -21,3 +25,5 @@ pub mod membership;
 pub mod metrics;
 pub mod snapshot;
 pub mod web;
+
+pub use calls::Credentials;

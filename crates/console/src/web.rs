@@ -1,6 +1,8 @@
 //! The console as etcdgate serves it, beside etcd's API on the same port: `GET /console` (one
 //! page), `GET /console/api/inspect` (the latest inspection as JSON; `?fresh` asks for a new
-//! one) and `GET /console/api/backups`. Inspections run one at a time on the console's own
+//! one), `GET /console/api/backups` and `GET /console/api/apisix?prefix=/apisix` (the key
+//! browser: read with the asker's own token, from `Authorization` as etcd's gateway takes it,
+//! never with etcdgate's, so it shows only what they may read; one read at a time). Inspections run one at a time on the console's own
 //! runtime, every `interval` in the background (their figures go to `/metrics`, see
 //! [`crate::metrics`]) and on demand, at most once per [`FRESH_AT_MOST_EVERY`] however many
 //! ask. Backups, when configured, are taken on the same runtime every backup interval after
@@ -17,7 +19,9 @@ use etcdgate_upstream::login::Login;
 use etcdgate_upstream::Pool;
 use serde::Deserialize;
 
+use crate::apisix::{analyze, read_prefix, ApisixReport};
 use crate::backup::{list_backups, take_backup, BackupOptions};
+use crate::calls::Credentials;
 use crate::inspect::{inspect, judge, BackupsView, InspectOptions, Inspection};
 
 /// A fresh inspection asked for within this long of the last one gets the last one: each costs
@@ -48,6 +52,8 @@ pub struct Console {
     latest: Mutex<Option<(Instant, Arc<Inspection>)>>,
     /// Held while an inspection runs.
     running: tokio::sync::Mutex<()>,
+    /// Held while the key browser reads a prefix (each read may be tens of MiB).
+    browsing: tokio::sync::Mutex<()>,
 }
 
 impl Console {
@@ -63,6 +69,7 @@ impl Console {
             runtime: tokio::runtime::Handle::current(),
             latest: Mutex::new(None),
             running: tokio::sync::Mutex::new(()),
+            browsing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -160,6 +167,33 @@ impl Console {
         let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
         latest.as_ref().filter(|(at, _)| at.elapsed() < max_age).map(|(_, inspection)| inspection.clone())
     }
+
+    /// APISIX's configuration under `prefix`, read with `token` (the asker's).
+    pub async fn apisix(&self, prefix: String, token: Option<String>) -> Result<ApisixReport, String> {
+        let _one_at_a_time = self.browsing.lock().await;
+        let pool = self.pool.clone();
+        let read = self.runtime.spawn(async move {
+            let dir = format!("{}/", prefix.trim_end_matches('/'));
+            let read = read_prefix(&pool, Credentials::Token(token.as_deref()), dir.as_bytes()).await?;
+            Ok(analyze(&prefix, &read.kvs))
+        });
+        read.await.map_err(|e| format!("reading the prefix: {e}"))?
+    }
+}
+
+#[derive(Deserialize)]
+struct ApisixQuery {
+    prefix: Option<String>,
+}
+
+/// The key browser: 200 with the report, 502 with `{"error": ...}` when etcd refused or failed.
+async fn apisix(State(console): State<Arc<Console>>, Query(query): Query<ApisixQuery>, headers: http::HeaderMap) -> Response {
+    let prefix = query.prefix.filter(|p| !p.is_empty()).unwrap_or_else(|| "/apisix".to_string());
+    let token = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    match console.apisix(prefix, token).await {
+        Ok(report) => Json(report).into_response(),
+        Err(error) => (http::StatusCode::BAD_GATEWAY, Json(serde_json::json!({ "error": error }))).into_response(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -173,6 +207,7 @@ pub fn routes(console: Arc<Console>) -> Router {
         .route("/console", get(|| async { Html(PAGE) }))
         .route("/console/api/inspect", get(inspection))
         .route("/console/api/backups", get(|State(console): State<Arc<Console>>| async move { Json(console.backups()) }))
+        .route("/console/api/apisix", get(apisix))
         .with_state(console)
 }
 

@@ -78,6 +78,21 @@ async fn inspect_command_and_console_report_the_cluster() {
         let up = |i: usize| metric(gateway.addr(), &format!("etcdgate_etcd_member_up{{member=\"{}\"}}", names[i]));
         assert_eq!((up(0), up(1), up(2)), (Some(1), Some(1), Some(1)), "{version}");
         assert_eq!(metric(gateway.addr(), "etcdgate_etcd_members_consistent"), Some(1), "{version}");
+        // The key browser: APISIX's configuration, with a route whose upstream does not exist.
+        for (key, value) in [
+            ("/apisix/upstreams/1", r#"{"id":"1","type":"roundrobin","nodes":{"127.0.0.1:8080":1}}"#),
+            ("/apisix/routes/1", r#"{"id":"1","uri":"/a","upstream_id":"1"}"#),
+            ("/apisix/routes/2", r#"{"id":"2","uri":"/b","upstream_id":"9"}"#),
+        ] {
+            let out = cluster.etcdctl(&["put", key, value]);
+            assert!(out.status.success(), "{version}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let browsed = http_get(gateway.addr(), "/console/api/apisix?prefix=/apisix");
+        let browsed: serde_json::Value = serde_json::from_str(body(&browsed)).expect("the key browser answers JSON");
+        assert_eq!(browsed["totals"]["items"], 3, "{version}: {browsed}");
+        assert_eq!(browsed["totals"]["problems"]["critical"], 1, "{version}: {browsed}");
+        assert!(browsed.to_string().contains("routes/2"), "{version}: {browsed}");
+
         let deadline = Instant::now() + Duration::from_secs(30);
         let backups = loop {
             let backups: serde_json::Value = serde_json::from_str(body(&http_get(gateway.addr(), "/console/api/backups"))).unwrap();
