@@ -296,13 +296,14 @@ pub async fn inspect(pool: &Pool, login: Option<&Login>, options: &InspectOption
     inspection
 }
 
-/// The member list, read through the pool; without it, the members are the endpoints the
-/// pool knows.
+/// The member list, read through the pool (linearizable on etcd 3.5: a follower's own list
+/// may lag a change just made; 3.4 answers from the member asked); without it, the members are
+/// the endpoints the pool knows.
 async fn list_members(pool: &Pool, options: &InspectOptions, inspection: &mut Inspection) {
     let listed = tokio::time::timeout(
         options.call_timeout,
         pool.call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, |connection| async move {
-            ClusterClient::new(connection).member_list(MemberListRequest { linearizable: false }).await
+            ClusterClient::new(connection).member_list(MemberListRequest { linearizable: true }).await
         }),
     )
     .await;

@@ -14,6 +14,19 @@ async fn look(pool: &Pool) -> Inspection {
     inspect(pool, None, &InspectOptions { check_consistency: false, ..InspectOptions::default() }).await
 }
 
+/// The cluster as the members see it once `holds` (a change just made has reached the member
+/// asked: etcd 3.4 answers MemberList from any member's own view), or after 10 s as it is.
+async fn settled(pool: &Pool, holds: impl Fn(&Inspection) -> bool) -> Inspection {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let inspection = look(pool).await;
+        if holds(&inspection) || std::time::Instant::now() > deadline {
+            return inspection;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn leader_name(inspection: &Inspection) -> String {
     let leader = inspection.members.iter().find_map(|m| m.status.as_ref().map(|s| s.leader.clone())).unwrap();
     inspection.members.iter().find(|m| m.id == leader).unwrap().name.clone()
@@ -33,7 +46,7 @@ async fn membership_changes_keep_the_quorum() {
             assert!(initial_cluster.contains(&format!("{}=", cluster.member_name(i))), "{version}: {initial_cluster}");
         }
         assert!(initial_cluster.contains(&format!("late={peer}")) && added.etcd_flags.contains(&"--initial-cluster-state=existing".to_string()));
-        let listed = look(&pool).await;
+        let listed = settled(&pool, |i| i.members.iter().any(|m| m.id == added.id)).await;
         let late = listed.members.iter().find(|m| m.id == added.id).expect("added member listed");
         assert!(late.is_learner && late.name.is_empty(), "{version}: {late:?}");
         let again = add_learner(&pool, None, "later", &[format!("http://127.0.0.1:{}", free_port())]).await.unwrap_err();
@@ -41,7 +54,7 @@ async fn membership_changes_keep_the_quorum() {
         let early = promote(&pool, None, &added.id, 1000, Duration::ZERO).await.unwrap_err();
         assert!(early.contains("never started"), "{version}: {early}");
         remove(&pool, None, &added.id, false).await.unwrap_or_else(|e| panic!("{version}: {e}"));
-        assert_eq!(look(&pool).await.members.len(), 3, "{version}");
+        assert_eq!(settled(&pool, |i| i.members.len() == 3).await.members.len(), 3, "{version}");
 
         // Promote: only a learner, once it has caught up.
         let not_learner = promote(&pool, None, cluster.member_name(0), 1000, Duration::ZERO).await.unwrap_err();
@@ -50,14 +63,14 @@ async fn membership_changes_keep_the_quorum() {
         let learner_name = cluster.member_name(learner).to_string();
         let promoted = promote(&pool, None, &learner_name, 1000, Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{version}: {e}"));
         assert!(promoted.steps[0].starts_with(&format!("promoted {learner_name}")), "{version}: {promoted:?}");
-        let after = look(&pool).await;
+        let after = settled(&pool, |i| i.members.iter().all(|m| !m.is_learner)).await;
         assert!(after.members.iter().all(|m| !m.is_learner) && after.members.len() == 4, "{version}: {after:?}");
 
         // Remove the leader: it hands over first.
         let old_leader = leader_name(&after);
         let removed = remove(&pool, None, &old_leader, false).await.unwrap_or_else(|e| panic!("{version}: {e}"));
         assert!(removed.steps[0].starts_with(&format!("moved the leadership from {old_leader}")), "{version}: {removed:?}");
-        let three = look(&pool).await;
+        let three = settled(&pool, |i| i.members.len() == 3 && i.members.iter().all(|m| m.status.is_some())).await;
         assert_eq!(three.members.len(), 3, "{version}: {three:?}");
         assert_ne!(leader_name(&three), old_leader, "{version}");
 
@@ -72,7 +85,7 @@ async fn membership_changes_keep_the_quorum() {
         assert!(refused.contains("lose its quorum"), "{version}: {refused}");
         assert_eq!(look(&pool).await.members.len(), 3, "{version}: the refused removal changed nothing");
         remove(&pool, None, &dead, false).await.unwrap_or_else(|e| panic!("{version}: {e}"));
-        let two = look(&pool).await;
+        let two = settled(&pool, |i| i.members.len() == 2).await;
         assert!(two.members.len() == 2 && two.members.iter().all(|m| m.status.is_some()), "{version}: {two:?}");
     }
 }
@@ -116,7 +129,11 @@ async fn with_auth_on_promote_goes_to_the_leader_and_inspections_say_what_they_c
 
         let promoted = promote(&pool, Some(&root), &learner_name, 1000, Duration::from_secs(30)).await;
         assert!(promoted.is_ok(), "{version}: {promoted:?}");
-        assert!(look_as(&pool, &root).await.members.iter().all(|m| !m.is_learner), "{version}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while look_as(&pool, &root).await.members.iter().any(|m| m.is_learner) {
+            assert!(std::time::Instant::now() < deadline, "{version}: still a learner after its promote");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
