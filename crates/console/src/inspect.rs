@@ -297,16 +297,20 @@ pub async fn inspect(pool: &Pool, login: Option<&Login>, options: &InspectOption
 }
 
 /// The member list, read through the pool (linearizable on etcd 3.5: a follower's own list
-/// may lag a change just made; 3.4 answers from the member asked); without it, the members are
-/// the endpoints the pool knows.
+/// may lag a change just made; 3.4 answers from the member asked; a member's own list when
+/// there is no leader); without it, the members are the endpoints the pool knows.
 async fn list_members(pool: &Pool, options: &InspectOptions, inspection: &mut Inspection) {
-    let listed = tokio::time::timeout(
-        options.call_timeout,
-        pool.call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, |connection| async move {
-            ClusterClient::new(connection).member_list(MemberListRequest { linearizable: true }).await
-        }),
-    )
-    .await;
+    let list = |linearizable| {
+        let call = pool.call(&Target::Any, RetryPolicy::Read, Timing::Unmeasured, move |connection| async move {
+            ClusterClient::new(connection).member_list(MemberListRequest { linearizable }).await
+        });
+        tokio::time::timeout(options.call_timeout, call)
+    };
+    // Without a leader, a linearizable read fails: then a member's own list is better than none.
+    let listed = match list(true).await {
+        Ok(Ok(answer)) => Ok(Ok(answer)),
+        _ => list(false).await,
+    };
     match listed {
         Ok(Ok(answer)) => {
             let answer = answer.into_inner();

@@ -83,5 +83,14 @@ async fn inspections_report_what_is_wrong_and_nothing_else() {
         assert!(has(&degraded, Severity::Warning, "cluster", "one more failure"), "{version}: {:?}", degraded.findings);
         let answering: Vec<&str> = degraded.members.iter().filter(|m| m.hash.is_some()).map(|m| m.name.as_str()).collect();
         assert_eq!(answering.len(), 2, "{version}: the two voters left are hashed (learners refuse HashKV): {answering:?}");
+
+        // A second voter killed: quorum is lost; the member list still comes (a member's own).
+        let second = (0..3).find(|i| *i != victim && cluster.is_running(*i)).unwrap();
+        cluster.kill(second);
+        let lost = inspect(&pool, None, &InspectOptions { call_timeout: Duration::from_secs(2), ..options.clone() }).await;
+        assert_eq!((lost.worst(), lost.members.len()), (Some(Severity::Critical), 4), "{version}: {:?}", lost.findings);
+        // The member left may still believe in the old leader for an election timeout, or not.
+        let quorum_lost = |found: &str| has(&lost, Severity::Critical, "cluster", found);
+        assert!(quorum_lost("only 1 of 3 voting members") || quorum_lost("only 0 of 3 voting members"), "{version}: {:?}", lost.findings);
     }
 }
