@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use etcdgate_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use etcdgate_proto::etcdserverpb::{kv_client::KvClient, RangeRequest, RangeResponse};
 use etcdgate_proto::mvccpb::KeyValue;
 use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
@@ -22,9 +21,9 @@ use serde_json::{Map, Value};
 use crate::calls::{call_as, status_message, with_token, Credentials};
 use crate::inspect::Severity;
 
-/// Keys asked for per Range call: a page of APISIX objects stays far below gRPC's message
-/// limits, however many routes there are.
-const PAGE_KEYS: i64 = 1000;
+/// Keys whose values are asked for per Range call: a page of APISIX objects stays far below
+/// gRPC's message limits, however many routes there are.
+const PAGE_KEYS: usize = 1000;
 
 /// Deadline of each page.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,10 +58,13 @@ pub struct ReadPrefix {
 }
 
 /// Reads every key that starts with `prefix` (bytes as given: pass `/apisix/` to leave out
-/// `/apisix2/...`), through the pool, in pages of serializable Range calls all at the first
-/// page's revision, so the view is consistent however long it takes. If a compaction overtakes
-/// that revision, the read starts over once. With etcd's auth on, etcd gives only what
-/// `credentials` may read.
+/// `/apisix2/...`), through the pool, at one revision however long it takes: first the keys
+/// alone (one serializable Range, `keys_only`), then their values in pages of [`PAGE_KEYS`]
+/// keys, each page the exact range from its first key to the next page's, at that revision.
+/// (Paging with `limit` would cost etcd a walk over the rest of the range for every page, for
+/// the `count` it always computes: 51 pages of a 50k-route configuration took 3.9 s that way,
+/// against etcdctl's 0.5 s for one Range.) If a compaction overtakes that revision, the read
+/// starts over once. With etcd's auth on, etcd gives only what `credentials` may read.
 pub async fn read_prefix(pool: &Pool, credentials: Credentials<'_>, prefix: &[u8]) -> Result<ReadPrefix, String> {
     let mut restarted = false;
     loop {
@@ -73,34 +75,34 @@ pub async fn read_prefix(pool: &Pool, credentials: Credentials<'_>, prefix: &[u8
     }
 }
 
-/// One pass over the prefix, page after page.
+/// One pass over the prefix: the keys, then the values page after page.
 async fn read_pages(pool: &Pool, credentials: Credentials<'_>, prefix: &[u8]) -> Result<ReadPrefix, String> {
     let range_end = prefix_end(prefix);
-    let mut from = if prefix.is_empty() { vec![0] } else { prefix.to_vec() };
-    let mut read = ReadPrefix::default();
-    loop {
+    let start = if prefix.is_empty() { vec![0] } else { prefix.to_vec() };
+    let whole = RangeRequest {
+        key: start,
+        range_end: range_end.clone(),
+        keys_only: true,
+        serializable: true,
+        ..RangeRequest::default()
+    };
+    let listed = read_page(pool, credentials, whole).await?;
+    let revision = listed.header.map(|h| h.revision).filter(|r| *r > 0).ok_or_else(|| "etcd's answer has no revision".to_string())?;
+    let keys: Vec<Vec<u8>> = listed.kvs.into_iter().map(|kv| kv.key).collect();
+    let mut read = ReadPrefix { revision, kvs: Vec::with_capacity(keys.len()) };
+    for (index, page) in keys.chunks(PAGE_KEYS).enumerate() {
+        let Some(first) = page.first() else { continue };
+        let page_end = keys.get((index + 1) * PAGE_KEYS).cloned().unwrap_or_else(|| range_end.clone());
         let request = RangeRequest {
-            key: from,
-            range_end: range_end.clone(),
-            limit: PAGE_KEYS,
-            revision: read.revision,
-            sort_order: SortOrder::Ascend as i32,
-            sort_target: SortTarget::Key as i32,
+            key: first.clone(),
+            range_end: page_end,
+            revision,
             serializable: true,
             ..RangeRequest::default()
         };
-        let page = read_page(pool, credentials, request).await?;
-        if read.revision == 0 {
-            let revision = page.header.map(|h| h.revision).filter(|r| *r > 0);
-            read.revision = revision.ok_or_else(|| "etcd's answer has no revision".to_string())?;
-        }
-        let Some(last) = page.kvs.last() else { return Ok(read) };
-        from = [last.key.as_slice(), &[0]].concat();
-        read.kvs.extend(page.kvs);
-        if !page.more {
-            return Ok(read);
-        }
+        read.kvs.extend(read_page(pool, credentials, request).await?.kvs);
     }
+    Ok(read)
 }
 
 /// One page. A member behind the revision asked for is asked again (the pool may pick

@@ -14,7 +14,9 @@
 //! - [`watchers`]: `etcdgate bench watchers`, the watch cache's benchmarks (its own run).
 //! - [`failover`]: `etcdgate bench failover`, member failures as clients see them (its own run).
 //! - [`logins`]: `etcdgate bench logins`, a storm of identical Authenticates (its own run).
+//! - [`console`]: `etcdgate bench console`, what the console's jobs cost next to etcdctl (its own run).
 
+mod console;
 mod failover;
 mod gate;
 mod load;
@@ -113,6 +115,10 @@ pub enum Scenario {
     /// etcd's proxies and through etcdgate: time until all have a token, password hashes etcd
     /// spent, what it does to other clients' reads.
     Logins(logins::LoginsArgs),
+    /// The operations console's jobs on a cluster holding a large APISIX configuration: an
+    /// inspection, a verified backup, the snapshot check alone, the key browser — each next to
+    /// the etcdctl commands that come nearest.
+    Console(console::ConsoleArgs),
 }
 
 fn parse_version(s: &str) -> Result<EtcdVersion, String> {
@@ -141,6 +147,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(Scenario::Watchers(watchers)) => return watchers::run(watchers).await,
         Some(Scenario::Failover(failover)) => return failover::run(failover).await,
         Some(Scenario::Logins(logins)) => return logins::run(logins).await,
+        Some(Scenario::Console(console)) => return console::run(console).await,
         None => {}
     }
     if args.duration_secs == 0 || args.concurrency == 0 || args.connections == 0 || args.members == 0 {
