@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use etcdgate_proto::etcdserverpb::{kv_client::KvClient, RangeRequest, RangeResponse};
+use etcdgate_cache::KeyRange;
 use etcdgate_proto::mvccpb::KeyValue;
 use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
 use serde::Serialize;
@@ -77,11 +78,10 @@ pub async fn read_prefix(pool: &Pool, credentials: Credentials<'_>, prefix: &[u8
 
 /// One pass over the prefix: the keys, then the values page after page.
 async fn read_pages(pool: &Pool, credentials: Credentials<'_>, prefix: &[u8]) -> Result<ReadPrefix, String> {
-    let range_end = prefix_end(prefix);
-    let start = if prefix.is_empty() { vec![0] } else { prefix.to_vec() };
+    let range = KeyRange::prefix(prefix);
     let whole = RangeRequest {
-        key: start,
-        range_end: range_end.clone(),
+        key: range.request_key(),
+        range_end: range.end.clone(),
         keys_only: true,
         serializable: true,
         ..RangeRequest::default()
@@ -92,7 +92,7 @@ async fn read_pages(pool: &Pool, credentials: Credentials<'_>, prefix: &[u8]) ->
     let mut read = ReadPrefix { revision, kvs: Vec::with_capacity(keys.len()) };
     for (index, page) in keys.chunks(PAGE_KEYS).enumerate() {
         let Some(first) = page.first() else { continue };
-        let page_end = keys.get((index + 1) * PAGE_KEYS).cloned().unwrap_or_else(|| range_end.clone());
+        let page_end = keys.get((index + 1) * PAGE_KEYS).cloned().unwrap_or_else(|| range.end.clone());
         let request = RangeRequest {
             key: first.clone(),
             range_end: page_end,
@@ -130,18 +130,6 @@ async fn read_page(pool: &Pool, credentials: Credentials<'_>, request: RangeRequ
             Err(_) => return Err(format!("no answer to Range within {PAGE_TIMEOUT:?}")),
         }
     }
-}
-
-/// The end of the range of keys starting with `prefix`, as etcd's `WithPrefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// What is under the prefix, by resource type, and what is wrong with it.
@@ -1529,8 +1517,8 @@ mod tests {
             serde_json::to_string(&report).unwrap();
         }
         assert_eq!(clip("é".repeat(SUMMARY_CHARS + 5)).chars().count(), SUMMARY_CHARS + 1);
-        assert_eq!(prefix_end(b"/apisix"), b"/apisiy");
-        assert_eq!(prefix_end(b"a\xff\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff"), b"\0");
+        assert_eq!(KeyRange::prefix(b"/apisix").end, b"/apisiy");
+        assert_eq!(KeyRange::prefix(b"a\xff\xff").end, b"b");
+        assert_eq!(KeyRange::prefix(b"\xff").end, b"\0");
     }
 }

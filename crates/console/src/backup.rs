@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::calls::{as_gateway, status_message, with_token};
+use crate::inspect::hex;
 use crate::snapshot::{read_snapshot, Checksum, SnapshotSummary};
 
 /// Deadline of the Status asked of the member before its snapshot.
@@ -106,14 +107,14 @@ async fn backup_from(pool: &Pool, login: Option<&Login>, url: &str, options: &Ba
             return Err(format!("wrote {size} bytes but the file has {}", summary.size_bytes));
         }
         let verified = compare_with_member(pool, login, &maintenance, &summary).await?;
-        let cluster_id = format!("{:x}", header.cluster_id);
+        let cluster_id = hex(header.cluster_id);
         let file = format!("etcd-{cluster_id}-{}-r{}.db", utc_stamp(taken_at), summary.revision);
         let record = BackupRecord {
             file: file.clone(),
             taken_at_unix_ms: taken_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
             took_ms: started.elapsed().as_millis() as u64,
             cluster_id,
-            member: format!("{:x}", header.member_id),
+            member: hex(header.member_id),
             member_url: url.to_string(),
             size_bytes: summary.size_bytes,
             revision: summary.revision,

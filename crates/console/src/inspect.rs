@@ -6,7 +6,7 @@
 //! tested; the gathering is tested against real etcd. Every member is asked on a connection of
 //! its own, whatever state etcdgate's pool gives it, so a member the pool avoids is still seen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +16,7 @@ use etcdgate_proto::etcdserverpb::{
 };
 use etcdgate_upstream::login::Login;
 use etcdgate_upstream::member_http::MemberHttpClient;
-use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
+use etcdgate_upstream::{MemberConnection, Pool, RetryPolicy, Target, Timing};
 
 use crate::backup::BackupRecord;
 use crate::calls::{as_gateway, status_message, with_token};
@@ -140,12 +140,12 @@ pub struct Alarm {
     pub alarm: String,
 }
 
-/// The backups etcdgate takes (`--backup-dir`), or finds in a directory (`inspect --backup-dir`).
+/// The backups etcdgate takes (`serve --backup-dir`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct BackupsView {
     pub dir: String,
-    /// Seconds between scheduled backups, when etcdgate takes them.
-    pub interval_secs: Option<u64>,
+    /// Seconds between scheduled backups.
+    pub interval_secs: u64,
     /// Verified backups kept, newest first.
     pub kept: Vec<BackupRecord>,
     /// The latest attempt's failure, if it failed.
@@ -172,6 +172,30 @@ pub struct Inspection {
 }
 
 impl Inspection {
+    /// How many raft entries `member` has applied fewer than the most advanced member; `None`
+    /// if it did not answer.
+    pub fn applied_lag(&self, member: &MemberReport) -> Option<u64> {
+        let best = self.members.iter().filter_map(|m| m.status.as_ref()).map(|s| s.raft_applied_index).max()?;
+        Some(best.saturating_sub(member.status.as_ref()?.raft_applied_index))
+    }
+
+    /// The members' hashes by compact revision, then by hash: the labels of the members that
+    /// have each.
+    pub fn hashes_by_compaction(&self) -> BTreeMap<i64, BTreeMap<u32, Vec<String>>> {
+        let mut by_compaction: BTreeMap<i64, BTreeMap<u32, Vec<String>>> = BTreeMap::new();
+        for member in &self.members {
+            if let Some(hash) = &member.hash {
+                by_compaction.entry(hash.compact_revision).or_default().entry(hash.hash).or_default().push(member.label());
+            }
+        }
+        by_compaction
+    }
+
+    /// The label of the member with this ID (the ID itself if it is not listed).
+    pub fn label_of(&self, id: &str) -> String {
+        self.members.iter().find(|m| m.id == id).map_or_else(|| id.to_string(), MemberReport::label)
+    }
+
     /// The most severe finding's severity, `None` when there is nothing to report.
     pub fn worst(&self) -> Option<Severity> {
         self.findings.iter().map(|f| f.severity).max()
@@ -262,13 +286,20 @@ impl Inspection {
 }
 
 /// Member ID as etcdctl prints it.
-fn hex(id: u64) -> String {
+pub(crate) fn hex(id: u64) -> String {
     format!("{id:x}")
 }
 
-/// Inspects the cluster behind `pool`. `login` is etcdgate's own (`--user`), sent where etcd's
-/// auth asks for it (HashKV needs the root role).
+/// Inspects the cluster behind `pool`: [`gather`], then [`judge`]. `login` is etcdgate's own
+/// (`--user`), sent where etcd's auth asks for it (HashKV needs the root role).
 pub async fn inspect(pool: &Pool, login: Option<&Login>, options: &InspectOptions) -> Inspection {
+    let mut inspection = gather(pool, login, options).await;
+    inspection.findings = judge(&inspection, options);
+    inspection
+}
+
+/// The facts of an inspection, without findings.
+pub async fn gather(pool: &Pool, login: Option<&Login>, options: &InspectOptions) -> Inspection {
     let started = Instant::now();
     let mut inspection = Inspection {
         taken_at_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
@@ -276,10 +307,11 @@ pub async fn inspect(pool: &Pool, login: Option<&Login>, options: &InspectOption
     };
     list_members(pool, options, &mut inspection).await;
     let http = MemberHttpClient::new(pool.options().tls.as_ref());
-    futures::future::join_all(inspection.members.iter_mut().map(|member| ask_member(pool, &http, options, member))).await;
+    let connections = Connections::new(pool, &inspection.members);
+    futures::future::join_all(inspection.members.iter_mut().map(|member| ask_member(&connections, &http, options, member))).await;
     read_alarms(pool, login, options, &mut inspection).await;
     if options.check_consistency {
-        compare_hashes(pool, login, options, &mut inspection).await;
+        compare_hashes(pool, &connections, login, options, &mut inspection).await;
     }
     let gateway_states = pool.member_states();
     for member in &mut inspection.members {
@@ -291,7 +323,6 @@ pub async fn inspect(pool: &Pool, login: Option<&Login>, options: &InspectOption
             member.gateway_evidence = Some(evidence.clone());
         }
     }
-    inspection.findings = judge(&inspection, options);
     inspection.took_ms = started.elapsed().as_millis() as u64;
     inspection
 }
@@ -349,14 +380,29 @@ async fn list_members(pool: &Pool, options: &InspectOptions, inspection: &mut In
 }
 
 /// Status from the member's first client URL that answers, then its quota from the same URL.
-async fn ask_member(pool: &Pool, http: &MemberHttpClient, options: &InspectOptions, member: &mut MemberReport) {
+/// One connection of the inspection's own per client URL (made on first use), shared by the
+/// member's Status and HashKV.
+struct Connections(HashMap<String, Result<MemberConnection, String>>);
+
+impl Connections {
+    fn new(pool: &Pool, members: &[MemberReport]) -> Connections {
+        let urls = members.iter().flat_map(|m| &m.client_urls);
+        Connections(urls.map(|url| (url.clone(), pool.direct_connection(url))).collect())
+    }
+
+    fn to(&self, url: &str) -> Result<MemberConnection, String> {
+        self.0.get(url).cloned().unwrap_or_else(|| Err(format!("{url} is not a client URL of the member list")))
+    }
+}
+
+async fn ask_member(connections: &Connections, http: &MemberHttpClient, options: &InspectOptions, member: &mut MemberReport) {
     if member.client_urls.is_empty() {
         member.error = Some("the member has not started yet (no client URL): it was added but never joined".into());
         return;
     }
     let mut errors = Vec::new();
     for url in &member.client_urls {
-        match status_of(pool, url, options.call_timeout).await {
+        match status_of(connections.to(url), url, options.call_timeout).await {
             Ok(status) => {
                 if member.id.is_empty() {
                     member.id = status.0.clone();
@@ -376,8 +422,12 @@ async fn ask_member(pool: &Pool, http: &MemberHttpClient, options: &InspectOptio
 }
 
 /// The member's ID, status and the quota its Status reports (0 before etcd 3.6).
-async fn status_of(pool: &Pool, url: &str, timeout: Duration) -> Result<(String, MemberStatus, i64), String> {
-    let connection = pool.direct_connection(url)?;
+async fn status_of(
+    connection: Result<MemberConnection, String>,
+    url: &str,
+    timeout: Duration,
+) -> Result<(String, MemberStatus, i64), String> {
+    let connection = connection?;
     let asked = Instant::now();
     let answer = tokio::time::timeout(timeout, MaintenanceClient::new(connection).status(StatusRequest {}))
         .await
@@ -444,7 +494,13 @@ async fn read_alarms(pool: &Pool, login: Option<&Login>, options: &InspectOption
 /// HashKV on every voter that answered Status (learners refuse it), at the lowest revision any
 /// of them is at (all have it); once more at a new revision if a compaction overtook the first
 /// round.
-async fn compare_hashes(pool: &Pool, login: Option<&Login>, options: &InspectOptions, inspection: &mut Inspection) {
+async fn compare_hashes(
+    pool: &Pool,
+    connections: &Connections,
+    login: Option<&Login>,
+    options: &InspectOptions,
+    inspection: &mut Inspection,
+) {
     for round in 0..2 {
         let voters = || inspection.members.iter().filter(|m| !m.is_learner);
         let Some(revision) = voters().filter_map(|m| m.status.as_ref()).map(|s| s.revision).min() else {
@@ -455,8 +511,7 @@ async fn compare_hashes(pool: &Pool, login: Option<&Login>, options: &InspectOpt
             if member.is_learner {
                 return None;
             }
-            let url = member.status.as_ref()?.url.clone();
-            let connection = match pool.direct_connection(&url) {
+            let connection = match connections.to(&member.status.as_ref()?.url) {
                 Ok(connection) => connection,
                 Err(error) => return Some(Err(error)),
             };
@@ -553,10 +608,8 @@ pub fn judge(inspection: &Inspection, options: &InspectOptions) -> Vec<Finding> 
     }
 
     // Lag behind the member that applied the most.
-    let best = inspection.members.iter().filter_map(|m| m.status.as_ref()).map(|s| s.raft_applied_index).max().unwrap_or(0);
     for member in &inspection.members {
-        let Some(status) = &member.status else { continue };
-        let lag = best.saturating_sub(status.raft_applied_index);
+        let Some(lag) = inspection.applied_lag(member) else { continue };
         let id = &member.id;
         match (member.is_learner, lag > options.lag_threshold) {
             (false, true) => add(Severity::Warning, &member.label(), format!("applied {lag} raft entries fewer than the most advanced member")),
@@ -582,7 +635,7 @@ pub fn judge(inspection: &Inspection, options: &InspectOptions) -> Vec<Finding> 
     match (&inspection.alarms, &inspection.alarm_error) {
         (Some(alarms), _) => {
             for alarm in alarms {
-                let who = inspection.members.iter().find(|m| m.id == alarm.member_id).map_or(alarm.member_id.clone(), |m| m.label());
+                let who = inspection.label_of(&alarm.member_id);
                 let text = match alarm.alarm.as_str() {
                     "NOSPACE" => "NOSPACE alarm: the database reached its quota and etcd refuses writes; compact, defragment each member, then `etcdctl alarm disarm`".to_string(),
                     "CORRUPT" => "CORRUPT alarm: etcd found this member's data differs from the others'; stop it, restore it from a healthy member, then `etcdctl alarm disarm`".to_string(),
@@ -630,12 +683,7 @@ pub fn judge(inspection: &Inspection, options: &InspectOptions) -> Vec<Finding> 
     }
 
     // Consistency: hashes taken at the same compact revision must agree.
-    let mut by_compaction: BTreeMap<i64, BTreeMap<u32, Vec<String>>> = BTreeMap::new();
-    for member in &inspection.members {
-        if let Some(hash) = &member.hash {
-            by_compaction.entry(hash.compact_revision).or_default().entry(hash.hash).or_default().push(member.label());
-        }
-    }
+    let by_compaction = inspection.hashes_by_compaction();
     for (compacted, hashes) in &by_compaction {
         if hashes.len() > 1 {
             let views: Vec<String> = hashes.iter().map(|(hash, who)| format!("{} have {hash:08x}", who.join(", "))).collect();
@@ -672,12 +720,11 @@ fn judge_backups(backups: &BackupsView, now_unix_ms: u64, add: &mut impl FnMut(S
     let dir = &backups.dir;
     match (backups.kept.first(), &backups.last_error) {
         (None, Some(error)) => add(Severity::Critical, subject, format!("no verified backup in {dir}; the latest attempt failed: {error}")),
-        (None, None) if backups.interval_secs.is_none() => add(Severity::Warning, subject, format!("no verified backup in {dir}")),
         (None, None) => {}
         (Some(_), Some(error)) => add(Severity::Warning, subject, format!("the latest backup attempt failed: {error}")),
         (Some(latest), None) => {
             let age_secs = now_unix_ms.saturating_sub(latest.taken_at_unix_ms) / 1000;
-            if backups.interval_secs.is_some_and(|interval| age_secs > 2 * interval + 60) {
+            if age_secs > 2 * backups.interval_secs + 60 {
                 add(Severity::Warning, subject, format!("the latest verified backup, {}, is {} old", latest.file, age(age_secs)));
             }
         }

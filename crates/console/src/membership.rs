@@ -17,7 +17,7 @@ use serde::Serialize;
 use tonic::Status;
 
 use crate::calls::{as_gateway, status_message, with_token};
-use crate::inspect::{inspect, InspectOptions, Inspection, MemberReport};
+use crate::inspect::{hex, inspect, InspectOptions, Inspection, MemberReport};
 
 /// What a new member needs to start: etcd's flags, with every member of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -45,8 +45,9 @@ async fn look(pool: &Pool, login: Option<&Login>) -> Result<Inspection, String> 
     Ok(inspection)
 }
 
-fn hex(id: u64) -> String {
-    format!("{id:x}")
+/// The member's ID as etcd takes it.
+fn raw_id(member: &MemberReport) -> Result<u64, String> {
+    u64::from_str_radix(&member.id, 16).map_err(|e| format!("member ID {:?}: {e}", member.id))
 }
 
 /// The member with this ID (hex, as etcdctl prints it) or name.
@@ -169,7 +170,7 @@ pub async fn promote(pool: &Pool, login: Option<&Login>, member: &str, lag_thres
         };
         match lag {
             Some(lag) if lag <= lag_threshold => {
-                let id = u64::from_str_radix(&learner.id, 16).map_err(|e| e.to_string())?;
+                let id = raw_id(learner)?;
                 on_leader(pool, login, |mut cluster, token| {
                     let request = with_token(MemberPromoteRequest { id }, &token);
                     async move { cluster.member_promote(request).await }
@@ -198,7 +199,7 @@ pub async fn promote(pool: &Pool, login: Option<&Login>, member: &str, lag_thres
 pub async fn remove(pool: &Pool, login: Option<&Login>, member: &str, force: bool) -> Result<Done, String> {
     let inspection = look(pool, login).await?;
     let target = find(&inspection, member)?;
-    let id = u64::from_str_radix(&target.id, 16).map_err(|e| e.to_string())?;
+    let id = raw_id(target)?;
     let mut steps = Vec::new();
     if !target.is_learner {
         let voters_left: Vec<&MemberReport> = inspection.members.iter().filter(|m| !m.is_learner && m.id != target.id).collect();
@@ -224,7 +225,7 @@ pub async fn remove(pool: &Pool, login: Option<&Login>, member: &str, force: boo
                 .max_by_key(|(_, status)| status.raft_applied_index)
                 .map(|(m, _)| *m)
                 .ok_or("no follower answers to take over the leadership")?;
-            let successor_id = u64::from_str_radix(&successor.id, 16).map_err(|e| e.to_string())?;
+            let successor_id = raw_id(successor)?;
             let moved = as_gateway(pool, login, |token| async move {
                 let leader = |connection| {
                     let request = with_token(MoveLeaderRequest { target_id: successor_id }, &token);

@@ -52,12 +52,11 @@ pub fn inspected(inspection: &Inspection) {
         family.clear();
     }
     metrics.alarms.clear();
-    let best = inspection.members.iter().filter_map(|m| m.status.as_ref()).map(|s| s.raft_applied_index).max().unwrap_or(0);
     for member in &inspection.members {
         let label = MemberLabel { member: member.label() };
         metrics.up.get_or_create(&label).set(i64::from(member.status.is_some()));
-        if let Some(status) = &member.status {
-            metrics.lag.get_or_create(&label).set(best.saturating_sub(status.raft_applied_index) as i64);
+        if let (Some(status), Some(lag)) = (&member.status, inspection.applied_lag(member)) {
+            metrics.lag.get_or_create(&label).set(lag as i64);
             metrics.db_size.get_or_create(&label).set(status.db_size);
             metrics.db_in_use.get_or_create(&label).set(status.db_size_in_use);
         }
@@ -66,10 +65,11 @@ pub fn inspected(inspection: &Inspection) {
         }
     }
     for alarm in inspection.alarms.iter().flatten() {
-        let member = inspection.members.iter().find(|m| m.id == alarm.member_id).map_or(alarm.member_id.clone(), |m| m.label());
+        let member = inspection.label_of(&alarm.member_id);
         metrics.alarms.get_or_create(&AlarmLabels { member, alarm: alarm.alarm.clone() }).set(1);
     }
-    let disagree = inspection.findings.iter().any(|f| f.severity == Severity::Critical && f.text.starts_with("members hold different data"));
+    let by_compaction = inspection.hashes_by_compaction();
+    let disagree = by_compaction.values().any(|hashes| hashes.len() > 1);
     let compared = inspection.members.iter().filter(|m| m.hash.is_some()).count() > 1;
     metrics.consistent.set(match (compared, disagree) {
         (_, true) => 0,

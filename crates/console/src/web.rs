@@ -22,7 +22,7 @@ use serde::Deserialize;
 use crate::apisix::{analyze, read_prefix, ApisixReport};
 use crate::backup::{list_backups, take_backup, BackupOptions};
 use crate::calls::Credentials;
-use crate::inspect::{inspect, judge, BackupsView, InspectOptions, Inspection};
+use crate::inspect::{gather, judge, BackupsView, InspectOptions, Inspection};
 
 /// A fresh inspection asked for within this long of the last one gets the last one: each costs
 /// every member a read of its whole database (HashKV).
@@ -134,7 +134,7 @@ impl Console {
         let schedule = self.backups.as_ref()?;
         Some(BackupsView {
             dir: schedule.options.dir.display().to_string(),
-            interval_secs: Some(schedule.interval.as_secs()),
+            interval_secs: schedule.interval.as_secs(),
             kept: list_backups(&schedule.options.dir),
             last_error: self.backup_error.lock().unwrap_or_else(PoisonError::into_inner).clone(),
         })
@@ -151,12 +151,10 @@ impl Console {
             return latest;
         }
         let (pool, login, options) = (self.pool.clone(), self.login.clone(), self.options.clone());
-        let taken = self.runtime.spawn(async move { inspect(&pool, login.as_deref(), &options).await }).await;
+        let taken = self.runtime.spawn(async move { gather(&pool, login.as_deref(), &options).await }).await;
         let mut inspection = taken.unwrap_or_default();
-        if let Some(backups) = self.backups() {
-            inspection.backups = Some(backups);
-            inspection.findings = judge(&inspection, &self.options);
-        }
+        inspection.backups = self.backups();
+        inspection.findings = judge(&inspection, &self.options);
         let inspection = Arc::new(inspection);
         crate::metrics::inspected(&inspection);
         *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), inspection.clone()));

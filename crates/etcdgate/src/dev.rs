@@ -46,10 +46,16 @@ fn sample_data() -> Vec<(String, String)> {
     data.push(("/apisix/consumers/jack".into(), r#"{"username":"jack","plugins":{"key-auth":{"key":"auth-one"}}}"#.into()));
     data.push(("/apisix/global_rules/1".into(), r#"{"id":"1","plugins":{"prometheus":{}}}"#.into()));
     data.push(("/apisix/plugin_metadata/log-rotate".into(), r#"{"id":"log-rotate","interval":3600}"#.into()));
-    for dir in ["routes", "upstreams", "services", "consumers", "ssls", "global_rules", "plugin_metadata", "protos", "stream_routes", "plugin_configs", "consumer_groups"] {
-        data.push((format!("/apisix/{dir}/"), "init_dir".into()));
-    }
+    data.extend(placeholders());
     data
+}
+
+/// The `init_dir` placeholders `apisix init` writes at `/apisix/<dir>/` for the directories
+/// APISIX watches (here, those of the sample data and the benchmarks).
+pub fn placeholders() -> impl Iterator<Item = (String, String)> {
+    ["routes", "upstreams", "services", "consumers", "ssls", "global_rules", "plugin_metadata", "protos", "stream_routes", "plugin_configs", "consumer_groups"]
+        .into_iter()
+        .map(|dir| (format!("/apisix/{dir}/"), "init_dir".to_string()))
 }
 
 fn etcd_on_path() -> anyhow::Result<PathBuf> {

@@ -74,9 +74,7 @@ async fn load(cluster: &Cluster, routes: usize) -> anyhow::Result<usize> {
     for s in 0..routes.div_ceil(1000) {
         data.push((format!("/apisix/services/{s}"), format!(r#"{{"id":"{s}","name":"service-{s}","upstream_id":"{s}"}}"#)));
     }
-    for dir in ["routes", "upstreams", "services", "consumers", "ssls", "global_rules", "plugin_metadata", "protos", "stream_routes", "plugin_configs", "consumer_groups"] {
-        data.push((format!("/apisix/{dir}/"), "init_dir".into()));
-    }
+    data.extend(crate::dev::placeholders());
     let bytes = data.iter().map(|(k, v)| k.len() + v.len()).sum();
     for batch in data.chunks(LOAD_BATCH) {
         let success = batch
