@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::keys::KeyRange;
 use crate::reply::Batch;
 
-use etcdgate_proto::mvccpb::Event;
+use etcdgate_proto::mvccpb::{event::EventType, Event, KeyValue};
 
 /// Bounds of one prefix's history.
 #[derive(Clone, Copy, Debug)]
@@ -120,12 +120,31 @@ impl History {
         let start = self.batches.partition_point(|b| b.revision < from);
         Ok(self.batches.range(start..))
     }
+
+    /// What each key of `keys` with events after `revision` held at `revision` (`None`: it
+    /// did not exist), undone from the first such event: its previous value, or nothing
+    /// before a create. `None` if the history cannot tell: an event of those keys after
+    /// `revision` has gone, or lacks its previous value.
+    pub fn earlier(&self, revision: i64, keys: &KeyRange) -> Option<BTreeMap<Vec<u8>, Option<KeyValue>>> {
+        let mut earlier = BTreeMap::new();
+        for batch in self.since(revision + 1, keys).ok()? {
+            for event in &batch.events {
+                let Some(kv) = event.kv.as_ref().filter(|kv| keys.contains(&kv.key)) else { continue };
+                if earlier.contains_key(&kv.key) {
+                    continue;
+                }
+                let created = event.r#type == EventType::Put as i32 && kv.version == 1;
+                let held = if created { None } else { Some(event.prev_kv.clone()?) };
+                earlier.insert(kv.key.clone(), held);
+            }
+        }
+        Some(earlier)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etcdgate_proto::mvccpb::KeyValue;
 
     fn event(revision: i64) -> Event {
         keyed(b"k", revision)

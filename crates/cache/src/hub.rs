@@ -246,17 +246,29 @@ impl Hub {
     }
 
     /// Answers a Range inside the prefix from the store, if it is loaded and the request
-    /// reads the current revision (`revision` 0 or the store's).
+    /// reads the current revision (`revision` 0 or the store's) or an earlier one the
+    /// history can roll the store back to (see [`Hub::rolls_back_to`]). The header is at the
+    /// store's revision, as etcd's is at its current one whatever revision was read.
     pub fn range(&self, request: &RangeRequest) -> Option<RangeResponse> {
         let guard = self.read();
         let cached = guard.as_ref()?;
         let revision = cached.store.revision();
-        if request.revision != 0 && request.revision != revision {
+        let mut response = if request.revision == 0 || request.revision == revision {
+            cached.store.range(request)?
+        } else if (1..revision).contains(&request.revision) {
+            let earlier = cached.history.earlier(request.revision, &KeyRange::new(&request.key, &request.range_end))?;
+            cached.store.range_earlier(request, &earlier)?
+        } else {
             return None;
-        }
-        let mut response = cached.store.range(request);
+        };
         response.header = Some(ResponseHeader { revision, ..cached.header });
         Some(response)
+    }
+
+    /// Whether [`Hub::range`] can answer a Range of `keys` at `revision` (positive) once the
+    /// store has reached it: every event of those keys after it is in the history.
+    pub fn rolls_back_to(&self, revision: i64, keys: &KeyRange) -> bool {
+        revision > 0 && self.read().as_ref().is_some_and(|c| c.history.since(revision + 1, keys).is_ok())
     }
 
     /// Notes that etcd acknowledged a write into these keys at `revision`.
@@ -415,6 +427,108 @@ mod tests {
         let (mut after, _) = Watcher::create(&hub, 2, &create, 1 << 20).unwrap();
         let waiting = tokio::time::timeout(Duration::from_millis(50), after.next()).await;
         assert!(waiting.is_err(), "a watch made after the prefix was read again is served");
+    }
+
+    /// Applies random puts, deletes and multi-key revisions to a hub as etcd's watch would
+    /// send them (with prev_kv), and checks every Range at every earlier revision against
+    /// a store of that revision's key-values.
+    #[test]
+    fn ranges_at_earlier_revisions_roll_the_store_back() {
+        use etcdgate_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+        use etcdgate_proto::mvccpb::event::EventType;
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut below = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let hub = Hub::new(KeyRange::prefix(b"/a/"), HistoryLimits::default());
+        let key = |i: u64| format!("/a/{i}").into_bytes();
+        let mut state: std::collections::BTreeMap<Vec<u8>, KeyValue> = (0..4)
+            .map(|i| (key(i), KeyValue { key: key(i), value: b"v".to_vec(), create_revision: 2, mod_revision: 2, version: 1, lease: 0 }))
+            .collect();
+        hub.reset(state.values().cloned().collect(), header(2));
+        let mut states = vec![(2, state.clone())];
+        for revision in 3..60 {
+            let mut events = Vec::new();
+            for _ in 0..1 + below(3) {
+                let k = key(below(8));
+                if events.iter().any(|e: &Event| e.kv.as_ref().is_some_and(|kv| kv.key == k)) {
+                    continue;
+                }
+                let prev_kv = state.get(&k).cloned();
+                if below(4) == 0 {
+                    let Some(prev_kv) = prev_kv else { continue };
+                    state.remove(&k);
+                    let kv = KeyValue { key: k, mod_revision: revision, ..Default::default() };
+                    events.push(Event { r#type: EventType::Delete as i32, kv: Some(kv), prev_kv: Some(prev_kv) });
+                } else {
+                    let (create_revision, version) = prev_kv.as_ref().map_or((revision, 1), |p| (p.create_revision, p.version + 1));
+                    let value = format!("{}", below(5)).into_bytes();
+                    let kv = KeyValue { key: k.clone(), value, create_revision, mod_revision: revision, version, lease: below(2) as i64 };
+                    state.insert(k, kv.clone());
+                    events.push(Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv });
+                }
+            }
+            if !events.is_empty() {
+                hub.apply(events, header(revision));
+                states.push((revision, state.clone()));
+            }
+        }
+        let ranges: [(&[u8], &[u8]); 4] = [(b"/a/", b"/a0"), (b"/a/3", b""), (b"/a/2", b"/a/6"), (b"/a/9", b"")];
+        let mut checked = 0;
+        for (revision, kvs) in &states {
+            let store = Store::new(kvs.values().cloned().collect(), *revision);
+            for (key, range_end) in ranges {
+                for option in 0..6 {
+                    let mut request = RangeRequest { key: key.to_vec(), range_end: range_end.to_vec(), revision: *revision, ..Default::default() };
+                    match option {
+                        1 => request.limit = 2,
+                        2 => (request.sort_order, request.sort_target) = (SortOrder::Descend as i32, SortTarget::Mod as i32),
+                        3 => (request.keys_only, request.min_mod_revision) = (true, revision - 5),
+                        4 => request.count_only = true,
+                        5 => (request.max_create_revision, request.limit) = (revision - 3, 1),
+                        _ => {}
+                    }
+                    let from_hub = hub.range(&request);
+                    if let Some(from_hub) = &from_hub {
+                        assert_eq!(from_hub.header.map(|h| h.revision), hub.revision(), "the header is at the store's revision");
+                        checked += 1;
+                    }
+                    let from_hub = from_hub.map(|r| RangeResponse { header: None, ..r });
+                    assert_eq!(from_hub, store.range(&request), "at {revision}: {request:?}");
+                }
+            }
+        }
+        assert!(checked > 400, "{checked}");
+        assert!(hub.range(&RangeRequest { key: b"/a/1".to_vec(), revision: 1, ..Default::default() }).is_none(), "before the load");
+        assert!(!hub.rolls_back_to(1, &KeyRange::new(b"/a/1", b"")));
+        let ahead = hub.revision().unwrap() + 1;
+        assert!(hub.range(&RangeRequest { key: b"/a/1".to_vec(), revision: ahead, ..Default::default() }).is_none(), "not there yet");
+    }
+
+    #[test]
+    fn ranges_at_revisions_the_history_no_longer_holds_are_not_answered() {
+        use etcdgate_proto::mvccpb::event::EventType;
+        let hub = Hub::new(KeyRange::prefix(b"/a/"), HistoryLimits { max_events: 2, max_bytes: 1 << 20 });
+        hub.reset(Vec::new(), header(1));
+        let put = |key: &[u8], revision: i64| {
+            let kv = KeyValue { key: key.to_vec(), value: b"v".to_vec(), create_revision: revision, mod_revision: revision, version: 1, lease: 0 };
+            Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: None }
+        };
+        for (revision, key) in [(2, b"/a/x"), (3, b"/a/y"), (4, b"/a/y")] {
+            hub.apply(vec![put(key, revision)], header(revision));
+        }
+        let at = |key: &[u8], revision: i64| RangeRequest { key: key.to_vec(), revision, ..Default::default() };
+        assert!(hub.range(&at(b"/a/x", 1)).is_none(), "/a/x's event at 2 left the history");
+        assert!(!hub.rolls_back_to(1, &KeyRange::new(b"/a/x", b"")));
+        assert_eq!(hub.range(&at(b"/a/x", 2)).map(|r| r.count), Some(1), "no event of /a/x after 2");
+        assert_eq!(hub.range(&at(b"/a/y", 2)).map(|r| r.count), Some(0), "/a/y's events are all held");
+        let modified = Event { prev_kv: None, ..put(b"/a/y", 5) };
+        let modified = Event { kv: modified.kv.map(|kv| KeyValue { version: 2, ..kv }), ..modified };
+        hub.apply(vec![modified], header(5));
+        assert!(hub.range(&at(b"/a/y", 4)).is_none(), "an update without its previous value cannot be undone");
     }
 
     #[test]

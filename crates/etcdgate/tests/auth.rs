@@ -211,6 +211,19 @@ async fn with_auth_on_the_cache_serves_each_client_what_etcd_lets_it_read() {
         let event = next(&mut watch).await;
         assert_eq!(event.events[0].kv.as_ref().unwrap().mod_revision, revision, "{version}: {event:?}");
 
+        // A Range at an earlier revision: the cache's (rolled back through its history) for a
+        // client etcd lets read it, etcd's refusal for one it does not.
+        for serializable in [true, false] {
+            let earlier = RangeRequest { revision: revision - 1, ..apisix_range(serializable) };
+            let hits = metric(gateway.addr(), HITS).unwrap_or(0);
+            let direct = range(&etcd, Some(&apisix_direct), earlier.clone()).await.unwrap();
+            assert_eq!(range(&through, Some(&apisix), earlier.clone()).await.unwrap(), direct, "{version}: serializable {serializable}");
+            assert_eq!(direct.kvs.len(), 2, "{version}: before /apisix/routes/3");
+            assert_eq!(metric(gateway.addr(), HITS), Some(hits + 1), "{version}: served from the cache (serializable {serializable})");
+            let refused = range(&through, Some(&other), earlier.clone()).await.unwrap_err();
+            assert_eq!(refused, range(&etcd, Some(&other), earlier).await.unwrap_err(), "{version}: serializable {serializable}");
+        }
+
         // An auth change, then a member restart (3.5.1 loses every simple token): etcdgate logs
         // in again for its barrier reads; and when the cache's watch is made again on the
         // restarted member with its old token (refused), the cache logs in again and follows on.

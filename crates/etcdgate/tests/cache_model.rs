@@ -11,6 +11,11 @@
 //! `compact_revision`, a prefix of them, cut where the next event it needed was indeed older
 //! than that revision. Where neither twin was canceled, both got the same events.
 //!
+//! Meanwhile Ranges at random earlier revisions, with random options, are read through
+//! etcdgate (answered from the cache, rolled back through its history, where it holds
+//! them) and from etcd: both must give the same key-values, `count` and `more`, or the same
+//! error (a compacted revision).
+//!
 //! The seed is printed; `ETCDGATE_MODEL_SEED=n` replays one.
 
 mod common;
@@ -21,7 +26,7 @@ use std::time::Duration;
 use etcdgate_proto::etcdserverpb::{
     compare, kv_client::KvClient, lease_client::LeaseClient, request_op, watch_client::WatchClient, watch_create_request::FilterType,
     watch_request::RequestUnion, CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RequestOp, TxnRequest,
-    WatchCreateRequest, WatchRequest, WatchResponse,
+    range_request::{SortOrder, SortTarget}, RangeRequest, RangeResponse, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use etcdgate_proto::mvccpb::event::EventType;
 use etcdgate_testkit::{Cluster, EtcdVersion};
@@ -270,6 +275,31 @@ async fn record_history(url: String, history: Arc<Mutex<Vec<Seen>>>) {
     drop(requests);
 }
 
+/// A Range of random keys and options at an earlier revision `at`.
+fn earlier_range(rng: &mut Rng, at: i64, serializable: bool) -> RangeRequest {
+    let (a, b) = (rng.below(KEYS), rng.below(KEYS + 1));
+    let (key, range_end) = match rng.below(3) {
+        0 => (key(a), Vec::new()),
+        1 => (key(a.min(b)), key(a.max(b))),
+        _ => (b"/m/".to_vec(), b"/m0".to_vec()),
+    };
+    let mut request = RangeRequest { key, range_end, revision: at, serializable, ..Default::default() };
+    match rng.below(6) {
+        0 => request.limit = 1 + rng.below(4) as i64,
+        1 => (request.sort_order, request.sort_target) = (SortOrder::Descend as i32, SortTarget::Mod as i32),
+        2 => (request.keys_only, request.min_mod_revision) = (true, (at - rng.below(20) as i64).max(0)),
+        3 => request.count_only = true,
+        4 => (request.max_create_revision, request.limit, request.sort_order) = (at - rng.below(10) as i64, 2, SortOrder::Ascend as i32),
+        _ => {}
+    }
+    request
+}
+
+/// What two answers to one Range must have in common (headers differ: member, revision).
+fn range_outcome(answer: Result<tonic::Response<RangeResponse>, tonic::Status>) -> Result<RangeResponse, (tonic::Code, String)> {
+    answer.map(|r| RangeResponse { header: None, ..r.into_inner() }).map_err(|s| (s.code(), s.message().to_owned()))
+}
+
 async fn model_run(version: EtcdVersion, seed: u64) {
     let mut rng = Rng(seed);
     let mut cluster = Cluster::start(version, 3).await.unwrap();
@@ -279,7 +309,12 @@ async fn model_run(version: EtcdVersion, seed: u64) {
     tokio::spawn(record_history(survivor.clone(), history.clone()));
 
     let mut kv = KvClient::connect(gateway.url()).await.unwrap();
+    let mut direct_kv = KvClient::connect(survivor.clone()).await.unwrap();
     let mut lease = LeaseClient::connect(gateway.url()).await.unwrap();
+    let hits_before = common::metric(gateway.addr(), "etcdgate_cache_reads_total{result=\"hit\"}").unwrap_or(0);
+    // Ranges at earlier revisions compared, of those refused as compacted, and the highest
+    // revision a compaction was asked for.
+    let (mut earlier_reads, mut earlier_compacted, mut compacted_to) = (0, 0, 0);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut watchers = Vec::new();
     let victim = 1 + rng.below(2) as usize;
@@ -341,9 +376,30 @@ async fn model_run(version: EtcdVersion, seed: u64) {
             },
             _ => {
                 let target = (revision - 1 - rng.below(20) as i64).max(1);
+                compacted_to = compacted_to.max(target);
                 kv.compact(CompactionRequest { revision: target, physical: false }).await.map(|r| r.into_inner().header)
             }
         };
+        if rng.chance(30) {
+            // Serializable only above every compaction: a member may apply one later than
+            // the survivor, and then still read what the survivor refuses.
+            let serializable = rng.chance(50);
+            let lowest = if serializable { compacted_to + 1 } else { 1 };
+            let at = (revision - rng.below(40) as i64).max(lowest);
+            let request = earlier_range(&mut rng, at, serializable);
+            let through = range_outcome(kv.range(request.clone()).await);
+            let direct = range_outcome(direct_kv.range(RangeRequest { serializable: false, ..request.clone() }).await);
+            match (&through, &direct) {
+                (Ok(_), Ok(_)) => earlier_reads += 1,
+                (Err(a), Err(b)) if a == b => earlier_compacted += 1,
+                // The killed member's calls, or an election: etcd's answer is not a verdict.
+                (Err((tonic::Code::Unavailable, _)), _) | (_, Err((tonic::Code::Unavailable, _))) => {}
+                _ => panic!("{version} seed {seed}: Range at an earlier revision {request:?}: etcdgate {through:?}, etcd {direct:?}"),
+            }
+            if through.is_ok() && direct.is_ok() {
+                assert_eq!(through, direct, "{version} seed {seed}: Range at an earlier revision: {request:?}");
+            }
+        }
         match result {
             Ok(header) => revision = revision.max(header.map_or(0, |h| h.revision)),
             // A compaction behind an earlier one, or a write lost to the killed leader.
@@ -364,6 +420,9 @@ async fn model_run(version: EtcdVersion, seed: u64) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let hits = common::metric(gateway.addr(), "etcdgate_cache_reads_total{result=\"hit\"}").unwrap_or(0) - hits_before;
+    eprintln!("{version}: {earlier_reads} Ranges at earlier revisions compared ({hits} answered by the cache), {earlier_compacted} compacted on both");
+    assert!(hits > 0, "{version} seed {seed}: no Range at an earlier revision was answered by the cache");
     let metrics = common::http_get(gateway.addr(), "/metrics");
     let served: Vec<&str> = metrics.lines().filter(|l| l.starts_with("etcdgate_cache_")).collect();
     eprintln!("{version}: {served:?}");

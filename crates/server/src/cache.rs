@@ -22,7 +22,13 @@
 //!   [`CATCH_UP_WAIT`] (writes outside the prefix move the cluster's revision without
 //!   events the hub would see; a stuck feed) lets the read go to etcd, and for
 //!   [`MISSED_BACKOFF`] then linearizable reads, and reads that need more than a hub holds,
-//!   go straight to etcd without waiting. Older revisions go to etcd.
+//!   go straight to etcd without waiting.
+//! - A Range at an earlier revision is answered from the hub too, by rolling its store back
+//!   through the history (see `Hub::range`), if the history holds every event of the
+//!   range's keys since and etcd still reads that revision: a Range of one key at it, with
+//!   etcdgate's credentials (serializable or linearizable as the client's; the linearizable
+//!   one also tells the cluster's revision, in place of the barrier). A revision etcd
+//!   compacted gets etcd's own error, as it would without the cache.
 //! - A watch served by a hub is created once the hub holds those acknowledged writes too
 //!   (waiting as a read does, then serving it anyway: the writes reach it as events), so
 //!   that it starts after them as it would on etcd.
@@ -306,23 +312,39 @@ impl Caches {
     async fn ready_hub(&self, pool: &Arc<Pool>, ctx: &CallContext, request: &RangeRequest) -> Option<&Arc<Hub>> {
         let hub = self.hub_for(&request.key, &request.range_end)?;
         hub.revision()?;
+        // A Range at a revision of its own: the history must hold every event of its keys
+        // since, and etcd must still read that revision (one it compacted gets etcd's error).
+        let at = request.revision;
+        if at != 0 && !hub.rolls_back_to(at, &KeyRange::new(&request.key, &request.range_end)) {
+            return None;
+        }
         let needed = if request.serializable {
-            if !self.admits(pool, ctx, hub, &request.key, &request.range_end).await {
+            let admitted = self.admits(pool, ctx, hub, &request.key, &request.range_end);
+            let readable = async { at == 0 || self.barrier.reads_revision(pool, at, false).await.is_some() };
+            if tokio::join!(admitted, readable) != (true, true) {
                 return None;
             }
-            ctx.seen.get().max(hub.expected())
+            ctx.seen.get().max(hub.expected()).max(at)
         } else {
             if self.missed_recently() {
                 return None;
             }
             let held = hub.revision()?;
+            // The cluster's revision, learned after the read arrived; for a Range at a
+            // revision, by the linearizable read that asks etcd whether it reads it.
+            let cluster = async {
+                match at {
+                    0 => self.barrier.cluster_revision(pool).await,
+                    at => self.barrier.reads_revision(pool, at, true).await,
+                }
+            };
             let cluster = if self.credential_free(ctx) {
                 // Without credentials on either side, the barrier's read proves auth off.
-                self.barrier.cluster_revision(pool).await?
+                cluster.await?
             } else {
                 let since = Instant::now();
                 let admitted = self.admits_now(pool, ctx, hub, &request.key, &request.range_end, since);
-                match tokio::join!(admitted, self.barrier.cluster_revision(pool)) {
+                match tokio::join!(admitted, cluster) {
                     (true, cluster) => cluster?,
                     (false, _) => return None,
                 }
@@ -514,8 +536,23 @@ impl Barrier {
     }
 
     async fn run_round(self: Arc<Self>, pool: Arc<Pool>, round: u64) {
-        let request = RangeRequest { key: self.key.clone(), count_only: true, ..Default::default() };
-        let token = token(&self.login, &pool).await;
+        let revision = self.read_key(&pool, RangeRequest { key: self.key.clone(), count_only: true, ..Default::default() }).await;
+        crate::metrics::barrier_round();
+        *lock(&self.last) = Some((revision.is_some(), Instant::now()));
+        self.done.send_replace((round, revision));
+    }
+
+    /// Whether etcd reads `revision` (it is not compacted, and not in the future), as a
+    /// linearizable or serializable Range of the barrier key at it tells; if so, etcd's
+    /// revision then (for a linearizable question, the cluster's).
+    async fn reads_revision(&self, pool: &Arc<Pool>, revision: i64, linearizable: bool) -> Option<i64> {
+        let request = RangeRequest { key: self.key.clone(), revision, count_only: true, serializable: !linearizable, ..Default::default() };
+        self.read_key(pool, request).await
+    }
+
+    /// Reads the barrier key with etcdgate's credentials; the revision etcd answered at.
+    async fn read_key(&self, pool: &Arc<Pool>, request: RangeRequest) -> Option<i64> {
+        let token = token(&self.login, pool).await;
         let ctx = CallContext::with_token(token.as_deref());
         let answer = pool
             .call(&Target::Any, RetryPolicy::Read, Timing::Measured, |connection| {
@@ -525,15 +562,12 @@ impl Barrier {
             .await;
         if let (Err(status), Some(login)) = (&answer, &self.login) {
             if token_refused(status) {
-                // Not waited for: the readers of this round go to etcd.
+                // Not waited for: the readers waiting for this answer go to etcd.
                 let (login, pool) = (login.clone(), pool.clone());
                 tokio::spawn(async move { login.renew(&pool, token.as_deref()).await });
             }
         }
-        let revision = answer.ok().and_then(|response| response.into_inner().header.map(|h| h.revision));
-        crate::metrics::barrier_round();
-        *lock(&self.last) = Some((revision.is_some(), Instant::now()));
-        self.done.send_replace((round, revision));
+        answer.ok().and_then(|response| response.into_inner().header.map(|h| h.revision))
     }
 }
 
