@@ -15,7 +15,11 @@ use anyhow::{bail, Context};
 use etcdgate_proto::etcdserverpb::{kv_client::KvClient, RangeRequest};
 use tempfile::TempDir;
 
+use super::watchers::observe;
+
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long etcdgate may take to load its cached prefixes after it answers.
+const CACHE_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct EtcdgateProcess {
     child: Option<Child>,
@@ -111,6 +115,23 @@ impl EtcdgateProcess {
             // etcd answered through etcdgate: its auth is on (`etcdgate bench --auth`).
             Err(status) if status.message() == "etcdserver: user name is empty" => Ok(()),
             answer => answer.map(drop).context("range"),
+        }
+    }
+
+    /// Waits until its `/metrics` says its cached prefix was loaded (with one prefix: every
+    /// event from then on is in its history).
+    pub async fn wait_cache_loaded(&self) -> anyhow::Result<()> {
+        let url = self.url();
+        let deadline = Instant::now() + CACHE_LOAD_TIMEOUT;
+        loop {
+            let page = observe::metrics_page(&url).await.unwrap_or_default();
+            if observe::metric(&page, "etcdgate_cache_loads_total").is_some_and(|loads| loads >= 1.0) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("etcdgate at {url} has not loaded its cache after {CACHE_LOAD_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

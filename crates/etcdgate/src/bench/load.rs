@@ -42,20 +42,28 @@ pub enum Workload {
     ApisixReadSerializable,
     /// The same, linearizable (what APISIX sends).
     ApisixReadLinearizable,
+    /// gRPC Range of every key under `/apisix` at an earlier revision, linearizable (a
+    /// paginated list's later pages, `etcdctl get --rev`): the revision before
+    /// [`APISIX_REWRITES`] of the keys were written again (see [`Keyspace::earlier_revision`]).
+    ApisixReadEarlier,
 }
 
 /// Keys preloaded under `/apisix/routes/` for the APISIX full-read workloads, and their size.
 pub const APISIX_KEYS: usize = 1000;
 pub const APISIX_VALUE_BYTES: usize = 1024;
+/// Keys under `/apisix/routes/` written again, once the proxies are up, for
+/// [`Workload::ApisixReadEarlier`] to read from before.
+pub const APISIX_REWRITES: usize = 100;
 
 impl Workload {
     /// Every workload, the writes last (see `BenchArgs::workloads`).
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 7] = [
         Workload::RangeSerializable,
         Workload::RangeLinearizable,
         Workload::HttpRange,
         Workload::ApisixReadSerializable,
         Workload::ApisixReadLinearizable,
+        Workload::ApisixReadEarlier,
         Workload::Put,
     ];
 
@@ -67,7 +75,13 @@ impl Workload {
             Workload::HttpRange => "http-range",
             Workload::ApisixReadSerializable => "apisix-read-serializable",
             Workload::ApisixReadLinearizable => "apisix-read-linearizable",
+            Workload::ApisixReadEarlier => "apisix-read-earlier",
         }
+    }
+
+    /// Whether it reads the keys under `/apisix` (which are then preloaded).
+    pub fn reads_apisix(self) -> bool {
+        matches!(self, Workload::ApisixReadSerializable | Workload::ApisixReadLinearizable | Workload::ApisixReadEarlier)
     }
 
     pub fn is_grpc(self) -> bool {
@@ -107,6 +121,8 @@ pub struct Keyspace {
     pub token: Option<String>,
     /// `{"key":"<base64>"}` per key, for the HTTP cells.
     http_bodies: Vec<Bytes>,
+    /// The revision [`Workload::ApisixReadEarlier`] reads at (0 until set).
+    pub earlier_revision: i64,
 }
 
 impl Keyspace {
@@ -115,7 +131,7 @@ impl Keyspace {
         let value = (0..value_size).map(|i| b'a' + (i % 26) as u8).collect();
         let b64 = base64::engine::general_purpose::STANDARD;
         let http_bodies = keys.iter().map(|k| Bytes::from(format!(r#"{{"key":"{}"}}"#, b64.encode(k)))).collect();
-        Keyspace { keys, value, token: None, http_bodies }
+        Keyspace { keys, value, token: None, http_bodies, earlier_revision: 0 }
     }
 }
 
@@ -357,6 +373,18 @@ async fn grpc_once(kv: &mut KvClient<Channel>, workload: Workload, keys: &Keyspa
                 return Err("put response without a header revision".into());
             }
         }
+        Workload::ApisixReadEarlier => {
+            let request = RangeRequest {
+                key: b"/apisix".to_vec(),
+                range_end: b"/apisiy".to_vec(),
+                revision: keys.earlier_revision,
+                ..Default::default()
+            };
+            let response = kv.range(with_token(request, keys)).await.map_err(status)?.into_inner();
+            if response.kvs.len() != APISIX_KEYS {
+                return Err(format!("range returned {} kvs, expected {APISIX_KEYS}", response.kvs.len()));
+            }
+        }
         Workload::HttpRange | Workload::ApisixReadSerializable | Workload::ApisixReadLinearizable => {
             unreachable!("{} is not a gRPC workload", workload.name())
         }
@@ -365,7 +393,7 @@ async fn grpc_once(kv: &mut KvClient<Channel>, workload: Workload, keys: &Keyspa
 }
 
 /// `message` as a gRPC request carrying the keyspace's token, if any.
-fn with_token<T>(message: T, keys: &Keyspace) -> tonic::Request<T> {
+pub(super) fn with_token<T>(message: T, keys: &Keyspace) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Some(token) = keys.token.as_deref().and_then(|token| token.parse().ok()) {
         request.metadata_mut().insert("token", token);

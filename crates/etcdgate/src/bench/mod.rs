@@ -77,7 +77,7 @@ pub struct BenchArgs {
     pub etcd_version: EtcdVersion,
     /// Workloads to run, comma-separated (default: all of range-serializable,
     /// range-linearizable, http-range, apisix-read-serializable, apisix-read-linearizable,
-    /// put — the writes last, so that every read cell finds the caches as the preload left
+    /// apisix-read-earlier, put — the writes last, so that every read cell finds the caches as the preload left
     /// them).
     #[arg(long, value_delimiter = ',', value_parser = Workload::parse)]
     pub workloads: Vec<Workload>,
@@ -170,7 +170,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let cluster = Cluster::builder(version).members(args.members).start().await?;
     let member_urls = cluster.client_urls();
     preload(&member_urls, &keys).await.context("preloading keys")?;
-    if workloads.iter().any(|w| matches!(w, Workload::ApisixReadSerializable | Workload::ApisixReadLinearizable)) {
+    if workloads.iter().any(|w| w.reads_apisix()) {
         preload_apisix(&member_urls).await.context("preloading /apisix")?;
     }
     eprintln!("bench: preloaded {PRELOAD_KEYS} keys of {} bytes; starting proxies ...", args.value_size);
@@ -180,7 +180,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.auth {
         keys.token = Some(enable_auth(&member_urls[0]).await.context("turning auth on")?);
     }
-    let keys = Arc::new(keys);
     let login: &[&str] = if args.auth { &["--user", "etcdgate:etcdgatepw"] } else { &[] };
     let etcdgate = if wanted(TargetKind::Etcdgate) {
         Some(
@@ -204,6 +203,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    if workloads.contains(&Workload::ApisixReadEarlier) {
+        // Once every etcdgate follows its prefix, so that its history holds the rewrites.
+        for gate in etcdgate.iter().chain(&etcdgate_cached) {
+            gate.wait_cache_loaded().await?;
+        }
+        keys.earlier_revision = rewrite_apisix(&member_urls, &keys).await.context("writing /apisix again")?;
+    }
+    let keys = Arc::new(keys);
     let etcd_pids: Vec<u32> = (0..cluster.member_count()).filter_map(|i| cluster.pid(i)).collect();
 
     let mut targets = Vec::new();
@@ -343,6 +350,23 @@ async fn preload_apisix(urls: &[String]) -> anyhow::Result<()> {
         kv.put(PutRequest { key, value: value.clone(), ..Default::default() }).await?;
     }
     Ok(())
+}
+
+/// Writes the first [`load::APISIX_REWRITES`] keys under `/apisix/routes/` again (same
+/// size, another value); returns the revision before.
+async fn rewrite_apisix(urls: &[String], keys: &Keyspace) -> anyhow::Result<i64> {
+    let mut kv = KvClient::connect(urls[0].clone()).await?;
+    let value = vec![b'R'; load::APISIX_VALUE_BYTES];
+    let mut before = 0;
+    for i in 0..load::APISIX_REWRITES {
+        let key = format!("/apisix/routes/{i:04}").into_bytes();
+        let request = PutRequest { key, value: value.clone(), ..Default::default() };
+        let revision = kv.put(load::with_token(request, keys)).await?.into_inner().header.map_or(0, |h| h.revision);
+        if i == 0 {
+            before = revision - 1;
+        }
+    }
+    Ok(before)
 }
 
 /// etcd's own proxies in front of `urls`, each started if `wanted`: `etcd gateway` and

@@ -33,8 +33,6 @@ const WATCH_KEY: &[u8] = b"/apisix/";
 const WATCH_RANGE_END: &[u8] = b"/apisix0";
 /// APISIX-like routes written before anything is measured (what a full read returns).
 const PRELOAD_ROUTES: usize = 100;
-/// How long etcdgate may take to load its cached prefix after it answers.
-const CACHE_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long etcd may take to drop the watches of the previous cell.
 const ETCD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// File descriptors this process needs besides the watchers' connections.
@@ -305,25 +303,10 @@ async fn start_target(kind: TargetKind, etcd_url: &str, args: &WatchersArgs) -> 
         // Here etcdgate caches what is watched either way.
         TargetKind::Etcdgate | TargetKind::EtcdgateCached => {
             let gate = EtcdgateProcess::start(&endpoints, &[], &args.etcdgate_env, WATCH_KEY).await.context("starting etcdgate")?;
-            wait_cache_loaded(&gate.url()).await?;
+            gate.wait_cache_loaded().await?;
             target(gate.url(), gate.pid(), None, Some(gate))
         }
     })
-}
-
-/// Waits until etcdgate's `/metrics` says its cached prefix was loaded.
-async fn wait_cache_loaded(url: &str) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + CACHE_LOAD_TIMEOUT;
-    loop {
-        let page = observe::metrics_page(url).await.unwrap_or_default();
-        if observe::metric(&page, "etcdgate_cache_loads_total").is_some_and(|loads| loads >= 1.0) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("etcdgate at {url} has not loaded its cache after {CACHE_LOAD_TIMEOUT:?} (is --cache-prefix /apisix on?)");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Waits until etcd has no watcher left from an earlier cell (so that each cell's gauges
