@@ -4,6 +4,11 @@
 //! its leadership to a caught-up follower before it is removed. Each change is checked against
 //! a fresh inspection and sent to the raft leader directly (a follower forwards membership
 //! requests over the peer port, which has failed there where the leader would not).
+//!
+//! The cluster is looked at with etcdgate's own login (member list, status, alarms: what the
+//! console shows anyone); the change itself carries the credentials `change_as` says — the
+//! command line's user, or the token of whoever asked the console, so that etcd's auth
+//! decides who may change the membership (with auth on: the root role).
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +21,7 @@ use etcdgate_upstream::{Pool, RetryPolicy, Target, Timing};
 use serde::Serialize;
 use tonic::Status;
 
-use crate::calls::{as_gateway, status_message, with_token};
+use crate::calls::{call_as, status_message, with_token, Credentials};
 use crate::inspect::{hex, inspect, InspectOptions, Inspection, MemberReport};
 
 /// What a new member needs to start: etcd's flags, with every member of the cluster.
@@ -75,9 +80,9 @@ fn leader(inspection: &Inspection) -> Result<String, String> {
 /// so it is asked again, for at most this long.
 const UNHEALTHY_WAIT: Duration = Duration::from_secs(15);
 
-/// Runs a Cluster call on the leader, as etcdgate's user; asked again while etcd says the
-/// cluster is not ready for a change.
-async fn on_leader<T, F, Fut>(pool: &Pool, login: Option<&Login>, call: F) -> Result<T, Status>
+/// Runs a Cluster call on the leader, with `change_as`'s credentials; asked again while etcd
+/// says the cluster is not ready for a change.
+async fn on_leader<T, F, Fut>(pool: &Pool, change_as: Credentials<'_>, call: F) -> Result<T, Status>
 where
     F: Fn(ClusterClient<etcdgate_upstream::MemberConnection>, Option<String>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -85,7 +90,7 @@ where
     let call = &call;
     let give_up_at = Instant::now() + UNHEALTHY_WAIT;
     loop {
-        let answer = as_gateway(pool, login, |token| async move {
+        let answer = call_as(pool, change_as, |token| async move {
             let leader = |connection| call(ClusterClient::new(connection), token.clone());
             pool.call(&Target::Leader, RetryPolicy::Write, Timing::Unmeasured, leader).await
         });
@@ -103,7 +108,13 @@ where
 
 /// Adds a member as a learner with these peer URLs; it must then be started with the flags
 /// returned, and promoted once it has caught up ([`promote`]).
-pub async fn add_learner(pool: &Pool, login: Option<&Login>, name: &str, peer_urls: &[String]) -> Result<Added, String> {
+pub async fn add_learner(
+    pool: &Pool,
+    login: Option<&Login>,
+    change_as: Credentials<'_>,
+    name: &str,
+    peer_urls: &[String],
+) -> Result<Added, String> {
     if name.is_empty() || name.contains([',', '=']) {
         return Err(format!("{name:?} cannot be a member name (it goes into --initial-cluster as name=url)"));
     }
@@ -122,7 +133,7 @@ pub async fn add_learner(pool: &Pool, login: Option<&Login>, name: &str, peer_ur
         ));
     }
     let request = MemberAddRequest { peer_ur_ls: peer_urls.to_vec(), is_learner: true };
-    let answer = on_leader(pool, login, |mut cluster, token| {
+    let answer = on_leader(pool, change_as, |mut cluster, token| {
         let request = with_token(request.clone(), &token);
         async move { cluster.member_add(request).await }
     })
@@ -151,7 +162,14 @@ pub async fn add_learner(pool: &Pool, login: Option<&Login>, name: &str, peer_ur
 
 /// Promotes a learner to voter once it has caught up (its applied index within `lag_threshold`
 /// of the leader's), waiting up to `wait` for that.
-pub async fn promote(pool: &Pool, login: Option<&Login>, member: &str, lag_threshold: u64, wait: Duration) -> Result<Done, String> {
+pub async fn promote(
+    pool: &Pool,
+    login: Option<&Login>,
+    change_as: Credentials<'_>,
+    member: &str,
+    lag_threshold: u64,
+    wait: Duration,
+) -> Result<Done, String> {
     let give_up_at = Instant::now() + wait;
     loop {
         let inspection = look(pool, login).await?;
@@ -171,7 +189,7 @@ pub async fn promote(pool: &Pool, login: Option<&Login>, member: &str, lag_thres
         match lag {
             Some(lag) if lag <= lag_threshold => {
                 let id = raw_id(learner)?;
-                on_leader(pool, login, |mut cluster, token| {
+                on_leader(pool, change_as, |mut cluster, token| {
                     let request = with_token(MemberPromoteRequest { id }, &token);
                     async move { cluster.member_promote(request).await }
                 })
@@ -196,7 +214,7 @@ pub async fn promote(pool: &Pool, login: Option<&Login>, member: &str, lag_thres
 /// Removes a member, unless the voters left that answer would not make a quorum (`force`
 /// removes it anyway). A leader first hands its leadership to the follower that applied the
 /// most.
-pub async fn remove(pool: &Pool, login: Option<&Login>, member: &str, force: bool) -> Result<Done, String> {
+pub async fn remove(pool: &Pool, login: Option<&Login>, change_as: Credentials<'_>, member: &str, force: bool) -> Result<Done, String> {
     let inspection = look(pool, login).await?;
     let target = find(&inspection, member)?;
     let id = raw_id(target)?;
@@ -226,7 +244,7 @@ pub async fn remove(pool: &Pool, login: Option<&Login>, member: &str, force: boo
                 .map(|(m, _)| *m)
                 .ok_or("no follower answers to take over the leadership")?;
             let successor_id = raw_id(successor)?;
-            let moved = as_gateway(pool, login, |token| async move {
+            let moved = call_as(pool, change_as, |token| async move {
                 let leader = |connection| {
                     let request = with_token(MoveLeaderRequest { target_id: successor_id }, &token);
                     async move { MaintenanceClient::new(connection).move_leader(request).await }
@@ -237,7 +255,7 @@ pub async fn remove(pool: &Pool, login: Option<&Login>, member: &str, force: boo
             steps.push(format!("moved the leadership from {} to {}", target.label(), successor.label()));
         }
     }
-    on_leader(pool, login, |mut cluster, token| {
+    on_leader(pool, change_as, |mut cluster, token| {
         let request = with_token(MemberRemoveRequest { id }, &token);
         async move { cluster.member_remove(request).await }
     })

@@ -2,8 +2,11 @@
 //! page), `GET /console/api/inspect` (the latest inspection as JSON; `?fresh` asks for a new
 //! one), `GET /console/api/backups` and `GET /console/api/apisix?prefix=/apisix` (the key
 //! browser: read with the asker's own token, from `Authorization` as etcd's gateway takes it,
-//! never with etcdgate's, so it shows only what they may read; one read at a time). Inspections run one at a time on the console's own
-//! runtime, every `interval` in the background (their figures go to `/metrics`, see
+//! never with etcdgate's, so it shows only what they may read; one read at a time), and
+//! `POST /console/api/members` (a membership change, see [`MemberChange`]: made with the
+//! asker's token, so that etcd's auth decides who may make it; one at a time; JSON only,
+//! which a page of another site cannot send without a CORS preflight the console does not
+//! answer). Inspections run one at a time on the console's own runtime, every `interval` in the background (their figures go to `/metrics`, see
 //! [`crate::metrics`]) and on demand, at most once per [`FRESH_AT_MOST_EVERY`] however many
 //! ask. Backups, when configured, are taken on the same runtime every backup interval after
 //! the newest one kept (so a restart does not take one early).
@@ -13,16 +16,18 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use etcdgate_upstream::login::Login;
 use etcdgate_upstream::Pool;
 use serde::Deserialize;
+use serde_json::json;
 
 use crate::apisix::{analyze, read_prefix, ApisixReport};
 use crate::backup::{list_backups, take_backup, BackupOptions};
 use crate::calls::Credentials;
 use crate::inspect::{gather, judge, BackupsView, InspectOptions, Inspection};
+use crate::membership::{add_learner, promote, remove};
 
 /// A fresh inspection asked for within this long of the last one gets the last one: each costs
 /// every member a read of its whole database (HashKV).
@@ -32,6 +37,21 @@ const PAGE: &str = include_str!("console.html");
 
 /// A failed backup is tried again after this long (or the backup interval, if shorter).
 const BACKUP_RETRY: Duration = Duration::from_secs(60);
+
+/// How long a promote asked of the console waits for its learner to catch up.
+const PROMOTE_WAIT: Duration = Duration::from_secs(30);
+
+/// A membership change asked of the console, as `POST /console/api/members` takes it:
+/// `{"action":"add","name":"m4","peer_urls":["http://10.0.0.4:2380"]}`,
+/// `{"action":"promote","member":"m4"}`, `{"action":"remove","member":"m4","force":false}`
+/// (members by hex ID or name). See [`crate::membership`] for what each checks first.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MemberChange {
+    Add { name: String, peer_urls: Vec<String> },
+    Promote { member: String },
+    Remove { member: String, #[serde(default)] force: bool },
+}
 
 /// Backups taken on a schedule.
 pub struct BackupSchedule {
@@ -54,6 +74,8 @@ pub struct Console {
     running: tokio::sync::Mutex<()>,
     /// Held while the key browser reads a prefix (each read may be tens of MiB).
     browsing: tokio::sync::Mutex<()>,
+    /// Held while a membership change is made.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl Console {
@@ -70,6 +92,7 @@ impl Console {
             latest: Mutex::new(None),
             running: tokio::sync::Mutex::new(()),
             browsing: tokio::sync::Mutex::new(()),
+            changing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -179,6 +202,47 @@ impl Console {
     }
 }
 
+impl Console {
+    /// Makes `change` with `token` (the asker's), looking at the cluster first with
+    /// etcdgate's own login; what was done, as JSON. The next inspection is a new one.
+    pub async fn change_members(&self, change: MemberChange, token: Option<String>) -> Result<serde_json::Value, String> {
+        let _one_at_a_time = self.changing.lock().await;
+        let (pool, login, lag_threshold) = (self.pool.clone(), self.login.clone(), self.options.lag_threshold);
+        let made = self.runtime.spawn(async move {
+            let (login, change_as) = (login.as_deref(), Credentials::Token(token.as_deref()));
+            match change {
+                MemberChange::Add { name, peer_urls } => add_learner(&pool, login, change_as, &name, &peer_urls).await.map(|a| json!(a)),
+                MemberChange::Promote { member } => {
+                    promote(&pool, login, change_as, &member, lag_threshold, PROMOTE_WAIT).await.map(|done| json!(done))
+                }
+                MemberChange::Remove { member, force } => remove(&pool, login, change_as, &member, force).await.map(|done| json!(done)),
+            }
+        });
+        let made = made.await.map_err(|e| format!("the change stopped: {e}"))?;
+        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        made
+    }
+}
+
+/// A membership change: 200 with what was done; 409 with `{"error": ...}` when it was not
+/// made (refused by its checks or by etcd); 415 / 400 for a body that is not such a change.
+async fn change_members(State(console): State<Arc<Console>>, headers: http::HeaderMap, body: axum::body::Bytes) -> Response {
+    let error = |status: http::StatusCode, error: String| (status, Json(json!({ "error": error }))).into_response();
+    let json_body = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+    if !json_body {
+        return error(http::StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the change as Content-Type: application/json".into());
+    }
+    let change: MemberChange = match serde_json::from_slice(&body) {
+        Ok(change) => change,
+        Err(e) => return error(http::StatusCode::BAD_REQUEST, format!("not a membership change: {e}")),
+    };
+    let token = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    match console.change_members(change, token).await {
+        Ok(made) => Json(made).into_response(),
+        Err(e) => error(http::StatusCode::CONFLICT, e),
+    }
+}
+
 #[derive(Deserialize)]
 struct ApisixQuery {
     prefix: Option<String>,
@@ -206,6 +270,7 @@ pub fn routes(console: Arc<Console>) -> Router {
         .route("/console/api/inspect", get(inspection))
         .route("/console/api/backups", get(|State(console): State<Arc<Console>>| async move { Json(console.backups()) }))
         .route("/console/api/apisix", get(apisix))
+        .route("/console/api/members", post(change_members))
         .with_state(console)
 }
 

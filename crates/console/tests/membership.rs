@@ -6,9 +6,13 @@ use std::time::Duration;
 
 use etcdgate_console::inspect::{inspect, InspectOptions, Inspection, Severity};
 use etcdgate_console::membership::{add_learner, promote, remove};
+use etcdgate_console::Credentials;
 use etcdgate_testkit::{free_port, run_etcdctl, Cluster, EtcdVersion};
 use etcdgate_upstream::login::Login;
 use etcdgate_upstream::{Pool, PoolOptions};
+
+/// Changes made without credentials (etcd's auth is off).
+const NO_CREDENTIALS: Credentials = Credentials::Gateway(None);
 
 async fn look(pool: &Pool) -> Inspection {
     inspect(pool, None, &InspectOptions { check_consistency: false, ..InspectOptions::default() }).await
@@ -40,7 +44,7 @@ async fn membership_changes_keep_the_quorum() {
 
         // Add: a learner, with the flags that start it; a second add waits for the first to start.
         let peer = format!("http://127.0.0.1:{}", free_port());
-        let added = add_learner(&pool, None, "late", std::slice::from_ref(&peer)).await.unwrap_or_else(|e| panic!("{version}: {e}"));
+        let added = add_learner(&pool, None, NO_CREDENTIALS, "late", std::slice::from_ref(&peer)).await.unwrap_or_else(|e| panic!("{version}: {e}"));
         let initial_cluster = added.etcd_flags.iter().find(|f| f.starts_with("--initial-cluster=")).unwrap();
         for i in 0..3 {
             assert!(initial_cluster.contains(&format!("{}=", cluster.member_name(i))), "{version}: {initial_cluster}");
@@ -49,26 +53,26 @@ async fn membership_changes_keep_the_quorum() {
         let listed = settled(&pool, |i| i.members.iter().any(|m| m.id == added.id)).await;
         let late = listed.members.iter().find(|m| m.id == added.id).expect("added member listed");
         assert!(late.is_learner && late.name.is_empty(), "{version}: {late:?}");
-        let again = add_learner(&pool, None, "later", &[format!("http://127.0.0.1:{}", free_port())]).await.unwrap_err();
+        let again = add_learner(&pool, None, NO_CREDENTIALS, "later", &[format!("http://127.0.0.1:{}", free_port())]).await.unwrap_err();
         assert!(again.contains("never started"), "{version}: {again}");
-        let early = promote(&pool, None, &added.id, 1000, Duration::ZERO).await.unwrap_err();
+        let early = promote(&pool, None, NO_CREDENTIALS, &added.id, 1000, Duration::ZERO).await.unwrap_err();
         assert!(early.contains("never started"), "{version}: {early}");
-        remove(&pool, None, &added.id, false).await.unwrap_or_else(|e| panic!("{version}: {e}"));
+        remove(&pool, None, NO_CREDENTIALS, &added.id, false).await.unwrap_or_else(|e| panic!("{version}: {e}"));
         assert_eq!(settled(&pool, |i| i.members.len() == 3).await.members.len(), 3, "{version}");
 
         // Promote: only a learner, once it has caught up.
-        let not_learner = promote(&pool, None, cluster.member_name(0), 1000, Duration::ZERO).await.unwrap_err();
+        let not_learner = promote(&pool, None, NO_CREDENTIALS, cluster.member_name(0), 1000, Duration::ZERO).await.unwrap_err();
         assert!(not_learner.contains("not a learner"), "{version}: {not_learner}");
         let learner = cluster.add_learner().await.unwrap();
         let learner_name = cluster.member_name(learner).to_string();
-        let promoted = promote(&pool, None, &learner_name, 1000, Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{version}: {e}"));
+        let promoted = promote(&pool, None, NO_CREDENTIALS, &learner_name, 1000, Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{version}: {e}"));
         assert!(promoted.steps[0].starts_with(&format!("promoted {learner_name}")), "{version}: {promoted:?}");
         let after = settled(&pool, |i| i.members.iter().all(|m| !m.is_learner)).await;
         assert!(after.members.iter().all(|m| !m.is_learner) && after.members.len() == 4, "{version}: {after:?}");
 
         // Remove the leader: it hands over first.
         let old_leader = leader_name(&after);
-        let removed = remove(&pool, None, &old_leader, false).await.unwrap_or_else(|e| panic!("{version}: {e}"));
+        let removed = remove(&pool, None, NO_CREDENTIALS, &old_leader, false).await.unwrap_or_else(|e| panic!("{version}: {e}"));
         assert!(removed.steps[0].starts_with(&format!("moved the leadership from {old_leader}")), "{version}: {removed:?}");
         let three = settled(&pool, |i| i.members.len() == 3 && i.members.iter().all(|m| m.status.is_some())).await;
         assert_eq!(three.members.len(), 3, "{version}: {three:?}");
@@ -81,10 +85,10 @@ async fn membership_changes_keep_the_quorum() {
         let dead_index = (0..cluster.member_count()).find(|i| cluster.member_name(*i) == dead).unwrap();
         cluster.kill(dead_index);
         let other = names.iter().find(|n| **n != leader_now && **n != dead).unwrap().clone();
-        let refused = remove(&pool, None, &other, false).await.unwrap_err();
+        let refused = remove(&pool, None, NO_CREDENTIALS, &other, false).await.unwrap_err();
         assert!(refused.contains("lose its quorum"), "{version}: {refused}");
         assert_eq!(look(&pool).await.members.len(), 3, "{version}: the refused removal changed nothing");
-        remove(&pool, None, &dead, false).await.unwrap_or_else(|e| panic!("{version}: {e}"));
+        remove(&pool, None, NO_CREDENTIALS, &dead, false).await.unwrap_or_else(|e| panic!("{version}: {e}"));
         let two = settled(&pool, |i| i.members.len() == 2).await;
         assert!(two.members.len() == 2 && two.members.iter().all(|m| m.status.is_some()), "{version}: {two:?}");
     }
@@ -127,7 +131,7 @@ async fn with_auth_on_promote_goes_to_the_leader_and_inspections_say_what_they_c
             as_reader.findings
         );
 
-        let promoted = promote(&pool, Some(&root), &learner_name, 1000, Duration::from_secs(30)).await;
+        let promoted = promote(&pool, Some(&root), Credentials::Gateway(Some(&root)), &learner_name, 1000, Duration::from_secs(30)).await;
         assert!(promoted.is_ok(), "{version}: {promoted:?}");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while look_as(&pool, &root).await.members.iter().any(|m| m.is_learner) {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use etcdgate_console::membership::{add_learner, promote, remove};
+use etcdgate_console::Credentials;
 use etcdgate_upstream::login::Login;
 use etcdgate_upstream::PoolOptions;
 
@@ -56,8 +57,9 @@ pub async fn run(args: MemberArgs) -> anyhow::Result<i32> {
     let pool = args.cluster.pool(PoolOptions::default())?;
     let login = args.cluster.login()?.map(|(name, password)| Login::new(name, password));
     let login = login.as_ref();
+    let change_as = Credentials::Gateway(login);
     let done = match args.action {
-        MemberAction::Add { name, peer_urls } => add_learner(&pool, login, &name, &peer_urls).await.map(|added| {
+        MemberAction::Add { name, peer_urls } => add_learner(&pool, login, change_as, &name, &peer_urls).await.map(|added| {
             format!(
                 "added {} ({}) as a learner; start it with:\n  etcd {}\nthen: etcdgate member promote {}",
                 added.name,
@@ -67,9 +69,9 @@ pub async fn run(args: MemberArgs) -> anyhow::Result<i32> {
             )
         }),
         MemberAction::Promote { member, lag_threshold, wait } => {
-            promote(&pool, login, &member, lag_threshold, Duration::from_secs(wait)).await.map(|done| done.steps.join("\n"))
+            promote(&pool, login, change_as, &member, lag_threshold, Duration::from_secs(wait)).await.map(|done| done.steps.join("\n"))
         }
-        MemberAction::Remove { member, force } => remove(&pool, login, &member, force).await.map(|done| done.steps.join("\n")),
+        MemberAction::Remove { member, force } => remove(&pool, login, change_as, &member, force).await.map(|done| done.steps.join("\n")),
     };
     match done {
         Ok(text) => {
