@@ -47,6 +47,8 @@ pub struct Watcher {
     updates: watch::Receiver<i64>,
     /// The hub's epoch when the watch was created.
     epoch: u64,
+    /// The revision of its `created` answer (see [`Watcher::create`]).
+    created_at: i64,
 }
 
 impl Watcher {
@@ -65,7 +67,12 @@ impl Watcher {
         let epoch = hub.epoch();
         let updates = hub.subscribe();
         let header = hub.header()?;
-        let next = if create.start_revision > 0 { create.start_revision } else { header.revision + 1 };
+        // Now is the hub's revision, or the last write into its keys etcd acknowledged
+        // through etcdgate if the hub has not received it yet: etcd acknowledged it before
+        // this watch was made, so a watch from now must not get it.
+        let now = header.revision.max(hub.expected());
+        let header = ResponseHeader { revision: now, ..header };
+        let next = if create.start_revision > 0 { create.start_revision } else { now + 1 };
         if !hub.serves_from(next, &keys) {
             return None;
         }
@@ -83,6 +90,7 @@ impl Watcher {
             fragments: VecDeque::new(),
             updates,
             epoch,
+            created_at: now,
         };
         Some((watcher, WatchResponse { header: Some(header), watch_id: id, created: true, ..Default::default() }))
     }
@@ -97,10 +105,13 @@ impl Watcher {
     }
 
     /// An answer to a progress request: the hub's revision, if this watcher has been sent
-    /// everything up to it (etcd answers only when all watches of a stream are synced).
+    /// everything up to it (etcd answers only when all watches of a stream are synced) — or
+    /// its `created` answer's, while the hub has not reached that.
     pub fn progress(&self) -> Option<WatchResponse> {
         let header = self.hub.header()?;
-        (self.next > header.revision).then(|| WatchResponse { header: Some(header), watch_id: self.id, ..Default::default() })
+        let synced = self.next > header.revision;
+        let header = ResponseHeader { revision: header.revision.max(self.created_at), ..header };
+        synced.then(|| WatchResponse { header: Some(header), watch_id: self.id, ..Default::default() })
     }
 
     /// The next response for the client: events, a progress notification, or the cancel of
@@ -244,5 +255,28 @@ mod tests {
         assert_eq!(fragment(response.clone(), 1 << 20).len(), 1, "small enough: whole");
         let one = WatchResponse { events: vec![event(1)], ..Default::default() };
         assert_eq!(fragment(one, 10).len(), 1, "a single event is never split");
+    }
+
+    /// A watch from now made after etcd acknowledged a write the hub has not received yet
+    /// starts after that write, as it would on etcd.
+    #[tokio::test]
+    async fn a_watch_from_now_starts_after_writes_acknowledged_before_it() {
+        use crate::history::HistoryLimits;
+        use etcdgate_proto::mvccpb::event::EventType;
+        let hub = Arc::new(Hub::new(KeyRange::prefix(b"/a/"), HistoryLimits::default()));
+        hub.reset(Vec::new(), ResponseHeader { revision: 10, ..Default::default() });
+        hub.expect(12);
+        let create = WatchCreateRequest { key: b"/a/".to_vec(), range_end: b"/a0".to_vec(), progress_notify: true, ..Default::default() };
+        let (mut watcher, created) = Watcher::create(&hub, 1, &create, 1 << 20).unwrap();
+        assert_eq!(created.header.map(|h| h.revision), Some(12), "created at the acknowledged write");
+        assert_eq!(watcher.progress().and_then(|p| p.header).map(|h| h.revision), Some(12), "progress never goes below it");
+        for revision in [11, 12, 13] {
+            let kv = KeyValue { key: b"/a/k".to_vec(), mod_revision: revision, ..Default::default() };
+            let header = ResponseHeader { revision, ..Default::default() };
+            hub.apply(vec![Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: None }], header);
+        }
+        let sent = watcher.next().await.into_message();
+        let revisions: Vec<i64> = sent.events.iter().filter_map(|e| e.kv.as_ref()).map(|kv| kv.mod_revision).collect();
+        assert_eq!(revisions, [13], "{sent:?}");
     }
 }

@@ -30,8 +30,8 @@
 //!   one also tells the cluster's revision, in place of the barrier). A revision etcd
 //!   compacted gets etcd's own error, as it would without the cache.
 //! - A watch served by a hub is created once the hub holds those acknowledged writes too
-//!   (waiting as a read does, then serving it anyway: the writes reach it as events), so
-//!   that it starts after them as it would on etcd.
+//!   (waiting as a read does), so that it starts after them as it would on etcd; a hub still
+//!   behind then serves it anyway, from after them (see `Watcher::create`).
 //! - The feed: a linearizable Range of the prefix, then one watch from the next revision
 //!   with prev_kv and progress notifications, relayed like a client's watch (it moves to
 //!   another member on failure and resumes where it stopped). A watch that delivers nothing
@@ -279,7 +279,7 @@ impl Caches {
 
     /// Waits (as a read would) until `hub` holds every write acknowledged through etcdgate
     /// into its keys, so that a watch created now starts after them, as on etcd. A hub still
-    /// behind then serves the watch anyway: the writes reach it as events.
+    /// behind then serves the watch anyway, from after them (see `Watcher::create`).
     pub async fn catch_up(&self, hub: &Hub) {
         self.reaches(hub, hub.expected()).await;
     }
