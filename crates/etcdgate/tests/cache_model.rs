@@ -239,7 +239,14 @@ fn check(spec: &Spec, outcome: &Outcome, history: &[Seen]) -> Result<(), String>
     let expected = spec.expected(history, spec.first_revision(outcome));
     match outcome.compact_revision {
         None if outcome.events == expected => Ok(()),
-        None => Err(format!("events differ from etcd's history: got {} expected {}", describe(&outcome.events), describe(&expected))),
+        None => {
+            let first = outcome.events.iter().zip(expected.iter()).find(|(a, b)| a != b);
+            Err(format!(
+                "events differ from etcd's history: got {} expected {}; first difference: {first:?}",
+                describe(&outcome.events),
+                describe(&expected)
+            ))
+        }
         Some(compact) => {
             if !expected.starts_with(&outcome.events) {
                 return Err(format!(
@@ -431,7 +438,7 @@ async fn model_run(version: EtcdVersion, seed: u64) {
 
     let history = history.lock().unwrap().clone();
     let mut failures = Vec::new();
-    let (mut canceled, mut events_checked) = (0, 0);
+    let (mut canceled, mut events_checked, mut etcd_off_history) = (0, 0, 0);
     for (i, (spec, twins)) in watchers.iter().enumerate() {
         let (through, direct) = (twins[0].lock().unwrap(), twins[1].lock().unwrap());
         events_checked += through.events.len();
@@ -439,21 +446,31 @@ async fn model_run(version: EtcdVersion, seed: u64) {
         if let Err(problem) = check(spec, &through, &history) {
             failures.push(format!("watcher {i} {spec:?}: through etcdgate: {problem}"));
         }
+        // The twins are compared only where etcd's own watch got etcd's history: under heavy
+        // load a direct watch from a start revision was seen to differ from it (same kinds and
+        // revisions, not the same values or previous values) where etcdgate's matched it —
+        // a verdict on etcd's watch, not on etcdgate.
+        if let Err(problem) = check(spec, &direct, &history) {
+            etcd_off_history += 1;
+            eprintln!("{version}: watcher {i}'s direct twin is not etcd's history: {problem}");
+            continue;
+        }
         if through.compact_revision.is_none()
             && direct.compact_revision.is_none()
             && direct.error.is_none()
             && spec.start_revision > 0
             && through.events != direct.events
         {
+            let first = through.events.iter().zip(direct.events.iter()).find(|(a, b)| a != b);
             failures.push(format!(
-                "watcher {i} {spec:?}: etcdgate {} and etcd {} differ",
+                "watcher {i} {spec:?}: etcdgate {} and etcd {} differ; first difference: {first:?}",
                 describe(&through.events),
                 describe(&direct.events)
             ));
         }
     }
     eprintln!(
-        "{version} seed {seed}: {} operations ({write_errors} refused), history {} events up to revision {revision}, {} watchers, {events_checked} events checked, {canceled} canceled by compaction",
+        "{version} seed {seed}: {} operations ({write_errors} refused), history {} events up to revision {revision}, {} watchers, {events_checked} events checked, {canceled} canceled by compaction, {etcd_off_history} direct twins off etcd's history",
         OPERATIONS,
         history.len(),
         watchers.len()
