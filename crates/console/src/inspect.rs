@@ -379,7 +379,6 @@ async fn list_members(pool: &Pool, options: &InspectOptions, inspection: &mut In
     }
 }
 
-/// Status from the member's first client URL that answers, then its quota from the same URL.
 /// One connection of the inspection's own per client URL (made on first use), shared by the
 /// member's Status and HashKV.
 struct Connections(HashMap<String, Result<MemberConnection, String>>);
@@ -395,6 +394,7 @@ impl Connections {
     }
 }
 
+/// Status from the member's first client URL that answers, then its quota from the same URL.
 async fn ask_member(connections: &Connections, http: &MemberHttpClient, options: &InspectOptions, member: &mut MemberReport) {
     if member.client_urls.is_empty() {
         member.error = Some("the member has not started yet (no client URL): it was added but never joined".into());

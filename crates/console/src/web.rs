@@ -6,10 +6,11 @@
 //! `POST /console/api/members` (a membership change, see [`MemberChange`]: made with the
 //! asker's token, so that etcd's auth decides who may make it; one at a time; JSON only,
 //! which a page of another site cannot send without a CORS preflight the console does not
-//! answer). Inspections run one at a time on the console's own runtime, every `interval` in the background (their figures go to `/metrics`, see
-//! [`crate::metrics`]) and on demand, at most once per [`FRESH_AT_MOST_EVERY`] however many
-//! ask. Backups, when configured, are taken on the same runtime every backup interval after
-//! the newest one kept (so a restart does not take one early).
+//! answer). Inspections run one at a time on the console's own runtime, every `interval` in
+//! the background (their figures go to `/metrics`, see [`crate::metrics`]) and on demand, at
+//! most once per [`FRESH_AT_MOST_EVERY`] however many ask. Backups, when configured, are taken
+//! on the same runtime every backup interval after the newest one kept (so a restart does not
+//! take one early).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -200,9 +201,7 @@ impl Console {
         });
         read.await.map_err(|e| format!("reading the prefix: {e}"))?
     }
-}
 
-impl Console {
     /// Makes `change` with `token` (the asker's), looking at the cluster first with
     /// etcdgate's own login; what was done, as JSON. The next inspection is a new one.
     pub async fn change_members(&self, change: MemberChange, token: Option<String>) -> Result<serde_json::Value, String> {
@@ -236,11 +235,15 @@ async fn change_members(State(console): State<Arc<Console>>, headers: http::Head
         Ok(change) => change,
         Err(e) => return error(http::StatusCode::BAD_REQUEST, format!("not a membership change: {e}")),
     };
-    let token = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
-    match console.change_members(change, token).await {
+    match console.change_members(change, asker_token(&headers)).await {
         Ok(made) => Json(made).into_response(),
         Err(e) => error(http::StatusCode::CONFLICT, e),
     }
+}
+
+/// The asker's etcd token, from `Authorization` as etcd's gateway takes it.
+fn asker_token(headers: &http::HeaderMap) -> Option<String> {
+    headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
 #[derive(Deserialize)]
@@ -251,8 +254,7 @@ struct ApisixQuery {
 /// The key browser: 200 with the report, 502 with `{"error": ...}` when etcd refused or failed.
 async fn apisix(State(console): State<Arc<Console>>, Query(query): Query<ApisixQuery>, headers: http::HeaderMap) -> Response {
     let prefix = query.prefix.filter(|p| !p.is_empty()).unwrap_or_else(|| "/apisix".to_string());
-    let token = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
-    match console.apisix(prefix, token).await {
+    match console.apisix(prefix, asker_token(&headers)).await {
         Ok(report) => Json(report).into_response(),
         Err(error) => (http::StatusCode::BAD_GATEWAY, Json(serde_json::json!({ "error": error }))).into_response(),
     }

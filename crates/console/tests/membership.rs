@@ -7,7 +7,7 @@ use std::time::Duration;
 use etcdgate_console::inspect::{inspect, InspectOptions, Inspection, Severity};
 use etcdgate_console::membership::{add_learner, promote, remove};
 use etcdgate_console::Credentials;
-use etcdgate_testkit::{free_port, run_etcdctl, Cluster, EtcdVersion};
+use etcdgate_testkit::{etcdctl_ok, free_port, Cluster, EtcdVersion};
 use etcdgate_upstream::login::Login;
 use etcdgate_upstream::{Pool, PoolOptions};
 
@@ -115,8 +115,7 @@ async fn with_auth_on_promote_goes_to_the_leader_and_inspections_say_what_they_c
             &["auth", "enable"],
         ] {
             // Not through the learner, which refuses these.
-            let out = run_etcdctl(version, &cluster.client_url(0), args);
-            assert!(out.status.success(), "{version}: etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            etcdctl_ok(version, &cluster.client_url(0), args).unwrap_or_else(|e| panic!("{version}: {e}"));
         }
         let pool = Pool::new(&cluster.client_urls(), PoolOptions::default()).unwrap();
         let root = Login::new("root", "rootpw");

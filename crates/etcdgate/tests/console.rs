@@ -126,22 +126,13 @@ async fn inspect_command_and_console_report_the_cluster() {
     }
 }
 
-/// `POST path` with a JSON body, `Content-Type` and, if any, the `Authorization` token: the
+/// `POST path` with a body, `Content-Type` and, if any, the `Authorization` token: the
 /// status code and the JSON answer.
 fn post_as(addr: &str, path: &str, sent: &str, content_type: &str, token: Option<&str>) -> (u16, serde_json::Value) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    let authorization = token.map(|t| format!("Authorization: {t}\r\n")).unwrap_or_default();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\n{authorization}Content-Length: {}\r\n\r\n{sent}",
-        sent.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    (status, serde_json::from_str(body(&response)).unwrap_or_else(|e| panic!("not JSON ({e}): {response}")))
+    let mut headers = vec![("Content-Type", content_type)];
+    headers.extend(token.map(|token| ("Authorization", token)));
+    let (status, answer) = common::http_post_with(addr, path, &headers, sent);
+    (status, serde_json::from_str(&answer).unwrap_or_else(|e| panic!("not JSON ({e}): {answer}")))
 }
 
 /// The console's membership changes carry the asker's token, so that etcd's auth decides:
@@ -159,8 +150,7 @@ async fn the_console_changes_members_with_the_askers_credentials() {
             &["user", "add", "reader:readerpw"],
             &["auth", "enable"],
         ] {
-            let out = etcdgate_testkit::run_etcdctl(version, &cluster.client_url(0), args);
-            assert!(out.status.success(), "{version}: etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            etcdgate_testkit::etcdctl_ok(version, &cluster.client_url(0), args).unwrap_or_else(|e| panic!("{version}: {e}"));
         }
         let gateway = Etcdgate::start(&cluster.endpoints());
         let token = |name: &str| {
@@ -185,8 +175,8 @@ async fn the_console_changes_members_with_the_askers_credentials() {
         let (status, answer) = change(&promote, Some(&root));
         assert_eq!(status, 200, "{version}: {answer}");
         assert!(answer["steps"][0].as_str().unwrap().starts_with(&format!("promoted {learner_name}")), "{version}: {answer}");
-        let listed = etcdgate_testkit::run_etcdctl(version, &cluster.client_url(0), &["--user", "root:rootpw", "member", "list"]);
-        let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+        let listed = etcdgate_testkit::etcdctl_ok(version, &cluster.client_url(0), &["--user", "root:rootpw", "member", "list"]);
+        let listed = String::from_utf8_lossy(&listed.unwrap_or_else(|e| panic!("{version}: {e}"))).into_owned();
         assert!(listed.lines().all(|line| line.contains(", false")), "{version}: no learner left: {listed}");
 
         // Two of four voters down: removing a third that answers would leave one of three.

@@ -45,5 +45,5 @@ pub use partition::sweep_dead_partitions;
 pub use port::free_port;
 pub use proxy::{ProxyKind, ProxyProcess};
 pub use tls::ClusterTls;
-pub use version::{run_etcdctl, EtcdVersion};
+pub use version::{etcdctl_ok, run_etcdctl, EtcdVersion};
 pub use workload::{Report, Target, Workload, WorkloadConfig};

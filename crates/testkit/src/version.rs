@@ -136,3 +136,13 @@ pub fn run_etcdctl(version: EtcdVersion, endpoints: &str, args: &[&str]) -> Outp
         )
     })
 }
+
+/// [`run_etcdctl`], for a command that must succeed: its stdout, or the command and what it
+/// printed to stderr.
+pub fn etcdctl_ok(version: EtcdVersion, endpoints: &str, args: &[&str]) -> Result<Vec<u8>, String> {
+    let out = run_etcdctl(version, endpoints, args);
+    if !out.status.success() {
+        return Err(format!("etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(out.stdout)
+}

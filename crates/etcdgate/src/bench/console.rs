@@ -22,7 +22,7 @@ use etcdgate_console::inspect::{inspect, InspectOptions};
 use etcdgate_console::snapshot::read_snapshot;
 use etcdgate_console::Credentials;
 use etcdgate_proto::etcdserverpb::{kv_client::KvClient, request_op, PutRequest, RequestOp, TxnRequest};
-use etcdgate_testkit::{run_etcdctl, Cluster, EtcdVersion};
+use etcdgate_testkit::{etcdctl_ok, Cluster, EtcdVersion};
 use etcdgate_upstream::{Pool, PoolOptions};
 
 use super::parse_version;
@@ -100,11 +100,7 @@ fn median(mut samples: Vec<Duration>) -> f64 {
 
 /// Runs etcdctl and fails on a failed command.
 fn etcdctl(version: EtcdVersion, endpoints: &str, args: &[&str]) -> anyhow::Result<Vec<u8>> {
-    let out = run_etcdctl(version, endpoints, args);
-    if !out.status.success() {
-        bail!("etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(out.stdout)
+    etcdctl_ok(version, endpoints, args).map_err(anyhow::Error::msg)
 }
 
 pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
@@ -191,7 +187,7 @@ pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
     rows.push(Row { what: "key browser (read + judge /apisix)", equivalent: "etcdctl get /apisix/ --prefix", ours, theirs, note });
 
     let mut table = String::new();
-    let _ = writeln!(table, "\netcd {version}, {} members, {} routes; medians of {rounds} rounds\n", args.members, args.routes);
+    let _ = writeln!(table, "\n{version}, {} members, {} routes; medians of {rounds} rounds\n", args.members, args.routes);
     let _ = writeln!(table, "| operation | etcdgate ms | etcdctl equivalent | etcdctl ms | ratio | notes |");
     let _ = writeln!(table, "|---|---:|---|---:|---:|---|");
     for Row { what, equivalent, ours, theirs, note } in rows {

@@ -78,13 +78,18 @@ impl Drop for Etcdgate {
     }
 }
 
-/// One HTTP/1.1 request on a connection of its own (`Connection: close`); returns the whole
-/// response.
-fn http_exchange(addr: &str, method: &str, path: &str, body: &str) -> String {
+/// One HTTP/1.1 request with these extra `headers` on a connection of its own
+/// (`Connection: close`); returns the whole response.
+fn http_exchange(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-        .unwrap();
+    let headers: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
@@ -92,12 +97,17 @@ fn http_exchange(addr: &str, method: &str, path: &str, body: &str) -> String {
 
 /// A plain HTTP/1.1 GET; returns the whole response.
 pub fn http_get(addr: &str, path: &str) -> String {
-    http_exchange(addr, "GET", path, "")
+    http_exchange(addr, "GET", path, &[], "")
 }
 
 /// `POST path body`: the status code and the body of the answer.
 pub fn http_post(addr: &str, path: &str, body: &str) -> (u16, String) {
-    let response = http_exchange(addr, "POST", path, body);
+    http_post_with(addr, path, &[], body)
+}
+
+/// [`http_post`] with extra `headers`.
+pub fn http_post_with(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let response = http_exchange(addr, "POST", path, headers, body);
     let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
     (status, body)
