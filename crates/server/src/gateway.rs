@@ -110,6 +110,7 @@ impl Gateway {
             crate::metrics::request_done(R::NAME, &refused);
             return refused;
         }
+        let sent_at = std::time::Instant::now();
         let call = async {
             if ask_cache {
                 if let Some(response) = self.answer_from_cache::<R>(ctx, &message).await {
@@ -128,7 +129,7 @@ impl Gateway {
             None => call.await,
         };
         if result.as_ref().is_err_and(|status| status.message().starts_with(etcdgate_upstream::CUT_TWICE)) {
-            crate::guard::hold_back(R::NAME, &message, self.pool.clone());
+            crate::guard::hold_back(R::NAME, &message, self.pool.clone(), sent_at);
         }
         if let Some((response, revision)) = result.as_ref().ok().and_then(|r| Some((r, R::header_revision(r)?))) {
             ctx.seen.saw(revision);

@@ -22,11 +22,12 @@
 //! it, both found down right after, is not sent to a third (see
 //! `etcdgate_upstream::CUT_TWICE`), and the same client request (same RPC, same bytes) is
 //! then held back for [`HOLD`], long enough for a supervisor to restart the members: a client
-//! that retries it cannot kill them again as they come back. It is let go as soon as another
-//! member goes down while the first two are still down: the request never reached it, so
-//! something else is taking members down (the whole cluster being stopped or restarted, one
-//! after the other), and holding it back would only refuse a harmless request once they are
-//! back.
+//! that retries it cannot kill them again as they come back. The request reached two members
+//! at most, so once more than two have gone down since it was sent, something else is taking
+//! them down (the whole cluster being stopped or restarted, at once or one after the other):
+//! then it is not held back, or is let go, since holding it would only refuse a harmless
+//! request once the members are back. A member that was down before it was sent does not
+//! count: a request that kills the two members left is held back.
 //! etcdgate's own reads (the cache's loads and barriers) are never held back.
 
 use std::collections::VecDeque;
@@ -38,7 +39,7 @@ use std::time::{Duration, Instant};
 use etcdgate_proto::etcdserverpb::alarm_request::AlarmAction;
 use etcdgate_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use etcdgate_proto::etcdserverpb::{request_op, AlarmRequest, AlarmType, AuthRoleGrantPermissionRequest, RangeRequest, TxnRequest};
-use etcdgate_upstream::{Pool, State};
+use etcdgate_upstream::Pool;
 use tonic::Status;
 
 /// What checking a request found.
@@ -128,8 +129,8 @@ pub fn role_grant_permission(request: &AuthRoleGrantPermissionRequest) -> Option
 pub const HOLD: Duration = Duration::from_secs(30);
 /// Requests held back at most (the oldest is let go first).
 const MAX_HELD: usize = 64;
-/// How often a held request looks for another member down (see the module doc).
-const ANOTHER_DOWN_CHECK: Duration = Duration::from_millis(100);
+/// How often a held request looks for other members down (see the module doc).
+const OTHERS_DOWN_CHECK: Duration = Duration::from_millis(100);
 
 /// Requests held back: their fingerprints and until when.
 static HELD: Mutex<VecDeque<(u64, Instant)>> = Mutex::new(VecDeque::new());
@@ -152,11 +153,21 @@ fn with_held<T>(f: impl FnOnce(&mut VecDeque<(u64, Instant)>) -> T) -> T {
     result
 }
 
-/// Holds back `message` (an `rpc` call) for [`HOLD`]: two members failed while serving it.
-/// Lets it go once another member of `pool` goes down (see the module doc).
-pub fn hold_back<M: prost::Message>(rpc: &'static str, message: &M, pool: Arc<Pool>) {
+/// Whether more members have gone down since `sent_at` than a request sent then can have
+/// reached (see the module doc).
+fn others_went_down(pool: &Pool, sent_at: Instant) -> bool {
+    pool.gone_down_since(sent_at) > 2
+}
+
+/// Holds back `message` (an `rpc` call sent at `sent_at`) for [`HOLD`]: two members failed
+/// while serving it. Unless, or until, members it never reached go down (see the module doc).
+pub fn hold_back<M: prost::Message>(rpc: &'static str, message: &M, pool: Arc<Pool>, sent_at: Instant) {
+    if others_went_down(&pool, sent_at) {
+        tracing::info!(rpc, "two etcd members failed while serving a request, and others went down too: not holding it back");
+        return;
+    }
     let fingerprint = fingerprint(rpc, message);
-    tokio::spawn(let_go_when_another_member_goes_down(pool, rpc, fingerprint));
+    tokio::spawn(let_go_when_others_go_down(pool, rpc, fingerprint, sent_at));
     tracing::warn!(rpc, hold_secs = HOLD.as_secs(), "two etcd members failed while serving the same request: holding it back");
     crate::metrics::held_back(rpc);
     with_held(|held| {
@@ -168,18 +179,11 @@ pub fn hold_back<M: prost::Message>(rpc: &'static str, message: &M, pool: Arc<Po
     });
 }
 
-/// The URLs of the members of `pool` that are down.
-fn members_down(pool: &Pool) -> Vec<String> {
-    pool.member_states().into_iter().filter(|(_, _, state, _)| *state == State::Down).map(|(url, ..)| url).collect()
-}
-
-async fn let_go_when_another_member_goes_down(pool: Arc<Pool>, rpc: &'static str, fingerprint: u64) {
-    // The two that failed serving it, and any that was down before.
-    let down_when_held = members_down(&pool);
+async fn let_go_when_others_go_down(pool: Arc<Pool>, rpc: &'static str, fingerprint: u64, sent_at: Instant) {
     let until = Instant::now() + HOLD;
     while Instant::now() < until {
-        let now = members_down(&pool);
-        if down_when_held.iter().all(|url| now.contains(url)) && now.iter().any(|url| !down_when_held.contains(url)) {
+        tokio::time::sleep(OTHERS_DOWN_CHECK).await;
+        if others_went_down(&pool, sent_at) {
             let held = with_held(|held| {
                 let before = held.len();
                 held.retain(|(held, _)| *held != fingerprint);
@@ -190,7 +194,6 @@ async fn let_go_when_another_member_goes_down(pool: Arc<Pool>, rpc: &'static str
             }
             return;
         }
-        tokio::time::sleep(ANOTHER_DOWN_CHECK).await;
     }
 }
 
@@ -256,7 +259,8 @@ mod tests {
 
     /// Waits until `pool` has `count` members down.
     async fn until_down(pool: &Pool, count: usize) {
-        while members_down(pool).len() < count {
+        let down = || pool.member_states().iter().filter(|(_, _, state, _)| *state == etcdgate_upstream::State::Down).count();
+        while down() < count {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -267,7 +271,7 @@ mod tests {
         assert!(held_back("Range", &request).is_none());
         let pool = pool(&[dead_url(), dead_url(), dead_url()]);
         until_down(&pool, 3).await;
-        hold_back("Range", &request, pool);
+        hold_back("Range", &request, pool, Instant::now());
         let refused = held_back("Range", &request).expect("held back");
         assert_eq!(refused.code(), tonic::Code::Unavailable);
         assert!(held_back("Range", &sorted("/held", 1, 2)).is_none(), "another request");
@@ -281,9 +285,10 @@ mod tests {
         let request = sorted("/held-then-let-go", 1, 1);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let alive = format!("http://{}", listener.local_addr().unwrap());
+        let sent_at = Instant::now();
         let pool = pool(&[dead_url(), dead_url(), alive]);
         until_down(&pool, 2).await;
-        hold_back("Range", &request, pool.clone());
+        hold_back("Range", &request, pool.clone(), sent_at);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(held_back("Range", &request).is_some(), "only the two it reached are down");
         drop(listener);
@@ -295,6 +300,16 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("a member the request never reached went down, and the request is still held back");
+    }
+
+    #[tokio::test]
+    async fn a_request_is_not_held_back_when_more_members_went_down_than_it_reached() {
+        let request = sorted("/all-stopped", 1, 1);
+        let sent_at = Instant::now();
+        let pool = pool(&[dead_url(), dead_url(), dead_url()]);
+        until_down(&pool, 3).await;
+        hold_back("Range", &request, pool, sent_at);
+        assert!(held_back("Range", &request).is_none(), "the whole cluster went down: not the request's doing");
     }
 
     #[test]

@@ -285,6 +285,11 @@ impl MemberHealth {
         &self.evidence
     }
 
+    /// When the member entered its state.
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+
     /// Consecutive probes without an answer.
     pub fn failures(&self) -> u32 {
         self.failures

@@ -656,6 +656,18 @@ impl Pool {
             .collect()
     }
 
+    /// How many members are down now, having gone down at or after `instant`.
+    pub fn gone_down_since(&self, instant: std::time::Instant) -> usize {
+        self.family()
+            .entries()
+            .iter()
+            .filter(|entry| {
+                let health = lock(&entry.health);
+                health.state() == State::Down && health.since() >= instant
+            })
+            .count()
+    }
+
     /// A connection of its own to the member at client URL `url`, outside the pool's rotation
     /// and state, with the pool's TLS settings and no keep-alive pings (inspections, which
     /// must reach each member, whatever the pool thinks of it).
