@@ -15,10 +15,10 @@ pub struct ClusterArgs {
     /// while etcd's auth is on: `serve` follows the cached prefixes with it (it needs read
     /// access to them; clients are still served only what etcd lets their own credentials
     /// read); inspections and backups need the root role.
-    #[arg(long, env = "ETCDGATE_USER")]
+    #[arg(long, env = "ETCDGATE_USER", hide_env_values = true)]
     pub user: Option<String>,
     /// The password of --user (if --user has none).
-    #[arg(long, env = "ETCDGATE_PASSWORD", requires = "user")]
+    #[arg(long, env = "ETCDGATE_PASSWORD", hide_env_values = true, requires = "user")]
     pub password: Option<String>,
     /// TLS to members: PEM bundle of the CAs that signed their certificates (default: the
     /// system's). TLS is used for `https://` endpoints and member URLs.
@@ -31,7 +31,7 @@ pub struct ClusterArgs {
     #[arg(long, env = "ETCDGATE_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
     /// TLS to members: accept any certificate they present (encrypted, but not verified).
-    #[arg(long)]
+    #[arg(long, env = "ETCDGATE_INSECURE_SKIP_TLS_VERIFY")]
     pub insecure_skip_tls_verify: bool,
 }
 

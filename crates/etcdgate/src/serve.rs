@@ -36,60 +36,60 @@ pub struct ServeArgs {
     #[arg(long, env = "ETCDGATE_LISTEN_ADDR", default_value = "127.0.0.1:23790")]
     pub listen_addr: SocketAddr,
     /// Largest request a client may send, as etcd's --max-request-bytes.
-    #[arg(long, default_value_t = 1536 * 1024)]
+    #[arg(long, env = "ETCDGATE_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
     pub max_request_bytes: usize,
     /// Seconds a unary HTTP request body may take to arrive.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "ETCDGATE_HTTP_BODY_TIMEOUT", default_value_t = 10)]
     pub http_body_timeout: u64,
     /// Worker threads (default: one per CPU).
     #[arg(long, env = "ETCDGATE_THREADS")]
     pub threads: Option<usize>,
     /// Milliseconds between Status probes of each member.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, env = "ETCDGATE_PROBE_INTERVAL_MS", default_value_t = 500)]
     pub probe_interval_ms: u64,
     /// Milliseconds a probe may take before its member counts as hung (an answer after half
     /// of it makes the member suspect).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "ETCDGATE_PROBE_TIMEOUT_MS", default_value_t = 1000)]
     pub probe_timeout_ms: u64,
     /// Seconds between reads of the member list.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "ETCDGATE_MEMBER_SYNC_INTERVAL", default_value_t = 30)]
     pub member_sync_interval: u64,
     /// Raft applied-index lead over a member beyond which it counts as lagging.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "ETCDGATE_LAG_THRESHOLD", default_value_t = 1000)]
     pub lag_threshold: u64,
     /// Milliseconds after the start of a call beyond which a failed attempt is not tried on
     /// another member (a client's grpc-timeout bounds the whole call as well).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "ETCDGATE_RETRY_BUDGET_MS", default_value_t = 10_000)]
     pub retry_budget_ms: u64,
     /// Key prefix whose reads and watches are served from the watch cache (repeatable or
     /// comma-separated; `""` for the whole keyspace).
     #[arg(long = "cache-prefix", env = "ETCDGATE_CACHE_PREFIX", value_delimiter = ',', default_value = "/apisix")]
     pub cache_prefixes: Vec<String>,
     /// Serve nothing from a cache: forward every read and watch.
-    #[arg(long)]
+    #[arg(long, env = "ETCDGATE_NO_CACHE")]
     pub no_cache: bool,
     /// Events each cached prefix's history keeps at most.
-    #[arg(long, default_value_t = HistoryLimits::default().max_events)]
+    #[arg(long, env = "ETCDGATE_CACHE_HISTORY_EVENTS", default_value_t = HistoryLimits::default().max_events)]
     pub cache_history_events: usize,
     /// Bytes of events each cached prefix's history keeps at most.
-    #[arg(long, default_value_t = HistoryLimits::default().max_bytes)]
+    #[arg(long, env = "ETCDGATE_CACHE_HISTORY_BYTES", default_value_t = HistoryLimits::default().max_bytes)]
     pub cache_history_bytes: usize,
     /// Serve no operations console (`/console`) and take no inspections.
-    #[arg(long)]
+    #[arg(long, env = "ETCDGATE_NO_CONSOLE")]
     pub no_console: bool,
     /// Seconds between the console's inspections of the cluster (each has every member hash
     /// its database: HashKV).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, env = "ETCDGATE_INSPECT_INTERVAL", default_value_t = 60)]
     pub inspect_interval: u64,
     /// Take a verified snapshot of etcd into this directory every --backup-interval (kept only
     /// once its checksum, pages and data hash check out; see the README's Backups).
     #[arg(long, env = "ETCDGATE_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
     /// Seconds between backups (counted from the newest one kept).
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, env = "ETCDGATE_BACKUP_INTERVAL", default_value_t = 3600)]
     pub backup_interval: u64,
     /// How many verified backups to keep.
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, env = "ETCDGATE_BACKUP_KEEP", default_value_t = 24)]
     pub backup_keep: usize,
     /// TLS on etcdgate's port (as etcd's --cert-file): PEM certificate it presents to clients.
     #[arg(long, env = "ETCDGATE_CERT_FILE", requires = "key_file")]
@@ -103,7 +103,7 @@ pub struct ServeArgs {
     pub trusted_ca_file: Option<PathBuf>,
     /// TLS on etcdgate's port (as etcd's --client-cert-auth): clients must present a
     /// certificate signed by --trusted-ca-file.
-    #[arg(long, requires_all = ["trusted_ca_file", "cert_file"])]
+    #[arg(long, env = "ETCDGATE_CLIENT_CERT_AUTH", requires_all = ["trusted_ca_file", "cert_file"])]
     pub client_cert_auth: bool,
 }
 

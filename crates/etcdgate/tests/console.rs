@@ -1,7 +1,7 @@
 //! The operations console as users reach it, against real etcd: `etcdgate inspect` (table,
 //! JSON, exit status), `etcdgate backup` (take, verify, list), and what `etcdgate serve` serves
 //! beside etcd's API (`/console`, its JSON API, the inspection's figures in `/metrics`,
-//! scheduled backups).
+//! scheduled backups), and its settings taken from the environment.
 
 mod common;
 
@@ -124,6 +124,63 @@ async fn inspect_command_and_console_report_the_cluster() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+#[tokio::test]
+async fn serve_takes_every_setting_from_the_environment_too() {
+    let (status, help) = etcdgate(&["serve", "--help"]);
+    assert_eq!(status, 0, "{help}");
+    // Each flag on a line of its own, described on the next.
+    let lines: Vec<&str> = help.lines().map(str::trim).collect();
+    let flags: Vec<(&str, &str)> =
+        lines.windows(2).filter(|pair| pair[0].starts_with("--") && pair[0] != "--help").map(|pair| (pair[0], pair[1])).collect();
+    assert!(flags.len() > 20, "{help}");
+    for (flag, described) in flags {
+        let name = flag.split_whitespace().next().unwrap().trim_start_matches("--");
+        let env = format!("[env: ETCDGATE_{}", name.replace('-', "_").to_uppercase());
+        // `NAME=value`, or `NAME` alone where the value is hidden (a password).
+        assert!(described.contains(&format!("{env}=")) || described.contains(&format!("{env}]")), "--{name} has no {env}: {help}");
+    }
+
+    let cluster = Cluster::start(EtcdVersion::V3_5, 1).await.unwrap();
+    let addr = format!("127.0.0.1:{}", etcdgate_testkit::free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_etcdgate"))
+        .arg("serve")
+        .env("ETCDGATE_ENDPOINTS", cluster.endpoints())
+        .env("ETCDGATE_LISTEN_ADDR", &addr)
+        .env("ETCDGATE_NO_CONSOLE", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start etcdgate");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "etcdgate did not listen on {addr} from ETCDGATE_LISTEN_ADDR");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, answer) = common::http_post(&addr, "/v3/kv/put", r#"{"key":"ZW52","value":"MQ=="}"#);
+    assert_eq!(status, 200, "{answer}");
+    assert!(http_get(&addr, "/console").starts_with("HTTP/1.1 404"), "ETCDGATE_NO_CONSOLE=true serves no console");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let hidden = Command::new(env!("CARGO_BIN_EXE_etcdgate"))
+        .args(["serve", "--help"])
+        .env("ETCDGATE_PASSWORD", "never-shown")
+        .env("ETCDGATE_USER", "nobody:never-shown")
+        .output()
+        .expect("run etcdgate");
+    assert!(!String::from_utf8_lossy(&hidden.stdout).contains("never-shown"), "the help shows no password from the environment");
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_etcdgate"))
+        .arg("serve")
+        .env("ETCDGATE_ENDPOINTS", cluster.endpoints())
+        .env("ETCDGATE_PROBE_INTERVAL_MS", "soon")
+        .output()
+        .expect("run etcdgate");
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{said}");
+    assert!(said.contains("invalid value 'soon' for '--probe-interval-ms"), "{said}");
 }
 
 /// `POST path` with a body, `Content-Type` and, if any, the `Authorization` token: the
