@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Seconds a unary HTTP request body may take to arrive.
     #[arg(long, env = "ETCDGATE_HTTP_BODY_TIMEOUT", default_value_t = 10)]
     pub http_body_timeout: u64,
+    /// Seconds a stop (SIGTERM, Ctrl-C) waits for the calls in flight to be answered, after
+    /// it has stopped taking connections and asked clients to take their next calls elsewhere.
+    #[arg(long, env = "ETCDGATE_SHUTDOWN_GRACE", default_value_t = 10)]
+    pub shutdown_grace: u64,
     /// Worker threads (default: one per CPU).
     #[arg(long, env = "ETCDGATE_THREADS")]
     pub threads: Option<usize>,
@@ -121,6 +125,7 @@ impl ServeArgs {
             http_body_timeout: Duration::from_secs(self.http_body_timeout),
             tls,
             extra_routes: None,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace),
         })
     }
 

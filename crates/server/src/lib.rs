@@ -5,6 +5,7 @@
 
 mod cache;
 mod context;
+mod drain;
 mod gateway;
 mod grpc;
 mod grpc_watch;

@@ -3,7 +3,7 @@
 //! A connection's first line picks its server: an HTTP/1.1 watch gets the lean path (one
 //! request, no per-connection buffers), anything else hyper. With TLS configured (see
 //! [`crate::tls`]) every connection is TLS, and served by hyper (the lean path reads and writes
-//! the plain socket from two tasks at once).
+//! the plain socket from two tasks at once). Told to stop, it stops as [`crate::drain`] says.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::context::{CallContext, SeenRevision};
+use crate::drain::Drain;
 use crate::gateway::Gateway;
 use crate::http::{self, ErrorStyle, HttpLimits, LeanServer};
 use crate::rewind::Rewind;
@@ -51,15 +52,23 @@ pub struct ServerConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Routes served beside etcd's (the operations console).
     pub extra_routes: Option<axum::Router>,
+    /// How long a stop waits for the calls in flight to be answered (see [`crate::drain`]).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_request_bytes: 1536 * 1024, http_body_timeout: Duration::from_secs(10), tls: None, extra_routes: None }
+        ServerConfig {
+            max_request_bytes: 1536 * 1024,
+            http_body_timeout: Duration::from_secs(10),
+            tls: None,
+            extra_routes: None,
+            shutdown_grace: Duration::from_secs(10),
+        }
     }
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves, then stops as [`crate::drain`] says.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
@@ -79,6 +88,8 @@ pub async fn serve(
         .merge(http::router(gateway, errors.clone(), limits))
         .merge(config.extra_routes.unwrap_or_default())
         .fallback(fallback);
+    let drain = Drain::default();
+    let app = app.layer(axum::middleware::from_fn_with_state(drain.clone(), Drain::count));
     let lean = LeanServer::new(app.clone(), errors);
     let tls = config.tls.map(TlsAcceptor::from);
 
@@ -93,14 +104,17 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
         match &tls {
-            None => tokio::spawn(serve_connection(stream, app.clone(), lean.clone())),
-            Some(tls) => tokio::spawn(serve_tls_connection(stream, tls.clone(), app.clone())),
+            None => tokio::spawn(serve_connection(stream, app.clone(), lean.clone(), drain.clone())),
+            Some(tls) => tokio::spawn(serve_tls_connection(stream, tls.clone(), app.clone(), drain.clone())),
         };
     }
+    drop(listener);
+    drain.stop(config.shutdown_grace).await;
+    Ok(())
 }
 
 /// What a connection speaks, told from its first line.
@@ -114,21 +128,21 @@ enum Protocol {
 
 /// Serves one connection: a watch over HTTP/1.1 on the lean path, anything else with hyper
 /// (which is given the bytes read to tell them apart first).
-async fn serve_connection(mut stream: TcpStream, app: axum::Router, lean: LeanServer) {
+async fn serve_connection(mut stream: TcpStream, app: axum::Router, lean: LeanServer, drain: Drain) {
     let head_deadline = Instant::now() + HEADER_READ_TIMEOUT;
     let Ok(Some((protocol, received))) = tokio::time::timeout_at(head_deadline, sniff(&mut stream)).await else { return };
     let seen = SeenRevision::default();
     match protocol {
         Protocol::Http1Watch => lean.serve(stream, received, head_deadline, seen).await,
         Protocol::Http1 | Protocol::Http2 => {
-            Box::pin(serve_with_hyper(protocol, Rewind::new(Bytes::from(received), stream), app, seen)).await;
+            Box::pin(serve_with_hyper(protocol, Rewind::new(Bytes::from(received), stream), app, seen, drain)).await;
         }
     }
 }
 
 /// Serves one TLS connection with hyper, once the handshake is done (within the time a
 /// request head may take).
-async fn serve_tls_connection(stream: TcpStream, tls: TlsAcceptor, app: axum::Router) {
+async fn serve_tls_connection(stream: TcpStream, tls: TlsAcceptor, app: axum::Router, drain: Drain) {
     let head_deadline = Instant::now() + HEADER_READ_TIMEOUT;
     let mut stream = match tokio::time::timeout_at(head_deadline, tls.accept(stream)).await {
         Ok(Ok(stream)) => stream,
@@ -137,7 +151,7 @@ async fn serve_tls_connection(stream: TcpStream, tls: TlsAcceptor, app: axum::Ro
     };
     let Ok(Some((protocol, received))) = tokio::time::timeout_at(head_deadline, sniff(&mut stream)).await else { return };
     let protocol = if protocol == Protocol::Http2 { Protocol::Http2 } else { Protocol::Http1 };
-    Box::pin(serve_with_hyper(protocol, Rewind::new(Bytes::from(received), stream), app, SeenRevision::default())).await;
+    Box::pin(serve_with_hyper(protocol, Rewind::new(Bytes::from(received), stream), app, SeenRevision::default(), drain)).await;
 }
 
 /// Reads the connection's first line (at most [`SNIFF_LIMIT`] bytes) and tells its protocol;
@@ -172,8 +186,9 @@ fn protocol_of(first_line: &[u8]) -> Protocol {
     }
 }
 
-/// Serves a connection with hyper's HTTP/1 or HTTP/2 server.
-async fn serve_with_hyper<S>(protocol: Protocol, io: Rewind<S>, app: axum::Router, seen: SeenRevision)
+/// Serves a connection with hyper's HTTP/1 or HTTP/2 server, until it ends, or until the
+/// calls in it are answered once the stop began.
+async fn serve_with_hyper<S>(protocol: Protocol, io: Rewind<S>, app: axum::Router, seen: SeenRevision, drain: Drain)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -193,7 +208,16 @@ where
         .keep_alive_timeout(Duration::from_secs(10));
     let (builder, io) =
         if protocol == Protocol::Http2 { (builder.http2_only(), io.without_vectored_writes()) } else { (builder.http1_only(), io) };
-    if let Err(error) = builder.serve_connection(TokioIo::new(io), service).await {
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = drain.stopping() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = ended {
         tracing::debug!(%error, "connection ended with an error");
     }
 }

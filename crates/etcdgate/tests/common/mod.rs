@@ -60,6 +60,17 @@ impl Etcdgate {
         self.child.id()
     }
 
+    /// Asks it to stop, as a service manager does (SIGTERM).
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -TERM {}", self.child.id());
+    }
+
+    /// Waits until it has exited: how it ended.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait for etcdgate")
+    }
+
     /// `127.0.0.1:PORT`, as etcdctl takes it.
     pub fn addr(&self) -> &str {
         &self.addr
