@@ -26,7 +26,11 @@ async fn a_stop_answers_the_calls_in_flight_and_does_not_wait_for_watches() {
     for version in EtcdVersion::all() {
         let mut cluster = Cluster::start(version, 1).await.unwrap();
         // Probes that never call the paused member hung: its calls are waited for, not moved.
-        let mut gateway = Etcdgate::start_with_args(&cluster.endpoints(), &["--probe-timeout-ms", "60000"]);
+        // No calls of etcdgate's own meanwhile (member list, inspections): the test counts
+        // the calls sent to the member.
+        let args = ["--probe-timeout-ms", "60000", "--member-sync-interval", "3600", "--no-console"];
+        let mut gateway = Etcdgate::start_with_args(&cluster.endpoints(), &args);
+        let sent = format!("etcdgate_member_requests_total{{member=\"{}\"}}", cluster.client_url(0));
         let mut kv = KvClient::connect(gateway.url()).await.unwrap();
         kv.put(put("/stop/before")).await.expect("a Put before the stop");
 
@@ -36,12 +40,17 @@ async fn a_stop_answers_the_calls_in_flight_and_does_not_wait_for_watches() {
         let mut watch = WatchClient::connect(gateway.url()).await.unwrap().watch(ReceiverStream::new(input)).await.unwrap().into_inner();
         assert!(watch.next().await.unwrap().unwrap().created, "{version}");
 
+        let sent_before = common::metric(gateway.addr(), &sent).unwrap_or_else(|| panic!("{version}: no {sent}"));
         cluster.pause(0).unwrap();
         let grpc_put = tokio::spawn(async move { kv.put(put("/stop/grpc")).await });
         let addr = gateway.addr().to_string();
         let http_put = tokio::task::spawn_blocking(move || common::http_post(&addr, "/v3/kv/put", r#"{"key":"L3N0b3AvaHR0cA==","value":"MQ=="}"#));
-        // Both calls reach etcdgate and wait there for the paused member.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Both calls reach the paused member through etcdgate, and wait.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while common::metric(gateway.addr(), &sent).unwrap_or_default() < sent_before + 2 {
+            assert!(Instant::now() < deadline, "{version}: the two Puts were not sent to the member");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         gateway.terminate();
 
         let deadline = Instant::now() + Duration::from_secs(20);
