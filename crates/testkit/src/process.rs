@@ -2,7 +2,10 @@
 //!
 //! Children get `PR_SET_PDEATHSIG = SIGKILL`. That signal fires when the *thread* that forked
 //! the child exits, not the process, so all children are forked by one dedicated thread that
-//! lives as long as the process (tokio worker and blocking threads come and go).
+//! lives as long as the process (tokio worker and blocking threads come and go). Each child
+//! is in a process group of its own, so that a terminal's Ctrl-C reaches only the parent,
+//! which stops its children in its own order (`etcdgate dev`: etcdgate first, answering the
+//! calls in flight, then the etcd members).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -25,7 +28,7 @@ pub(crate) fn spawn_logged(mut cmd: Command, log: &Path) -> io::Result<Child> {
             cmd.env_remove(&k);
         }
     }
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
     unsafe {
