@@ -1,6 +1,8 @@
 //! etcdgate stopped as a service manager stops it (SIGTERM), against real etcd: it takes no
 //! new connections, answers the calls in flight (a gRPC and an HTTP/JSON Put that etcd is slow
-//! to apply: its member is paused), and exits without waiting for the watches open on it.
+//! to apply: its member is paused), and exits without waiting for the watches open on it. And
+//! a restart as an operator does one: an APISIX-style watch resumed on the new etcdgate from
+//! where it was gets what was written while none ran.
 
 mod common;
 
@@ -10,15 +12,30 @@ use etcdgate_proto::etcdserverpb::{
     kv_client::KvClient, watch_client::WatchClient, watch_request::RequestUnion, PutRequest, RangeRequest, WatchCreateRequest,
     WatchRequest,
 };
+use base64::Engine;
+use etcdgate_testkit::workload::JsonClient;
 use etcdgate_testkit::{Cluster, EtcdVersion};
 use futures::StreamExt;
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use common::Etcdgate;
 
+/// How long any one answer may take.
+const WAIT: Duration = Duration::from_secs(30);
+
 fn put(key: &str) -> PutRequest {
     PutRequest { key: key.into(), value: b"1".to_vec(), ..Default::default() }
+}
+
+fn b64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// A field proto3 JSON writes as a string (int64).
+fn int(field: &Value) -> i64 {
+    field.as_str().and_then(|text| text.parse().ok()).unwrap_or_else(|| panic!("not an int64: {field}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -77,5 +94,41 @@ async fn a_stop_answers_the_calls_in_flight_and_does_not_wait_for_watches() {
         let range = RangeRequest { key: b"/stop/".to_vec(), range_end: b"/stop0".to_vec(), keys_only: true, ..Default::default() };
         let keys: Vec<_> = direct.range(range).await.unwrap().into_inner().kvs.into_iter().map(|kv| String::from_utf8(kv.key).unwrap()).collect();
         assert_eq!(keys, ["/stop/before", "/stop/grpc", "/stop/http"], "{version}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_resumed_on_a_restarted_etcdgate_gets_what_was_written_meanwhile() {
+    for version in EtcdVersion::all() {
+        let cluster = Cluster::start(version, 1).await.unwrap();
+        let http = JsonClient::new();
+        let put_json = |key: &str| json!({"key": b64(key), "value": b64("{}")});
+
+        // APISIX reads everything through etcdgate, and then etcdgate is stopped.
+        let mut gateway = Etcdgate::start(&cluster.endpoints());
+        http.post(&gateway.url(), "/v3/kv/put", &put_json("/apisix/routes/1"), WAIT).await.unwrap();
+        let read = json!({"key": b64("/apisix"), "range_end": b64("/apisiy")});
+        let read_at = int(&http.post(&gateway.url(), "/v3/kv/range", &read, WAIT).await.unwrap()["header"]["revision"]);
+        gateway.terminate();
+        assert!(gateway.wait().success(), "{version}");
+
+        // A write while no etcdgate runs (the Admin API of another instance, say).
+        let mut direct = KvClient::connect(cluster.client_url(0)).await.unwrap();
+        let meanwhile = direct.put(put("/apisix/routes/2")).await.unwrap().into_inner().header.unwrap().revision;
+
+        // APISIX watches again on the new etcdgate from the revision after its read.
+        let gateway = Etcdgate::start(&cluster.endpoints());
+        let create = json!({"create_request": {"key": b64("/apisix/"), "range_end": b64("/apisix0"), "start_revision": (read_at + 1).to_string()}});
+        let mut watch = http.stream(&gateway.url(), "/v3/watch", &create, WAIT).await.unwrap();
+        let mut next = async || tokio::time::timeout(WAIT, watch.next_result()).await.expect("the watch went silent").unwrap();
+        assert_eq!(next().await["created"], true, "{version}");
+        let events = next().await;
+        assert_eq!(events["events"][0]["kv"]["key"], b64("/apisix/routes/2"), "{version}: {events}");
+        assert_eq!(int(&events["events"][0]["kv"]["mod_revision"]), meanwhile, "{version}: {events}");
+
+        http.post(&gateway.url(), "/v3/kv/put", &put_json("/apisix/routes/3"), WAIT).await.unwrap();
+        let events = next().await;
+        assert_eq!(events["events"][0]["kv"]["key"], b64("/apisix/routes/3"), "{version}: {events}");
+        assert_eq!(int(&events["events"][0]["kv"]["mod_revision"]), meanwhile + 1, "{version}: {events}");
     }
 }
