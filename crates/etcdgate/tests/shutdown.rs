@@ -68,6 +68,8 @@ async fn a_stop_answers_the_calls_in_flight_and_does_not_wait_for_watches() {
             assert!(Instant::now() < deadline, "{version}: the two Puts were not sent to the member");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let in_flight = common::metric(gateway.addr(), "etcdgate_calls_in_flight");
+        assert_eq!(in_flight, Some(3), "{version}: the two Puts and the scrape itself");
         gateway.terminate();
 
         let deadline = Instant::now() + Duration::from_secs(20);

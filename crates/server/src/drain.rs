@@ -53,6 +53,7 @@ struct InFlight(Arc<AtomicUsize>);
 impl InFlight {
     fn enter(counter: &Arc<AtomicUsize>) -> InFlight {
         counter.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::calls_in_flight(1);
         InFlight(counter.clone())
     }
 }
@@ -60,6 +61,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::calls_in_flight(-1);
     }
 }
 

@@ -36,6 +36,7 @@ struct ServerMetrics {
     cache_events_out: Counter,
     hub_watchers: Gauge,
     upstream_watches: Gauge,
+    calls_in_flight: Gauge,
     feed_stalls: Counter,
     barrier_rounds: Counter,
     permits_asked: Family<PermitLabels, Counter>,
@@ -153,6 +154,11 @@ pub fn hub_watchers(delta: i64) {
     metrics().hub_watchers.inc_by(delta);
 }
 
+/// Client calls being answered (see [`crate::drain`]): `delta` more.
+pub fn calls_in_flight(delta: i64) {
+    metrics().calls_in_flight.inc_by(delta);
+}
+
 /// A client stream was moved to another member.
 pub fn stream_moved(stream: &'static str) {
     metrics().stream_moves.get_or_create(&StreamLabels { stream }).inc();
@@ -172,6 +178,11 @@ fn registry() -> &'static Registry {
         let mut registry = Registry::default();
         let metrics = metrics();
         registry.register("etcdgate_requests", "Unary requests by RPC and gRPC code", metrics.requests.clone());
+        registry.register(
+            "etcdgate_calls_in_flight",
+            "Client calls being answered, which a stop waits for (watches, keep-alives and observations not counted; a scrape counts itself)",
+            metrics.calls_in_flight.clone(),
+        );
         registry.register(
             "etcdgate_stream_moves",
             "Client streams (watch, keepalive) moved to another member",

@@ -60,6 +60,12 @@ pub struct JsonClient {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
+impl Default for JsonClient {
+    fn default() -> JsonClient {
+        JsonClient::new()
+    }
+}
+
 impl JsonClient {
     pub fn new() -> JsonClient {
         let mut connector = HttpConnector::new();
