@@ -36,14 +36,14 @@ pub struct ServeArgs {
     #[arg(long, env = "ETCDGATE_LISTEN_ADDR", default_value = "127.0.0.1:23790")]
     pub listen_addr: SocketAddr,
     /// Largest request a client may send, as etcd's --max-request-bytes.
-    #[arg(long, env = "ETCDGATE_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    #[arg(long, env = "ETCDGATE_MAX_REQUEST_BYTES", default_value_t = ServerConfig::default().max_request_bytes)]
     pub max_request_bytes: usize,
     /// Seconds a unary HTTP request body may take to arrive.
-    #[arg(long, env = "ETCDGATE_HTTP_BODY_TIMEOUT", default_value_t = 10)]
+    #[arg(long, env = "ETCDGATE_HTTP_BODY_TIMEOUT", default_value_t = ServerConfig::default().http_body_timeout.as_secs())]
     pub http_body_timeout: u64,
     /// Seconds a stop (SIGTERM, Ctrl-C) waits for the calls in flight to be answered, after
     /// it has stopped taking connections and asked clients to take their next calls elsewhere.
-    #[arg(long, env = "ETCDGATE_SHUTDOWN_GRACE", default_value_t = 10)]
+    #[arg(long, env = "ETCDGATE_SHUTDOWN_GRACE", default_value_t = ServerConfig::default().shutdown_grace.as_secs())]
     pub shutdown_grace: u64,
     /// Worker threads (default: one per CPU).
     #[arg(long, env = "ETCDGATE_THREADS")]
