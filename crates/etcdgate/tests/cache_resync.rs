@@ -45,11 +45,6 @@ async fn put(kv: &mut KvClient<tonic::transport::Channel>, key: &str, value: &st
     response.into_inner().header.unwrap().revision
 }
 
-fn signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().unwrap();
-    assert!(status.success(), "kill {signal} {pid}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cache_cut_off_past_a_compaction_reads_again_and_cancels_only_watches_before_the_gap() {
     for version in EtcdVersion::all() {
@@ -65,7 +60,7 @@ async fn a_cache_cut_off_past_a_compaction_reads_again_and_cancels_only_watches_
         // it can reconnect, and the writes and the compaction happen while it is frozen — so
         // none of their events can be waiting in a socket of the gateway.
         cluster.stop_all();
-        signal(gateway.pid(), "-STOP");
+        gateway.signal("-STOP");
         cluster.start_all().await.unwrap();
         let mut direct = KvClient::connect(cluster.client_url(0)).await.unwrap();
         let mut last = 0;
@@ -73,7 +68,7 @@ async fn a_cache_cut_off_past_a_compaction_reads_again_and_cancels_only_watches_
             last = put(&mut direct, "/r/b", &i.to_string()).await;
         }
         direct.compact(CompactionRequest { revision: last, physical: true }).await.unwrap();
-        signal(gateway.pid(), "-CONT");
+        gateway.signal("-CONT");
 
         let canceled = next(&mut before_gap).await;
         assert!(canceled.canceled && canceled.compact_revision > revision, "{version}: the watch before the gap: {canceled:?}");

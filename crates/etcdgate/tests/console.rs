@@ -144,25 +144,18 @@ async fn serve_takes_every_setting_from_the_environment_too() {
 
     let cluster = Cluster::start(EtcdVersion::V3_5, 1).await.unwrap();
     let addr = format!("127.0.0.1:{}", etcdgate_testkit::free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_etcdgate"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_etcdgate"));
+    command
         .arg("serve")
         .env("ETCDGATE_ENDPOINTS", cluster.endpoints())
         .env("ETCDGATE_LISTEN_ADDR", &addr)
         .env("ETCDGATE_NO_CONSOLE", "true")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start etcdgate");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "etcdgate did not listen on {addr} from ETCDGATE_LISTEN_ADDR");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (status, answer) = common::http_post(&addr, "/v3/kv/put", r#"{"key":"ZW52","value":"MQ=="}"#);
+        .stderr(std::process::Stdio::null());
+    let gateway = Etcdgate::serving(command, addr);
+    let (status, answer) = common::http_post(gateway.addr(), "/v3/kv/put", r#"{"key":"ZW52","value":"MQ=="}"#);
     assert_eq!(status, 200, "{answer}");
-    assert!(http_get(&addr, "/console").starts_with("HTTP/1.1 404"), "ETCDGATE_NO_CONSOLE=true serves no console");
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(http_get(gateway.addr(), "/console").starts_with("HTTP/1.1 404"), "ETCDGATE_NO_CONSOLE=true serves no console");
+    drop(gateway);
 
     let hidden = Command::new(env!("CARGO_BIN_EXE_etcdgate"))
         .args(["serve", "--help"])

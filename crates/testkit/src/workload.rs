@@ -37,7 +37,7 @@ use tonic::transport::Channel;
 
 use crate::grpc::endpoint;
 use crate::history::{check_revisions, check_watch, check_writes, History, Problem};
-pub use http::{error_chain, JsonClient, JsonLines};
+pub use http::{b64, error_chain, int, JsonClient, JsonLines};
 pub use record::{Call, ClientError};
 use record::Recorder;
 use schema::{key, resource_range, Rng, PREFIX, PREFIX_END, RESOURCES};

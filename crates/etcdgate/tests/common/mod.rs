@@ -44,9 +44,15 @@ impl Etcdgate {
     fn spawn(endpoints: &str, configure: impl FnOnce(&mut Command)) -> Etcdgate {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut command = Command::new(env!("CARGO_BIN_EXE_etcdgate"));
-        command.args(["serve", "--endpoints", endpoints, "--listen-addr", &addr]).stdout(Stdio::null());
+        command.args(["serve", "--endpoints", endpoints, "--listen-addr", &addr]);
         configure(&mut command);
-        let child = command.spawn().expect("start etcdgate");
+        Etcdgate::serving(command, addr)
+    }
+
+    /// Runs `command`, an `etcdgate serve` set up (by flags or environment) to listen on
+    /// `addr`, and waits until it does.
+    pub fn serving(mut command: Command, addr: String) -> Etcdgate {
+        let child = command.stdout(Stdio::null()).spawn().expect("start etcdgate");
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&addr).is_err() {
             assert!(Instant::now() < deadline, "etcdgate did not start listening on {addr}");
@@ -55,15 +61,11 @@ impl Etcdgate {
         Etcdgate { child, addr }
     }
 
-    /// The process ID (to pause and resume it).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Asks it to stop, as a service manager does (SIGTERM).
-    pub fn terminate(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("run kill");
-        assert!(status.success(), "kill -TERM {}", self.child.id());
+    /// Sends it `signal` (`-STOP` and `-CONT` to pause and resume it, `-TERM` to stop it as a
+    /// service manager does).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill {signal} {}", self.child.id());
     }
 
     /// Waits until it has exited: how it ended.
