@@ -14,7 +14,7 @@ use etcdgate_proto::v3electionpb::{election_client::ElectionClient, *};
 use etcdgate_proto::v3lockpb::{lock_client::LockClient, *};
 use etcdgate_upstream::MemberConnection;
 use etcdgate_upstream::{RetryPolicy, Timing};
-use futures::future::BoxFuture;
+use std::future::Future;
 use tonic::{Request, Response};
 
 use crate::guard;
@@ -78,7 +78,7 @@ pub trait UnaryRpc: Send + Sync + 'static {
     fn from_range(_response: RangeResponse) -> Option<Self::Resp> {
         None
     }
-    fn call(connection: MemberConnection, request: Request<Self::Req>) -> BoxFuture<'static, Result<Response<Self::Resp>, tonic::Status>>;
+    fn call(connection: MemberConnection, request: Request<Self::Req>) -> impl Future<Output = Result<Response<Self::Resp>, tonic::Status>> + Send + 'static;
 }
 
 /// A serializable Range as a linearizable one (which etcd answers at the cluster's current
@@ -166,8 +166,8 @@ macro_rules! unary_rpcs {
                 $refuse(request)
             })?
             $(cached_range!($cached);)?
-            fn call(connection: MemberConnection, request: Request<$req>) -> BoxFuture<'static, Result<Response<$resp>, tonic::Status>> {
-                Box::pin(async move { $client::new(connection).max_decoding_message_size(usize::MAX).$method(request).await })
+            fn call(connection: MemberConnection, request: Request<$req>) -> impl Future<Output = Result<Response<$resp>, tonic::Status>> + Send + 'static {
+                async move { $client::new(connection).max_decoding_message_size(usize::MAX).$method(request).await }
             }
         }
     )*};

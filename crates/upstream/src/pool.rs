@@ -751,7 +751,9 @@ impl Pool {
     }
 
     /// Runs `call` on a member chosen for `target`, failing over as `policy` allows; `timing`
-    /// says whether the call's latency measures its member (see [`Timing`]).
+    /// says whether the call's latency measures its member (see [`Timing`]). Each attempt's
+    /// future is boxed: a tonic call's is kilobytes, a hedge holds two, and unboxed they would
+    /// make every future above this one as large, copied at each step of every call.
     pub async fn call<T, F, Fut>(&self, target: &Target, policy: RetryPolicy, timing: Timing, mut call: F) -> Result<T, Status>
     where
         F: FnMut(MemberConnection) -> Fut,
@@ -794,7 +796,7 @@ impl Pool {
                         let attempts = if hedged {
                             self.hedged(member, timing, give_up_at, &mut call).await
                         } else {
-                            [Some((member.clone(), member.run(policy, timing, call(member.connection())).await)), None]
+                            [Some((member.clone(), member.run(policy, timing, Box::pin(call(member.connection()))).await)), None]
                         };
                         for (member, attempt) in attempts.into_iter().flatten() {
                             match attempt {
@@ -865,7 +867,7 @@ impl Pool {
         Fut: Future<Output = Result<T, Status>>,
     {
         let started = Instant::now();
-        let first_run = first.run(RetryPolicy::Read, timing, call(first.connection()));
+        let first_run = first.run(RetryPolicy::Read, timing, Box::pin(call(first.connection())));
         tokio::pin!(first_run);
         tokio::select! {
             biased;
@@ -891,7 +893,7 @@ impl Pool {
             return [Some((first.clone(), first_run.await)), None];
         }
         crate::metrics::hedged(first.url());
-        let partner_run = partner.run(RetryPolicy::Read, timing, call(partner.connection()));
+        let partner_run = partner.run(RetryPolicy::Read, timing, Box::pin(call(partner.connection())));
         tokio::pin!(partner_run);
         let (winner, attempt) = tokio::select! {
             attempt = &mut first_run => (first.clone(), attempt),
