@@ -5,12 +5,13 @@
 mod backup;
 mod bench;
 mod cluster_args;
+mod config_file;
 mod dev;
 mod inspect;
 mod member;
 mod serve;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "etcdgate", version, about = "etcd v3 gateway: gRPC and HTTP/JSON on one port, in front of a real etcd cluster")]
@@ -39,7 +40,24 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let command = Cli::parse().command;
+    let (args, config_file) = match config_file::with_settings_from_file(&Cli::command(), std::env::args_os().collect()) {
+        Ok(parts) => parts,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::exit(2)
+        }
+    };
+    let command = match Cli::try_parse_from(args) {
+        Ok(cli) => cli.command,
+        Err(error) => match config_file {
+            Some(file) if error.use_stderr() => {
+                let _ = error.print();
+                eprintln!("(the settings of --{} {} are given as flags)", config_file::FLAG, file.display());
+                std::process::exit(error.exit_code())
+            }
+            _ => error.exit(),
+        },
+    };
     // A one-shot command's output is its report; the member pool's state changes are noise there.
     let default_filter = if matches!(command, Command::Inspect(_) | Command::Backup(_) | Command::Member(_)) { "error" } else { "etcdgate=info,warn" };
     tracing_subscriber::fmt()

@@ -30,6 +30,11 @@ pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Parser, Clone, Debug)]
 pub struct ServeArgs {
+    /// YAML file of settings, keyed by these flags' names (`listen-addr: 0.0.0.0:23790`,
+    /// `endpoints: [http://10.0.0.1:2379, ...]`, `no-console: true`); a flag or its environment
+    /// variable wins over the file.
+    #[arg(long, env = crate::config_file::ENV)]
+    pub config_file: Option<PathBuf>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// Address to serve gRPC and HTTP/JSON on.
@@ -253,7 +258,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     drop(stopped);
 
-    tracing::info!(listen = %addr, tls = config.tls.is_some(), endpoints = ?args.cluster.endpoints, threads, "etcdgate serving gRPC and HTTP/JSON");
+    tracing::info!(listen = %addr, tls = config.tls.is_some(), endpoints = ?args.cluster.endpoints, threads, config_file = ?args.config_file, "etcdgate serving gRPC and HTTP/JSON");
     let served = runtime.block_on(async {
         let listener = TcpListener::from_std(listeners.remove(0))?;
         etcdgate_server::serve(listener, gateway, config, async {

@@ -176,6 +176,62 @@ async fn serve_takes_every_setting_from_the_environment_too() {
     assert!(said.contains("invalid value 'soon' for '--probe-interval-ms"), "{said}");
 }
 
+/// `serve --config-file`: a YAML file of serve's flag names alone is enough to serve; a flag
+/// on the command line, and an environment variable, win over the file; a bad file gets an
+/// error that names it and serves nothing; `serve --help` works whatever the file holds.
+#[tokio::test]
+async fn serve_takes_its_settings_from_a_config_file() {
+    let cluster = Cluster::start(EtcdVersion::V3_5, 1).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("etcdgate.yaml");
+    let free_addr = || format!("127.0.0.1:{}", etcdgate_testkit::free_port());
+    let in_file = free_addr();
+    let endpoints: Vec<String> = cluster.endpoints().split(',').map(|e| format!("  - {e}")).collect();
+    std::fs::write(
+        &file,
+        format!("# etcdgate serve's settings\nendpoints:\n{}\nlisten-addr: {in_file}\nno-console: true\ncache-prefix: [/apisix, /conf]\nprobe-interval-ms: 200\n", endpoints.join("\n")),
+    )
+    .unwrap();
+    let serve = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_etcdgate"));
+        command.args(["serve", "--config-file", file.to_str().unwrap()]).args(extra).envs(env.iter().copied()).stderr(std::process::Stdio::null());
+        command
+    };
+
+    let gateway = Etcdgate::serving(serve(&[], &[]), in_file.clone());
+    let (status, answer) = common::http_post(gateway.addr(), "/v3/kv/put", r#"{"key":"L2NvbmYvYQ==","value":"MQ=="}"#);
+    assert_eq!(status, 200, "the endpoints come from the file: {answer}");
+    assert!(http_get(gateway.addr(), "/console").starts_with("HTTP/1.1 404"), "no-console: true serves no console");
+    drop(gateway);
+
+    let on_command_line = free_addr();
+    let gateway = Etcdgate::serving(serve(&["--listen-addr", &on_command_line], &[]), on_command_line);
+    let (status, answer) = common::http_post(gateway.addr(), "/v3/kv/range", r#"{"key":"L2NvbmYvYQ=="}"#);
+    assert_eq!(status, 200, "the flag wins over the file: {answer}");
+    drop(gateway);
+
+    let in_environment = free_addr();
+    let gateway = Etcdgate::serving(serve(&[], &[("ETCDGATE_LISTEN_ADDR", &in_environment)]), in_environment);
+    let (status, answer) = common::http_post(gateway.addr(), "/v3/kv/range", r#"{"key":"L2NvbmYvYQ=="}"#);
+    assert_eq!(status, 200, "the environment wins over the file: {answer}");
+    drop(gateway);
+
+    for (content, said) in [
+        ("listen-adress: 127.0.0.1:1\n", "unknown setting `listen-adress`"),
+        ("probe-interval-ms: soon\n", "invalid value 'soon' for '--probe-interval-ms"),
+        ("no-console: maybe\n", "`no-console` is a switch"),
+        ("endpoints: [http://127.0.0.1:1\n", "not YAML"),
+        ("- listen-addr\n", "must be a mapping"),
+    ] {
+        std::fs::write(&file, content).unwrap();
+        let (status, output) = etcdgate(&["serve", "--config-file", file.to_str().unwrap()]);
+        assert_eq!(status, 2, "{content}: {output}");
+        assert!(output.contains(said) && output.contains(file.to_str().unwrap()), "{content}: {output}");
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_etcdgate")).args(["serve", "--help"]).env("ETCDGATE_CONFIG_FILE", &file).output().unwrap();
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("--config-file"), "{help:?}");
+}
+
 /// `POST path` with a body, `Content-Type` and, if any, the `Authorization` token: the
 /// status code and the JSON answer.
 fn post_as(addr: &str, path: &str, sent: &str, content_type: &str, token: Option<&str>) -> (u16, serde_json::Value) {
