@@ -170,13 +170,8 @@ fn scan_number(text: &str) -> Result<&str, String> {
     }
     let invalid = |at: usize, context: &str| {
         // Go's scanner reports the end of input as a space it could not take.
-        let c = text[at..].chars().next().unwrap_or(' ');
-        let quoted = match c {
-            '\'' => "'\\''".to_string(),
-            '"' => "'\"'".to_string(),
-            c => format!("'{}'", c.escape_debug()),
-        };
-        Err(format!("invalid character {quoted} {context}"))
+        let c = bytes.get(at).copied().unwrap_or(b' ');
+        Err(format!("invalid character {} {context}", crate::go_scanner::quote_char(c)))
     };
     let digits = |mut at: usize| {
         while at < bytes.len() && bytes[at].is_ascii_digit() {

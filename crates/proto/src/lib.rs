@@ -3,11 +3,12 @@
 //! `authpb`, `v3lockpb` and `v3electionpb`, plus the proto3-JSON mapping etcd's HTTP gateway
 //! uses (original field names on output, lowerCamel or original accepted on input, 64-bit
 //! integers as strings, enums by name, bytes as base64, zero values omitted), reading base64
-//! and enums as etcd's gateway (Go) reads them.
+//! and enums as etcd's gateway (Go) reads them, and naming JSON syntax errors in Go's words.
 
 #![allow(clippy::all, missing_docs)]
 
 pub mod go_json;
+pub mod go_scanner;
 
 pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));

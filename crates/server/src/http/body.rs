@@ -43,8 +43,8 @@ pub fn decode_one<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Statu
         Some(Ok(message)) => Ok(message),
         Some(Err(error)) => match decode_without_nulls(body) {
             Ok(Some((message, _))) => Ok(message),
-            Ok(None) => Err(decode_error(Code::InvalidArgument, &error)),
-            Err(without_nulls) => Err(decode_error(Code::InvalidArgument, &without_nulls)),
+            Ok(None) => Err(decode_error(Code::InvalidArgument, &error, body)),
+            Err(without_nulls) => Err(decode_error(Code::InvalidArgument, &without_nulls, body)),
         },
         None => Ok(T::default()),
     }
@@ -119,7 +119,7 @@ pub fn decode_stream<T: DeserializeOwned + Send + 'static>(body: Body, limit: us
                         refused => {
                             state.failed = true;
                             let error = refused.err().unwrap_or(error);
-                            return Some((Err(decode_error(Code::Unknown, &error)), state));
+                            return Some((Err(decode_error(Code::Unknown, &error, &state.buffer)), state));
                         }
                     },
                     _ => {}

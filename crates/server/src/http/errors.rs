@@ -128,12 +128,18 @@ pub fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> R
     response
 }
 
-/// Turns a JSON decoding failure into the status etcd's gateway would report, with Go's
-/// wording where the cause is the same (`unexpected EOF` for a truncated body, Go's base64
-/// and number errors without serde's position, a value of the wrong JSON type).
-pub fn decode_error(code: Code, error: &serde_json::Error) -> Status {
+/// Turns a JSON decoding failure of `body` into the status etcd's gateway would report, with
+/// Go's wording where the cause is the same (`unexpected EOF` for a truncated body, Go's
+/// scanner's for a syntax error, Go's base64 and number errors without serde's position, a
+/// value of the wrong JSON type).
+pub fn decode_error(code: Code, error: &serde_json::Error, body: &[u8]) -> Status {
     if error.is_eof() {
         return Status::new(code, "unexpected EOF");
+    }
+    if error.is_syntax() {
+        if let Some(go_message) = etcdgate_proto::go_scanner::syntax_error(body) {
+            return Status::new(code, go_message);
+        }
     }
     let message = error.to_string();
     let position = format!(" at line {} column {}", error.line(), error.column());

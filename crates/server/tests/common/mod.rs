@@ -665,6 +665,11 @@ pub const MALFORMED_BODIES: &[&str] = &[
     r#"{"key" "YQ=="}"#,
     "not json",
     "\u{0}\u{1}\u{2}",
+    r#"{"key":"YQ==",}"#,
+    r#"{"key":"a\u00"}"#,
+    r#"{"key":"YQ==","value":[1,2,}"#,
+    "\u{feff}{\"key\":\"YQ==\"}",
+    r#"{"key":"YQ==","lease":-x}"#,
 ];
 
 /// Bodies etcd's gateway refuses in Go's words, with the message for a put: base64 Go's
