@@ -15,6 +15,7 @@
 //!
 //! Errors here are worded as Go's (see [`is_go_message`]).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -213,6 +214,29 @@ fn scan_number(text: &str) -> Result<&str, String> {
     }
 }
 
+/// `text` with each byte that is not part of a valid UTF-8 character replaced by U+FFFD, as
+/// Go's decoder reads JSON strings (serde refuses such strings); a character cut off by the
+/// end of `text` is left as it is, for the rest of it may still arrive. Borrowed when there
+/// is nothing to replace.
+pub fn coerce_utf8(text: &[u8]) -> Cow<'_, [u8]> {
+    let mut coerced = Vec::new();
+    let mut rest = text;
+    while let Err(error) = std::str::from_utf8(rest) {
+        let Some(invalid) = error.error_len() else { break };
+        let valid = error.valid_up_to();
+        coerced.extend_from_slice(&rest[..valid]);
+        for _ in 0..invalid {
+            coerced.extend_from_slice("\u{fffd}".as_bytes());
+        }
+        rest = &rest[valid + invalid..];
+    }
+    if rest.len() == text.len() {
+        return Cow::Borrowed(text);
+    }
+    coerced.extend_from_slice(rest);
+    Cow::Owned(coerced)
+}
+
 /// Go's words for serde's "invalid type" error `message` (a JSON value of the wrong kind for
 /// a bool, string, repeated or message field), if it is one: jsonpb reads a message as a
 /// `map[string]json.RawMessage` and a repeated field as a `[]json.RawMessage`.
@@ -334,6 +358,18 @@ fn decode_as_go(src: &[u8]) -> Result<Vec<u8>, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_that_are_not_utf8_read_as_replacement_characters_one_each() {
+        let coerced = |text: &[u8]| String::from_utf8(coerce_utf8(text).into_owned()).unwrap();
+        assert!(matches!(coerce_utf8(b"{\"a\":\"\xc3\xa9\"}"), Cow::Borrowed(_)));
+        assert_eq!(coerced(b"n\xffme"), "n\u{fffd}me");
+        // Go's decoder replaces each byte that starts no valid character.
+        assert_eq!(coerced(b"a\xe2\x82b"), "a\u{fffd}\u{fffd}b");
+        assert_eq!(coerced(b"\xed\xa0\x80"), "\u{fffd}\u{fffd}\u{fffd}");
+        // A character cut off at the end may still be completed by what arrives next.
+        assert_eq!(coerce_utf8(b"\xffa\xe2\x82").as_ref(), "\u{fffd}a".bytes().chain([0xe2, 0x82]).collect::<Vec<u8>>().as_slice());
+    }
 
     #[test]
     fn decodes_standard_padded_base64_and_skips_line_breaks() {

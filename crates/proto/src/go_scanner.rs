@@ -1,8 +1,8 @@
 //! Go's `encoding/json` scanner, for its words: where a request body is not JSON, etcd's HTTP
 //! gateway answers with the message of the `json.Decoder` that read it (`invalid character
 //! '}' looking for beginning of object key string`), and so does etcdgate. serde_json still
-//! does the parsing; this only names the first syntax error the way Go does, once serde has
-//! found there is one.
+//! does the parsing; this only tells, once serde has refused a body, what Go's decoder would
+//! have found first: a syntax error (named as Go names it), a value cut off, or neither.
 
 /// Go's `maxNestingDepth`: deeper objects and arrays are a syntax error.
 const MAX_DEPTH: usize = 10_000;
@@ -39,20 +39,34 @@ enum Step {
     Literal(&'static [u8], usize),
 }
 
-/// The error Go's `json.Decoder` gives for the first JSON value of `input`, if that value's
-/// syntax is wrong; `None` if it is whole and well-formed (what follows it is not read, as
-/// the decoder does not read it) or cut off by the end of `input` (Go: `unexpected EOF`).
-pub fn syntax_error(input: &[u8]) -> Option<String> {
+/// How Go's `json.Decoder` finds the first JSON value of a body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FirstValue {
+    /// Whole and well-formed (what follows it is not read, as the decoder does not read it).
+    Whole,
+    /// Cut off by the end of the input (Go: `unexpected EOF`, or more to come on a stream).
+    CutOff,
+    /// A syntax error, in Go's words.
+    Invalid(String),
+}
+
+/// Scans the first JSON value of `input` as Go's decoder does before it decodes anything: a
+/// syntax error anywhere in that value is the error, whatever else is wrong with it.
+pub fn first_value(input: &[u8]) -> FirstValue {
     let mut nests: Vec<Nest> = Vec::new();
     let mut step = Step::BeginValue;
     for &c in input {
         step = match next(&mut nests, step, c) {
             Scanned::Next(next) => next,
-            Scanned::Whole => return None,
-            Scanned::Invalid(context) => return Some(format!("invalid character {} {context}", quote_char(c))),
+            Scanned::Whole => return FirstValue::Whole,
+            Scanned::Invalid(context) => return FirstValue::Invalid(format!("invalid character {} {context}", quote_char(c))),
         };
     }
-    None
+    // A number (or a literal) at the top level is whole once the input ends.
+    match step {
+        Step::EndValue | Step::Digits | Step::Zero | Step::Fraction | Step::ExponentDigits if nests.is_empty() => FirstValue::Whole,
+        _ => FirstValue::CutOff,
+    }
 }
 
 /// What one byte did.
@@ -220,26 +234,29 @@ mod tests {
             ("\u{feff}{}", "invalid character 'ï' looking for beginning of value"),
             ("[1,2,}", "invalid character '}' looking for beginning of value"),
         ] {
-            assert_eq!(syntax_error(body.as_bytes()).as_deref(), Some(go), "{body}");
+            assert_eq!(first_value(body.as_bytes()), FirstValue::Invalid(go.to_string()), "{body}");
         }
     }
 
     #[test]
-    fn whole_or_cut_off_values_have_no_syntax_error() {
+    fn whole_and_cut_off_values_are_told_apart() {
         for body in [
             r#"{"key":"YQ==","value":"YQ=="}"#,
             r#" {"a":[1,-2.5e+3,true,false,null,{"b":{}},[]],"c":"\u00e9\n"} trailing garbage"#,
             "[]",
             "{}x",
             "12x",
-            r#"{"key":"YQ=="#,
-            r#"{"a":[1,"#,
-            "",
+            "12",
+            "null",
+            r#""a" "b""#,
         ] {
-            assert_eq!(syntax_error(body.as_bytes()), None, "{body}");
+            assert_eq!(first_value(body.as_bytes()), FirstValue::Whole, "{body}");
+        }
+        for body in [r#"{"key":"YQ=="#, r#"{"a":[1,"#, "", "  ", "nul", r#""abc"#, "-", "1."] {
+            assert_eq!(first_value(body.as_bytes()), FirstValue::CutOff, "{body}");
         }
         let deep = "[".repeat(MAX_DEPTH + 1);
-        assert_eq!(syntax_error(deep.as_bytes()).as_deref(), Some("invalid character '[' exceeded max depth"));
+        assert_eq!(first_value(deep.as_bytes()), FirstValue::Invalid("invalid character '[' exceeded max depth".into()));
     }
 
     #[test]

@@ -160,7 +160,7 @@ async fn json_input_forms() {
 /// For inputs whose error wording is serde's: both sides fail with the same status and an
 /// `{"error","code","message"}` body with the same code.
 async fn compare_status_and_shape(p: &Pair, path: &str, body: &str) {
-    let [etcd, gateway] = p.post_both(path, body).await;
+    let [etcd, gateway] = p.post_both(path, body.to_string()).await;
     assert_eq!(etcd.status, gateway.status, "{}: {body}: etcd {} vs etcdgate {}", p.version, etcd.raw(), gateway.raw());
     let code = serde_json::from_slice::<Value>(&etcd.body).expect("etcd error is JSON")["code"].as_i64().expect("code");
     gateway.assert_json_error(etcd.status, tonic::Code::from_i32(code as i32));
@@ -284,7 +284,7 @@ async fn http_since_35(p: &Pair, path: &str, body: &str) -> Option<HttpReply> {
         p.http(path, body).await;
         return None;
     }
-    let [etcd, gateway] = p.post_both(path, body).await;
+    let [etcd, gateway] = p.post_both(path, body.to_string()).await;
     assert_eq!((etcd.status, etcd.content_type.as_deref()), (404, Some("text/plain; charset=utf-8")), "{}", etcd.raw());
     assert_eq!(gateway.content_type.as_deref(), Some("application/json"), "{}", gateway.raw());
     Some(gateway)

@@ -2,10 +2,13 @@
 //! client that stops mid-body gets an error instead of holding a task forever), and decoded
 //! as one JSON message or as a stream of concatenated JSON messages, as etcd's gateway does.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{Buf, Bytes, BytesMut};
+use etcdgate_proto::go_json::coerce_utf8;
+use etcdgate_proto::go_scanner::{first_value, FirstValue};
 use futures::Stream;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
@@ -39,15 +42,27 @@ pub fn decode_one<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Statu
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    match serde_json::Deserializer::from_slice(body).into_iter::<T>().next() {
+    let body = as_go_reads(body).map_err(Status::invalid_argument)?;
+    match serde_json::Deserializer::from_slice(&body).into_iter::<T>().next() {
         Some(Ok(message)) => Ok(message),
-        Some(Err(error)) => match decode_without_nulls(body) {
+        Some(Err(error)) => match decode_without_nulls(&body) {
             Ok(Some((message, _))) => Ok(message),
-            Ok(None) => Err(decode_error(Code::InvalidArgument, &error, body)),
-            Err(without_nulls) => Err(decode_error(Code::InvalidArgument, &without_nulls, body)),
+            Ok(None) => Err(decode_error(Code::InvalidArgument, &error, &body)),
+            Err(without_nulls) => Err(decode_error(Code::InvalidArgument, &without_nulls, &body)),
         },
         None => Ok(T::default()),
     }
+}
+
+/// `body` as Go's decoder reads it: bytes that are not UTF-8 inside strings read as U+FFFD
+/// (serde would refuse them); the error is Go's syntax error if one of them is outside a
+/// string (worded with the byte itself, as Go words it).
+fn as_go_reads(body: &[u8]) -> Result<Cow<'_, [u8]>, String> {
+    let coerced = coerce_utf8(body);
+    if let (Cow::Owned(_), FirstValue::Invalid(go_message)) = (&coerced, first_value(body)) {
+        return Err(go_message);
+    }
+    Ok(coerced)
 }
 
 /// etcd's gateway (Go's jsonpb) reads a field given as `null` as not set, and a message given
@@ -101,6 +116,14 @@ pub fn decode_stream<T: DeserializeOwned + Send + 'static>(body: Body, limit: us
         loop {
             let start = state.buffer.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(state.buffer.len());
             state.buffer.advance(start);
+            match as_go_reads(&state.buffer) {
+                Ok(Cow::Borrowed(_)) => {}
+                Ok(Cow::Owned(coerced)) => state.buffer = BytesMut::from(&coerced[..]),
+                Err(go_message) => {
+                    state.failed = true;
+                    return Some((Err(Status::unknown(go_message)), state));
+                }
+            }
             if !state.buffer.is_empty() {
                 let mut values = serde_json::Deserializer::from_slice(&state.buffer).into_iter::<T>();
                 match values.next() {
@@ -109,8 +132,9 @@ pub fn decode_stream<T: DeserializeOwned + Send + 'static>(body: Body, limit: us
                         state.buffer.advance(used);
                         return Some((Ok(message), state));
                     }
-                    // A message cut off by the end of what has arrived so far may still complete.
-                    Some(Err(error)) if !error.is_eof() || state.ended => match decode_without_nulls(&state.buffer) {
+                    // A message cut off by the end of what has arrived so far may still complete
+                    // (Go's decoder reads the whole value before it decodes any of it).
+                    Some(Err(error)) if state.ended || !(error.is_eof() || first_value(&state.buffer) == FirstValue::CutOff) => match decode_without_nulls(&state.buffer) {
                         Ok(Some((message, used))) => {
                             state.buffer.advance(used);
                             return Some((Ok(message), state));

@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::response::{IntoResponse, Response};
+use etcdgate_proto::go_scanner::{first_value, FirstValue};
 use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
 use tonic::{Code, Status};
@@ -128,18 +129,19 @@ pub fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> R
     response
 }
 
-/// Turns a JSON decoding failure of `body` into the status etcd's gateway would report, with
-/// Go's wording where the cause is the same (`unexpected EOF` for a truncated body, Go's
-/// scanner's for a syntax error, Go's base64 and number errors without serde's position, a
-/// value of the wrong JSON type).
+/// Turns a JSON decoding failure of `body` into the status etcd's gateway would report, in
+/// Go's words where the cause is the same. Go's decoder scans the whole first value before it
+/// decodes any of it, so a syntax error (worded as Go's scanner words it) or a value cut off
+/// (`unexpected EOF`) is the error whatever else is wrong; then Go's base64 and number errors
+/// without serde's position, a value of the wrong JSON type.
 pub fn decode_error(code: Code, error: &serde_json::Error, body: &[u8]) -> Status {
+    match first_value(body) {
+        FirstValue::Invalid(go_message) => return Status::new(code, go_message),
+        FirstValue::CutOff => return Status::new(code, "unexpected EOF"),
+        FirstValue::Whole => {}
+    }
     if error.is_eof() {
         return Status::new(code, "unexpected EOF");
-    }
-    if error.is_syntax() {
-        if let Some(go_message) = etcdgate_proto::go_scanner::syntax_error(body) {
-            return Status::new(code, go_message);
-        }
     }
     let message = error.to_string();
     let position = format!(" at line {} column {}", error.line(), error.column());

@@ -196,8 +196,8 @@ impl Pair {
     }
 
     /// POSTs `body` to `path` on both sides; both answers, compared by the caller.
-    pub async fn post_both(&self, path: &str, body: impl Into<String>) -> [HttpReply; 2] {
-        let body = body.into();
+    pub async fn post_both(&self, path: &str, body: impl Into<Bytes>) -> [HttpReply; 2] {
+        let body: Bytes = body.into();
         self.both(|side| {
             let body = body.clone();
             async move { side.post(path, body).await }
