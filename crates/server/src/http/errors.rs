@@ -132,8 +132,10 @@ pub fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> R
 /// Turns a JSON decoding failure of `body` into the status etcd's gateway would report, in
 /// Go's words where the cause is the same. Go's decoder scans the whole first value before it
 /// decodes any of it, so a syntax error (worded as Go's scanner words it) or a value cut off
-/// (`unexpected EOF`) is the error whatever else is wrong; then Go's base64 and number errors
-/// without serde's position, a value of the wrong JSON type.
+/// (`unexpected EOF`) is the error whatever else is wrong; a number, string or bool where
+/// the message's object belongs is a type error, however serde read it; then Go's base64 and
+/// number errors without serde's position, with a number as it was written; a value of the
+/// wrong JSON type.
 pub fn decode_error(code: Code, error: &serde_json::Error, body: &[u8]) -> Status {
     match first_value(body) {
         FirstValue::Invalid(go_message) => return Status::new(code, go_message),
@@ -143,9 +145,21 @@ pub fn decode_error(code: Code, error: &serde_json::Error, body: &[u8]) -> Statu
     if error.is_eof() {
         return Status::new(code, "unexpected EOF");
     }
+    let top_level = match body.iter().find(|c| !c.is_ascii_whitespace()) {
+        Some(b'-' | b'0'..=b'9') => Some("number"),
+        Some(b'"') => Some("string"),
+        Some(b't' | b'f') => Some("bool"),
+        _ => None,
+    };
+    if let Some(kind) = top_level {
+        return Status::new(code, format!("json: cannot unmarshal {kind} into Go value of type map[string]json.RawMessage"));
+    }
     let message = error.to_string();
     let position = format!(" at line {} column {}", error.line(), error.column());
     if let Some(without_position) = message.strip_suffix(&position) {
+        if let Some(go_message) = number_as_written(without_position, body, error) {
+            return Status::new(code, go_message);
+        }
         if etcdgate_proto::go_json::is_go_message(without_position) {
             return Status::new(code, without_position);
         }
@@ -156,9 +170,42 @@ pub fn decode_error(code: Code, error: &serde_json::Error, body: &[u8]) -> Statu
     Status::new(code, message)
 }
 
+/// Go names a number it cannot store as it was written (`1e-09`, `99999999999999999999`);
+/// serde hands over a float, written back differently (`0.000000001`, `100000000000000000000`).
+/// So `message`'s number is replaced by the literal that ends where serde's `error` is, if it
+/// is that number.
+fn number_as_written(message: &str, body: &[u8], error: &serde_json::Error) -> Option<String> {
+    let (number, go_type) = message.strip_prefix("json: cannot unmarshal number ")?.split_once(" into Go value of type ")?;
+    let line_start = match error.line() {
+        1 => 0,
+        line => body.iter().enumerate().filter(|(_, c)| **c == b'\n').nth(line - 2)?.0 + 1,
+    };
+    let end = (line_start + error.column()).min(body.len());
+    let is_literal = |c: &u8| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E');
+    let start = body[..end].iter().rposition(|c| !is_literal(c)).map_or(0, |at| at + 1);
+    let literal = std::str::from_utf8(&body[start..end]).ok()?;
+    let same = literal.parse::<f64>().ok()? == number.parse::<f64>().ok()?;
+    same.then(|| format!("json: cannot unmarshal number {literal} into Go value of type {go_type}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Messages of etcd 3.5.1's gateway for the same bodies.
+    #[test]
+    fn numbers_and_top_level_values_are_named_as_go_names_them() {
+        let error = |body: &str| {
+            let failed = serde_json::from_str::<etcdgate_proto::etcdserverpb::PutRequest>(body).unwrap_err();
+            decode_error(Code::InvalidArgument, &failed, body.as_bytes()).message().to_string()
+        };
+        assert_eq!(error(r#"{"TTL": "5", "lease": -1e-09}"#), "json: cannot unmarshal number -1e-09 into Go value of type int64");
+        assert_eq!(error("{\"key\":\"YQ==\",\n \"lease\":1.50}"), "json: cannot unmarshal number 1.50 into Go value of type int64");
+        assert_eq!(error(r#"{"lease":99999999999999999999}"#), "json: cannot unmarshal number 99999999999999999999 into Go value of type int64");
+        assert_eq!(error("2Z1enovYt"), "json: cannot unmarshal number into Go value of type map[string]json.RawMessage");
+        assert_eq!(error("1e999{"), "json: cannot unmarshal number into Go value of type map[string]json.RawMessage");
+        assert_eq!(error(r#""a""#), "json: cannot unmarshal string into Go value of type map[string]json.RawMessage");
+    }
 
     #[test]
     fn status_mapping_follows_grpc_gateway() {

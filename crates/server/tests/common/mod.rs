@@ -674,7 +674,8 @@ pub const MALFORMED_BODIES: &[&str] = &[
 
 /// Bodies etcd's gateway refuses in Go's words, with the message for a put: base64 Go's
 /// `StdEncoding` refuses (unpadded, the URL-safe alphabet, padding cut short), integers that
-/// are not (a fraction, a string that is no number, out of range), a wrong JSON type.
+/// are not (a fraction, a string that is no number, out of range: named as written), a wrong
+/// JSON type (also for the whole body).
 pub const GO_ERROR_BODIES: &[(&str, &str)] = &[
     (r#"{"key":"YQ","value":"YQ=="}"#, "illegal base64 data at input byte 0"),
     (r#"{"key":"_-8=","value":"YQ=="}"#, "illegal base64 data at input byte 0"),
@@ -689,5 +690,10 @@ pub const GO_ERROR_BODIES: &[(&str, &str)] = &[
     (r#"{"key":"YQ==","lease":true}"#, "json: cannot unmarshal bool into Go value of type int64"),
     (r#"{"key":5}"#, "json: cannot unmarshal number into Go value of type []uint8"),
     (r#"{"key":{"a":1}}"#, "json: cannot unmarshal object into Go value of type []uint8"),
+    (r#"{"key":"YQ==","lease":-1e-09}"#, "json: cannot unmarshal number -1e-09 into Go value of type int64"),
+    ("{\"key\":\"YQ==\",\n\"lease\":1.50}", "json: cannot unmarshal number 1.50 into Go value of type int64"),
+    (r#"{"key":"YQ==","lease":99999999999999999999}"#, "json: cannot unmarshal number 99999999999999999999 into Go value of type int64"),
+    ("2Z1enovYt", "json: cannot unmarshal number into Go value of type map[string]json.RawMessage"),
+    ("true", "json: cannot unmarshal bool into Go value of type map[string]json.RawMessage"),
 ];
 
