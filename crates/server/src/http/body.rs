@@ -42,27 +42,34 @@ pub fn decode_one<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Statu
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    let body = as_go_reads(body).map_err(Status::invalid_argument)?;
-    match serde_json::Deserializer::from_slice(&body).into_iter::<T>().next() {
+    decode_first(body).or_else(|error| match as_go_reads(body) {
+        Some(coerced) => decode_first(&coerced).map_err(|error| decode_error(Code::InvalidArgument, &error, &coerced)),
+        None => Err(decode_error(Code::InvalidArgument, &error, body)),
+    })
+}
+
+/// The first JSON value of `body` as a message (see [`decode_without_nulls`]).
+fn decode_first<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, serde_json::Error> {
+    match serde_json::Deserializer::from_slice(body).into_iter::<T>().next() {
         Some(Ok(message)) => Ok(message),
-        Some(Err(error)) => match decode_without_nulls(&body) {
+        Some(Err(error)) => match decode_without_nulls(body) {
             Ok(Some((message, _))) => Ok(message),
-            Ok(None) => Err(decode_error(Code::InvalidArgument, &error, &body)),
-            Err(without_nulls) => Err(decode_error(Code::InvalidArgument, &without_nulls, &body)),
+            Ok(None) => Err(error),
+            Err(without_nulls) => Err(without_nulls),
         },
         None => Ok(T::default()),
     }
 }
 
-/// `body` as Go's decoder reads it: bytes that are not UTF-8 inside strings read as U+FFFD
-/// (serde would refuse them); the error is Go's syntax error if one of them is outside a
-/// string (worded with the byte itself, as Go words it).
-fn as_go_reads(body: &[u8]) -> Result<Cow<'_, [u8]>, String> {
-    let coerced = coerce_utf8(body);
-    if let (Cow::Owned(_), FirstValue::Invalid(go_message)) = (&coerced, first_value(body)) {
-        return Err(go_message);
+/// `body` with its bytes that are not UTF-8 read as U+FFFD, as Go's decoder reads them inside
+/// strings (serde refuses them), for a body serde refused; `None` if there are none, or if the
+/// first value is not JSON anyway (one of them outside a string is a syntax error, which
+/// [`decode_error`] words with the byte itself, as Go does).
+fn as_go_reads(body: &[u8]) -> Option<Vec<u8>> {
+    match coerce_utf8(body) {
+        Cow::Owned(coerced) if !matches!(first_value(body), FirstValue::Invalid(_)) => Some(coerced),
+        _ => None,
     }
-    Ok(coerced)
 }
 
 /// etcd's gateway (Go's jsonpb) reads a field given as `null` as not set, and a message given
@@ -116,14 +123,6 @@ pub fn decode_stream<T: DeserializeOwned + Send + 'static>(body: Body, limit: us
         loop {
             let start = state.buffer.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(state.buffer.len());
             state.buffer.advance(start);
-            match as_go_reads(&state.buffer) {
-                Ok(Cow::Borrowed(_)) => {}
-                Ok(Cow::Owned(coerced)) => state.buffer = BytesMut::from(&coerced[..]),
-                Err(go_message) => {
-                    state.failed = true;
-                    return Some((Err(Status::unknown(go_message)), state));
-                }
-            }
             if !state.buffer.is_empty() {
                 let mut values = serde_json::Deserializer::from_slice(&state.buffer).into_iter::<T>();
                 match values.next() {
@@ -141,6 +140,10 @@ pub fn decode_stream<T: DeserializeOwned + Send + 'static>(body: Body, limit: us
                         }
                         Err(incomplete) if incomplete.is_eof() && !state.ended => {}
                         refused => {
+                            if let Some(coerced) = as_go_reads(&state.buffer) {
+                                state.buffer = BytesMut::from(&coerced[..]);
+                                continue;
+                            }
                             state.failed = true;
                             let error = refused.err().unwrap_or(error);
                             return Some((Err(decode_error(Code::Unknown, &error, &state.buffer)), state));
