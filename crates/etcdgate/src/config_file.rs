@@ -15,8 +15,9 @@ use anyhow::{bail, Context};
 use clap::{ArgAction, Command};
 use yaml_rust2::{Yaml, YamlLoader};
 
-/// The flag that names the file, and its environment variable.
+/// The flag that names the file.
 pub const FLAG: &str = "config-file";
+/// The environment variable that names the file.
 pub const ENV: &str = "ETCDGATE_CONFIG_FILE";
 
 /// The command line with the file's settings appended as flags, and the file, if `serve` was
@@ -38,19 +39,26 @@ pub fn with_settings_from_file(cli: &Command, args: Vec<OsString>) -> anyhow::Re
 
 /// The file named by `--config-file` among serve's arguments, else by the environment.
 fn file_named(serve_args: &[OsString]) -> Option<PathBuf> {
-    let flag = format!("--{FLAG}");
-    let with_value = format!("--{FLAG}=");
     let mut args = serve_args.iter();
     while let Some(arg) = args.next() {
-        let arg = arg.to_string_lossy();
-        if arg == flag {
-            return args.next().map(PathBuf::from);
-        }
-        if let Some(value) = arg.strip_prefix(&with_value) {
-            return Some(PathBuf::from(value));
+        match flag_given(&arg.to_string_lossy(), FLAG) {
+            Some(Some(value)) => return Some(PathBuf::from(value)),
+            Some(None) => return args.next().map(PathBuf::from),
+            None => {}
         }
     }
     std::env::var_os(ENV).filter(|value| !value.is_empty()).map(PathBuf::from)
+}
+
+/// Whether `arg` is the flag `--name`: `Some(Some(value))` for `--name=value`, `Some(None)` for
+/// `--name` (its value, if it takes one, is the next argument).
+fn flag_given<'a>(arg: &'a str, name: &str) -> Option<Option<&'a str>> {
+    let rest = arg.strip_prefix("--")?.strip_prefix(name)?;
+    if rest.is_empty() {
+        Some(None)
+    } else {
+        rest.strip_prefix('=').map(Some)
+    }
 }
 
 /// The flags for the file's settings that neither `given` (serve's command-line arguments) nor
@@ -70,10 +78,7 @@ fn flags_from(serve: &Command, given: &[OsString], text: &str) -> anyhow::Result
         let Some(arg) = serve.get_arguments().find(|arg| arg.get_long() == Some(name.as_str()) && name != FLAG) else {
             bail!("unknown setting `{name}`: the settings are serve's flags without the leading -- (see `etcdgate serve --help`)");
         };
-        let on_command_line = given.iter().any(|given| {
-            let given = given.to_string_lossy();
-            given.strip_prefix("--").and_then(|rest| rest.strip_prefix(name.as_str())).is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
-        });
+        let on_command_line = given.iter().any(|given| flag_given(&given.to_string_lossy(), name).is_some());
         let in_environment = arg.get_env().and_then(std::env::var_os).is_some_and(|value| !value.is_empty());
         if on_command_line || in_environment {
             continue;
