@@ -468,6 +468,17 @@ impl Member {
         until_left(&self.left, || self.state()).await
     }
 
+    /// Makes `call` on this member's connection and [runs](Member::run) it. The call's future is
+    /// boxed: a tonic call's is kilobytes, a hedge holds two, and unboxed they would make every
+    /// future above this one as large, copied at each step of every call.
+    fn attempt<'a, T: 'a, F, Fut>(&'a self, policy: RetryPolicy, timing: Timing, call: &mut F) -> impl Future<Output = Attempt<T>> + 'a
+    where
+        F: FnMut(MemberConnection) -> Fut,
+        Fut: Future<Output = Result<T, Status>> + 'a,
+    {
+        self.run(policy, timing, Box::pin(call(self.connection())))
+    }
+
     /// Runs `future`, a call made on this member's connection; a read still open when the
     /// member stops keeping open calls is abandoned (the `bool` of the error then says so). A
     /// measured call counts as open on the member while it runs, and its latency is a sample
@@ -751,9 +762,7 @@ impl Pool {
     }
 
     /// Runs `call` on a member chosen for `target`, failing over as `policy` allows; `timing`
-    /// says whether the call's latency measures its member (see [`Timing`]). Each attempt's
-    /// future is boxed: a tonic call's is kilobytes, a hedge holds two, and unboxed they would
-    /// make every future above this one as large, copied at each step of every call.
+    /// says whether the call's latency measures its member (see [`Timing`]).
     pub async fn call<T, F, Fut>(&self, target: &Target, policy: RetryPolicy, timing: Timing, mut call: F) -> Result<T, Status>
     where
         F: FnMut(MemberConnection) -> Fut,
@@ -796,7 +805,7 @@ impl Pool {
                         let attempts = if hedged {
                             self.hedged(member, timing, give_up_at, &mut call).await
                         } else {
-                            [Some((member.clone(), member.run(policy, timing, Box::pin(call(member.connection()))).await)), None]
+                            [Some((member.clone(), member.attempt(policy, timing, &mut call).await)), None]
                         };
                         for (member, attempt) in attempts.into_iter().flatten() {
                             match attempt {
@@ -867,7 +876,7 @@ impl Pool {
         Fut: Future<Output = Result<T, Status>>,
     {
         let started = Instant::now();
-        let first_run = first.run(RetryPolicy::Read, timing, Box::pin(call(first.connection())));
+        let first_run = first.attempt(RetryPolicy::Read, timing, call);
         tokio::pin!(first_run);
         tokio::select! {
             biased;
@@ -893,7 +902,7 @@ impl Pool {
             return [Some((first.clone(), first_run.await)), None];
         }
         crate::metrics::hedged(first.url());
-        let partner_run = partner.run(RetryPolicy::Read, timing, Box::pin(call(partner.connection())));
+        let partner_run = partner.attempt(RetryPolicy::Read, timing, call);
         tokio::pin!(partner_run);
         let (winner, attempt) = tokio::select! {
             attempt = &mut first_run => (first.clone(), attempt),
