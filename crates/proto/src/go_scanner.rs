@@ -79,7 +79,7 @@ enum Scanned {
 }
 
 fn next(nests: &mut Vec<Nest>, step: Step, c: u8) -> Scanned {
-    let is_space = matches!(c, b' ' | b'\t' | b'\r' | b'\n');
+    let is_space = is_space(c);
     let invalid = |context: &str| Scanned::Invalid(context.to_string());
     Scanned::Next(match step {
         Step::BeginValue | Step::BeginValueOrEmpty if is_space => step,
@@ -154,7 +154,7 @@ fn next(nests: &mut Vec<Nest>, step: Step, c: u8) -> Scanned {
 
 /// `c` after a value (Go's `stateEndValue`): what separates or closes it.
 fn end_value(nests: &mut Vec<Nest>, c: u8) -> Scanned {
-    let is_space = matches!(c, b' ' | b'\t' | b'\r' | b'\n');
+    let is_space = is_space(c);
     let close = |nests: &mut Vec<Nest>| {
         nests.pop();
         if nests.is_empty() {
@@ -182,6 +182,11 @@ fn end_value(nests: &mut Vec<Nest>, c: u8) -> Scanned {
         Some(Nest::Array) if c == b']' => close(nests),
         Some(Nest::Array) => invalid("after array element"),
     }
+}
+
+/// Go's `isSpace`: the whitespace JSON allows between tokens.
+fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r' | b'\n')
 }
 
 /// A byte as Go's scanner quotes it in its messages (`quoteChar`): in single quotes, escaped
